@@ -1,0 +1,173 @@
+"""The ``isplab`` command line: ``isplab <workflow> <verb>``.
+
+User-caused errors print one line (``error: ...``) and exit 1; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from isplab import __version__
+from isplab.errors import IsplabError
+
+console = Console(stderr=True)
+app = typer.Typer(
+    help="isplab: learned camera image processing, from raw files to deployed networks.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"isplab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    _state["debug"] = debug
+
+
+data_app = typer.Typer(help="Synthetic raw datasets and raw-file inspection.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("synth")
+def data_synth(
+    out_dir: Path = typer.Argument(..., help="Directory for the DNGs, targets and manifest."),
+    count: int = typer.Option(8, "--count", "-n", help="Number of samples."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same files."),
+    size: str = typer.Option("512x384", "--size", help="Image size WIDTHxHEIGHT (even)."),
+    pattern: str = typer.Option("RGGB", "--pattern", help="CFA pattern: RGGB, BGGR, GRBG or GBRG."),
+    source: list[str] = typer.Option(
+        None, "--source", help="Source image(s): a built-in name (astronaut, chart, texture, ...) or an image file. Repeatable."
+    ),
+    noise: bool = typer.Option(True, "--noise/--no-noise", help="Add shot/read noise."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dataset in OUT_DIR."),
+) -> None:
+    """Synthesise DNG raws from sRGB images by unprocessing (Brooks et al. 2019), with ground truth."""
+    from isplab.data.sources import SOURCES
+    from isplab.data.synth import SensorSpec, parse_size, synthesize_dataset
+
+    result = synthesize_dataset(
+        out_dir,
+        count,
+        seed=seed,
+        size=parse_size(size),
+        sensor=SensorSpec(pattern=pattern),
+        sources=source or SOURCES,
+        noise=noise,
+        overwrite=overwrite,
+    )
+    console.print(f"wrote {len(result.samples)} DNGs and {result.manifest}")
+    for failure in result.failures:
+        console.print(f"[red]failed[/] {failure['file']}: {failure['error']}")
+    if result.failures:
+        raise typer.Exit(1)
+
+
+@data_app.command("inspect")
+def data_inspect(files: list[Path] = typer.Argument(..., help="Raw files (DNG, NEF, CR2, ARW, ...).")) -> None:
+    """Print the metadata isplab reads from raw files."""
+    from rich.table import Table
+
+    from isplab.io.raw import read_raw
+
+    failed = 0
+    for path in files:
+        try:
+            raw = read_raw(path)
+        except IsplabError as error:
+            console.print(f"[red]error:[/] {error}")
+            failed += 1
+            continue
+        table = Table(title=str(path), show_header=False)
+        h, w = raw.mosaic.shape
+        rows = {
+            "camera": f"{raw.make} {raw.model}",
+            "size": f"{w}x{h}",
+            "CFA pattern": raw.cfa_pattern,
+            "black level (R,Gr,Gb,B)": ", ".join(f"{v:g}" for v in raw.black_level),
+            "white level": str(raw.white_level),
+            "as-shot neutral": ", ".join(f"{v:.4f}" for v in raw.as_shot_neutral),
+            "XYZ->camera matrix": "; ".join(", ".join(f"{v:.4f}" for v in row) for row in raw.color_matrix),
+            "exposure time (s)": str(raw.exposure_time),
+            "ISO": str(raw.iso),
+            "aperture": str(raw.aperture),
+        }
+        for key, value in rows.items():
+            table.add_row(key, value)
+        Console().print(table)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _not_yet(name: str, issue: int | None, what: str) -> typer.Typer:
+    group = typer.Typer(help=f"{what} (not yet available).", invoke_without_command=True)
+    tracked = f" (tracked in issue #{issue})" if issue else ""
+
+    @group.callback()
+    def _unavailable(ctx: typer.Context) -> None:
+        console.print(f"isplab {name}: not yet available{tracked}.")
+        raise typer.Exit(1)
+
+    return group
+
+
+for _name, _issue, _what in [
+    ("awb", 3, "Raspberry Pi neural auto white balance"),
+    ("isp", 5, "Learned smartphone ISP (RAW Bayer to RGB)"),
+    ("proxy", None, "Neural proxies of darktable's processing blocks"),
+    ("genisp", None, "GenISP: minimal neural ISP for low-light detection"),
+    ("sky", None, "Sky segmentation of HDR images"),
+]:
+    app.add_typer(_not_yet(_name, _issue, _what), name=_name)
+
+
+@app.command("demo")
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Output directory for data and report."),
+    count: int = typer.Option(6, "--count", "-n", help="Number of synthetic samples."),
+    size: str = typer.Option("512x384", "--size", help="Image size WIDTHxHEIGHT."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+) -> None:
+    """Synthesise raws, render them with the classical differentiable ISP, and write a report."""
+    from isplab.data.synth import parse_size
+    from isplab.demo import run_demo
+
+    report = run_demo(out, count=count, size=parse_size(size), seed=seed, device=device)
+    console.print(f"report: {report}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except IsplabError as error:
+        if _state["debug"]:
+            raise
+        console.print(f"[red]error:[/] {error}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+    except Exception as error:  # unexpected: still one line unless --debug
+        if _state["debug"]:
+            raise
+        console.print(f"[red]error:[/] {type(error).__name__}: {error} (run with --debug for the traceback)", highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Shared argument handling for the ISP ops: image shape checks, per-sample parameters, CFA maps.
+
+Private to :mod:`isplab.isp`; the public ops call these so every op reports shape errors the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from isplab.errors import IsplabError
+
+
+def check_image(x: torch.Tensor, channels: int | None, name: str = "image") -> torch.Tensor:
+    """Raise unless ``x`` is a floating ``(B, channels, H, W)`` tensor (any channel count if None)."""
+    if not isinstance(x, torch.Tensor):
+        raise IsplabError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 4 or (channels is not None and x.shape[1] != channels):
+        expected = f"(B, {channels}, H, W)" if channels is not None else "(B, C, H, W)"
+        raise IsplabError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise IsplabError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    return x
+
+
+def per_sample(value, like: torch.Tensor, shape: Sequence[int], name: str) -> torch.Tensor:
+    """Convert a parameter shared by the batch or given per sample to ``(B', *shape)``, B' in {1, B}.
+
+    Args:
+        value: number, sequence, array or tensor of shape ``shape`` (shared) or ``(B, *shape)``.
+        like: the ``(B, ...)`` tensor the parameter applies to; fixes B, dtype and device.
+        shape: the parameter's per-sample shape, e.g. ``(3,)`` for RGB gains or ``()`` for a scalar.
+        name: the argument name used in error messages.
+
+    Tensors already on ``like``'s device and dtype are used as they are, so gradients reach them.
+    """
+    shape = tuple(shape)
+    tensor = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    batch = like.shape[0]
+    if tuple(tensor.shape) == shape:
+        return tensor.unsqueeze(0)
+    if tuple(tensor.shape) == (batch, *shape):
+        return tensor
+    shared = str(shape) if shape else "() (a scalar)"
+    raise IsplabError(
+        f"{name} must have shape {shared} or {(batch, *shape)} (one per sample of the batch of {batch}), "
+        f"got {tuple(tensor.shape)}"
+    )
+
+
+def cfa_map(tile_values: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Tile per-position values of the 2x2 CFA tile over an image.
+
+    Args:
+        tile_values: ``(B', 4)`` values in the tile's row-major order.
+
+    Returns:
+        ``(B', 1, height, width)``; odd sizes are cropped from the repeated tile.
+    """
+    tile = tile_values.reshape(-1, 1, 2, 2)
+    return tile.repeat(1, 1, (height + 1) // 2, (width + 1) // 2)[..., :height, :width]

@@ -1,0 +1,77 @@
+"""Black/white level normalisation of raw data: raw DN <-> [0, 1].
+
+``normalized = (raw - black) / (white - black)`` with one black level per Bayer plane (R, Gr, Gb, B,
+the order of :mod:`isplab.isp.bayer`) and one white level per image.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from isplab.isp._params import cfa_map, check_image, per_sample
+from isplab.isp.bayer import tile_to_planes
+
+
+def _plane_levels(planes: torch.Tensor, black_level, white_level) -> tuple[torch.Tensor, torch.Tensor]:
+    """Black ``(B', 4, 1, 1)`` and white ``(B', 1, 1, 1)`` levels, broadcastable to ``planes``."""
+    black = per_sample(black_level, planes, (4,), "black_level")[:, :, None, None]
+    white = per_sample(white_level, planes, (), "white_level")[:, None, None, None]
+    return black, white
+
+
+def _mosaic_levels(mosaic: torch.Tensor, black_level, white_level, pattern: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Black ``(B', 1, H, W)`` (each plane's level at its CFA sites) and white ``(B', 1, 1, 1)``."""
+    black = per_sample(black_level, mosaic, (4,), "black_level")[:, tile_to_planes(pattern)]
+    white = per_sample(white_level, mosaic, (), "white_level")[:, None, None, None]
+    return cfa_map(black, *mosaic.shape[-2:]), white
+
+
+def normalize_planes(planes: torch.Tensor, black_level, white_level, clip: bool = True) -> torch.Tensor:
+    """Map packed raw planes from DN to [0, 1].
+
+    Args:
+        planes: ``(B, 4, h, w)`` R, Gr, Gb, B planes in raw DN (any float dtype).
+        black_level: ``(4,)`` or ``(B, 4)``, per plane in R, Gr, Gb, B order.
+        white_level: number, ``()`` or ``(B,)``: the saturation level in DN.
+        clip: clamp the result to [0, 1].
+
+    Returns:
+        ``(B, 4, h, w)`` normalised planes.
+    """
+    check_image(planes, 4, "planes")
+    black, white = _plane_levels(planes, black_level, white_level)
+    out = (planes - black) / (white - black)
+    return out.clamp(0.0, 1.0) if clip else out
+
+
+def denormalize_planes(planes: torch.Tensor, black_level, white_level) -> torch.Tensor:
+    """Inverse of :func:`normalize_planes` (without clipping): ``(B, 4, h, w)`` [0, 1] -> raw DN (float)."""
+    check_image(planes, 4, "planes")
+    black, white = _plane_levels(planes, black_level, white_level)
+    return planes * (white - black) + black
+
+
+def normalize_mosaic(mosaic: torch.Tensor, black_level, white_level, pattern: str, clip: bool = True) -> torch.Tensor:
+    """Map a Bayer mosaic from DN to [0, 1], each site using its plane's black level.
+
+    Args:
+        mosaic: ``(B, 1, H, W)`` raw DN.
+        black_level: ``(4,)`` or ``(B, 4)`` in R, Gr, Gb, B order (not the sensor's tile order).
+        white_level: number, ``()`` or ``(B,)``.
+        pattern: the CFA pattern, e.g. ``"RGGB"``.
+        clip: clamp the result to [0, 1].
+
+    Returns:
+        ``(B, 1, H, W)`` normalised mosaic.
+    """
+    check_image(mosaic, 1, "mosaic")
+    black, white = _mosaic_levels(mosaic, black_level, white_level, pattern)
+    out = (mosaic - black) / (white - black)
+    return out.clamp(0.0, 1.0) if clip else out
+
+
+def denormalize_mosaic(mosaic: torch.Tensor, black_level, white_level, pattern: str) -> torch.Tensor:
+    """Inverse of :func:`normalize_mosaic` (without clipping): ``(B, 1, H, W)`` [0, 1] -> raw DN (float)."""
+    check_image(mosaic, 1, "mosaic")
+    black, white = _mosaic_levels(mosaic, black_level, white_level, pattern)
+    return mosaic * (white - black) + black
