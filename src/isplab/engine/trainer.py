@@ -138,19 +138,26 @@ def build_trainer(
     if seed is not None:
         L.seed_everything(seed, workers=True, verbose=False)
 
-    callbacks: list[Callback] = [
-        ModelCheckpoint(
-            dirpath=run_dir / "checkpoints",
-            filename=Path(BEST_CHECKPOINT).stem,
-            monitor=monitor,
-            mode=mode,
-            save_top_k=1 if monitor is not None else 0,
-            save_last=True,
-            # Overwrite best/last instead of writing best-v1.ckpt when a resumed run improves.
-            enable_version_counter=False,
-        ),
-        LearningRateMonitor(),
-    ]
+    checkpoints = run_dir / "checkpoints"
+    # Two callbacks because Lightning 2.6's save_last only writes last.ckpt in epochs where a
+    # top-k checkpoint was saved; enable_version_counter=False makes resumed runs overwrite
+    # best/last instead of writing best-v1.ckpt.
+    callbacks: list[Callback] = []
+    if monitor is not None:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=checkpoints,
+                filename=Path(BEST_CHECKPOINT).stem,
+                monitor=monitor,
+                mode=mode,
+                save_top_k=1,
+                enable_version_counter=False,
+            )
+        )
+    callbacks.append(
+        ModelCheckpoint(dirpath=checkpoints, filename=Path(LAST_CHECKPOINT).stem, enable_version_counter=False)
+    )
+    callbacks.append(LearningRateMonitor())
     if early_stopping_patience is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=early_stopping_patience))
     if progress:
@@ -240,11 +247,12 @@ def fit(
         datamodule=datamodule,
         ckpt_path=ckpt_path,
     )
+    # build_trainer puts the best-by-monitor callback first; without a monitor the first
+    # callback's "best" is simply the latest checkpoint.
     checkpoint = trainer.checkpoint_callback
-    if checkpoint is None:
+    if checkpoint is None or not checkpoint.best_model_path:
         return None
-    best = checkpoint.best_model_path or checkpoint.last_model_path
-    return Path(best) if best else None
+    return Path(checkpoint.best_model_path)
 
 
 def configure_optimizer(

@@ -1,0 +1,132 @@
+"""Bayer demosaicing: bilinear and Malvar-He-Cutler (2004), as fixed convolutions.
+
+Borders follow ``colour-demosaicing`` (scipy ``convolve(mode="reflect")``): the image is extended
+by symmetric reflection that repeats the edge pixel (``c b a | a b c``), so both implementations
+agree on the whole image.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from isplab.errors import IsplabError
+from isplab.isp._params import cfa_map, check_image
+from isplab.isp.bayer import channel_index, check_pattern
+
+METHODS = ("malvar", "bilinear")
+
+# Bilinear interpolation of a channel sampled on the green quincunx / the red or blue lattice.
+_BILINEAR_G = [[0.0, 1.0, 0.0], [1.0, 4.0, 1.0], [0.0, 1.0, 0.0]]
+_BILINEAR_RB = [[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]
+
+# Malvar, He & Cutler, "High-quality linear interpolation for demosaicing of Bayer-patterned colour
+# images", ICASSP 2004, Fig. 2 (all divided by 8).
+_MALVAR_G_AT_RB = [
+    [0.0, 0.0, -1.0, 0.0, 0.0],
+    [0.0, 0.0, 2.0, 0.0, 0.0],
+    [-1.0, 2.0, 4.0, 2.0, -1.0],
+    [0.0, 0.0, 2.0, 0.0, 0.0],
+    [0.0, 0.0, -1.0, 0.0, 0.0],
+]
+# R (or B) at a green site whose row neighbours are R (or B).
+_MALVAR_AT_G_ROW = [
+    [0.0, 0.0, 0.5, 0.0, 0.0],
+    [0.0, -1.0, 0.0, -1.0, 0.0],
+    [-1.0, 4.0, 5.0, 4.0, -1.0],
+    [0.0, -1.0, 0.0, -1.0, 0.0],
+    [0.0, 0.0, 0.5, 0.0, 0.0],
+]
+# R at B sites and B at R sites.
+_MALVAR_RB_AT_BR = [
+    [0.0, 0.0, -1.5, 0.0, 0.0],
+    [0.0, 2.0, 0.0, 2.0, 0.0],
+    [-1.5, 0.0, 6.0, 0.0, -1.5],
+    [0.0, 2.0, 0.0, 2.0, 0.0],
+    [0.0, 0.0, -1.5, 0.0, 0.0],
+]
+# Sources stacked by demosaic_malvar: 0 the mosaic itself, then the four filters.
+_SRC_CFA, _SRC_G_AT_RB, _SRC_ROW, _SRC_COL, _SRC_RB_AT_BR = range(5)
+
+
+def _pad_symmetric(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Pad H and W by ``pad`` with edge-repeating reflection (numpy ``symmetric``, scipy ``reflect``)."""
+    h, w = x.shape[-2:]
+    if h < pad or w < pad:
+        raise IsplabError(f"mosaic must be at least {pad}x{pad} to demosaic, got {h}x{w}")
+    x = torch.cat([x[..., :pad, :].flip(-2), x, x[..., -pad:, :].flip(-2)], dim=-2)
+    return torch.cat([x[..., :pad].flip(-1), x, x[..., -pad:].flip(-1)], dim=-1)
+
+
+def _kernels(kernels: list[list[list[float]]], scale: float, like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(kernels, dtype=like.dtype, device=like.device).unsqueeze(1) / scale
+
+
+def _colour_masks(mosaic: torch.Tensor, pattern: str) -> torch.Tensor:
+    """``(1, 3, H, W)`` one-hot R, G, B site masks of the CFA."""
+    tile = F.one_hot(torch.tensor(channel_index(pattern), device=mosaic.device), 3)  # (4, 3)
+    return cfa_map(tile.to(mosaic.dtype).T, *mosaic.shape[-2:]).transpose(0, 1)
+
+
+def demosaic_bilinear(mosaic: torch.Tensor, pattern: str) -> torch.Tensor:
+    """Bilinear demosaicing (each colour interpolated from its own samples only).
+
+    Args:
+        mosaic: ``(B, 1, H, W)`` Bayer mosaic, H, W >= 1.
+        pattern: CFA pattern, e.g. ``"RGGB"``.
+
+    Returns:
+        ``(B, 3, H, W)`` RGB, same dtype and device; not clipped.
+    """
+    check_image(mosaic, 1, "mosaic")
+    pattern = check_pattern(pattern)
+    sparse = mosaic * _colour_masks(mosaic, pattern)  # (B, 3, H, W), zero where a colour is absent
+    weights = _kernels([_BILINEAR_RB, _BILINEAR_G, _BILINEAR_RB], 4.0, mosaic)
+    return F.conv2d(_pad_symmetric(sparse, 1), weights, groups=3)
+
+
+def _malvar_sources(pattern: str) -> list[list[int]]:
+    """For each output channel (R, G, B), the source to read at each tile position (row-major)."""
+    colours = check_pattern(pattern)
+    red_row = colours.index("R") // 2
+    table: list[list[int]] = [[], [], []]
+    for position, colour in enumerate(colours):
+        on_red_row = position // 2 == red_row
+        if colour == "G":
+            table[0].append(_SRC_ROW if on_red_row else _SRC_COL)
+            table[1].append(_SRC_CFA)
+            table[2].append(_SRC_COL if on_red_row else _SRC_ROW)
+        else:
+            own, other = (0, 2) if colour == "R" else (2, 0)
+            table[own].append(_SRC_CFA)
+            table[1].append(_SRC_G_AT_RB)
+            table[other].append(_SRC_RB_AT_BR)
+    return table
+
+
+def demosaic_malvar(mosaic: torch.Tensor, pattern: str) -> torch.Tensor:
+    """Malvar-He-Cutler (2004) gradient-corrected linear demosaicing with its 5x5 kernels.
+
+    Args:
+        mosaic: ``(B, 1, H, W)`` Bayer mosaic, H, W >= 2.
+        pattern: CFA pattern, e.g. ``"RGGB"``.
+
+    Returns:
+        ``(B, 3, H, W)`` RGB, same dtype and device; not clipped (the kernels can overshoot).
+    """
+    check_image(mosaic, 1, "mosaic")
+    kernels = [_MALVAR_G_AT_RB, _MALVAR_AT_G_ROW, [list(col) for col in zip(*_MALVAR_AT_G_ROW)], _MALVAR_RB_AT_BR]
+    filtered = F.conv2d(_pad_symmetric(mosaic, 2), _kernels(kernels, 8.0, mosaic))  # (B, 4, H, W)
+    sources = torch.cat([mosaic, filtered], dim=1)  # (B, 5, H, W) indexed by _SRC_*
+    table = torch.tensor(_malvar_sources(pattern), device=mosaic.device)  # (3, 4)
+    index = cfa_map(table, *mosaic.shape[-2:]).transpose(0, 1)  # (1, 3, H, W)
+    return torch.gather(sources, 1, index.expand(mosaic.shape[0], -1, -1, -1))
+
+
+def demosaic(mosaic: torch.Tensor, pattern: str, method: str = "malvar") -> torch.Tensor:
+    """Demosaic a ``(B, 1, H, W)`` Bayer mosaic to ``(B, 3, H, W)`` RGB with ``method`` in :data:`METHODS`."""
+    if method == "malvar":
+        return demosaic_malvar(mosaic, pattern)
+    if method == "bilinear":
+        return demosaic_bilinear(mosaic, pattern)
+    raise IsplabError(f"unknown demosaic method {method!r}: expected one of {', '.join(METHODS)}")

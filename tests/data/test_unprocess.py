@@ -1,0 +1,85 @@
+import colour
+import numpy as np
+import pytest
+import torch
+
+from isplab.data.sources import load_source
+from isplab.data.unprocess import (
+    add_noise,
+    illuminant_neutral,
+    random_noise_levels,
+    random_xyz_to_camera,
+    sample_params,
+    unprocess,
+)
+from isplab.engine.metrics import psnr
+from isplab.isp import bayer
+from isplab.isp.pipeline import render
+
+
+def _batch(params_list, key):
+    return torch.tensor(np.array([getattr(p, key) for p in params_list]), dtype=torch.float64)
+
+
+def test_neutral_is_the_camera_response_to_a_planckian_white():
+    rng = np.random.default_rng(0)
+    m = random_xyz_to_camera(rng)
+    xy = colour.temperature.CCT_to_xy_Kang2002(4000)
+    xyz = colour.xy_to_XYZ(xy)
+    expected = m @ xyz
+    np.testing.assert_allclose(illuminant_neutral(m, 4000.0), expected / expected[1], rtol=1e-4)
+    # warmer light -> more red, less blue in the camera's response
+    warm, cold = illuminant_neutral(m, 2800.0), illuminant_neutral(m, 7000.0)
+    assert warm[0] > cold[0] and warm[2] < cold[2]
+
+
+def test_params_are_consistent_ground_truth():
+    p = sample_params(np.random.default_rng(3))
+    assert 2500 <= p.illuminant_cct <= 7500
+    np.testing.assert_allclose(p.wb_gains * p.as_shot_neutral, 1.0)
+    # the CCM maps white-balanced camera white to sRGB white (rows of its inverse sum to 1)
+    np.testing.assert_allclose(p.ccm @ np.ones(3), np.ones(3), atol=1e-6)
+    assert 1.0 <= p.brightness_gain <= 2.0
+
+
+def test_noise_levels_follow_the_log_linear_model():
+    rng = np.random.default_rng(0)
+    shot, read = np.array([random_noise_levels(rng) for _ in range(2000)]).T
+    assert 1e-4 <= shot.min() and shot.max() <= 1.2e-2
+    slope, intercept = np.polyfit(np.log(shot), np.log(read), 1)
+    assert slope == pytest.approx(2.18, abs=0.05) and intercept == pytest.approx(1.2, abs=0.3)
+
+
+def test_noise_variance_matches_the_model():
+    raw = torch.full((1, 1, 256, 256), 0.5, dtype=torch.float64)
+    shot, read = torch.tensor([0.01], dtype=torch.float64), torch.tensor([1e-4], dtype=torch.float64)
+    noisy = add_noise(raw, shot, read, torch.Generator().manual_seed(0))
+    assert (noisy - raw).var().item() == pytest.approx(0.5 * 0.01 + 1e-4, rel=0.03)
+    assert abs((noisy - raw).mean().item()) < 1e-3
+
+
+@pytest.mark.parametrize("pattern", bayer.PATTERNS)
+def test_unprocess_then_render_reproduces_the_source(pattern):
+    """The classical pipeline inverts unprocessing: > 40 dB without noise (the issue's target)."""
+    rng = np.random.default_rng(5)
+    sources = ["chart", "gradient", "texture", "coffee"]
+    images = np.stack([load_source(s, (128, 96), rng) for s in sources])
+    params = [sample_params(rng, noise=False) for _ in sources]
+    srgb = torch.from_numpy(images).permute(0, 3, 1, 2).double()
+    ccm, gains = _batch(params, "ccm"), _batch(params, "wb_gains")
+    brightness = _batch(params, "brightness_gain")
+    raw = unprocess(srgb, ccm, gains, brightness, pattern)
+    assert raw.shape == (4, 1, 96, 128)
+    out = render(raw, pattern, gains * brightness[:, None], ccm)
+    values = psnr(out.float(), srgb.float(), reduction="none")
+    assert values.min() > 40, values
+
+
+def test_unprocess_mosaic_carries_the_illuminant_colour():
+    """A grey source becomes, per CFA plane, the camera neutral scaled by exposure."""
+    params = sample_params(np.random.default_rng(11), noise=False)
+    grey = torch.full((1, 3, 8, 8), 0.5, dtype=torch.float64)
+    raw = unprocess(grey, _batch([params], "ccm"), _batch([params], "wb_gains"), _batch([params], "brightness_gain"), "RGGB")
+    planes = bayer.pack(raw[:, 0], "RGGB")[0].mean(dim=(-1, -2)).numpy()
+    rgb = np.array([planes[0], (planes[1] + planes[2]) / 2, planes[3]])
+    np.testing.assert_allclose(rgb / rgb[1], params.as_shot_neutral, rtol=1e-6)
