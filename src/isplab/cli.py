@@ -100,7 +100,9 @@ def data_inspect(files: list[Path] = typer.Argument(..., help="Raw files (DNG, N
             "black level (R,Gr,Gb,B)": ", ".join(f"{v:g}" for v in raw.black_level),
             "white level": str(raw.white_level),
             "as-shot neutral": ", ".join(f"{v:.4f}" for v in raw.as_shot_neutral),
-            "XYZ->camera matrix": "; ".join(", ".join(f"{v:.4f}" for v in row) for row in raw.color_matrix),
+            "XYZ->camera matrix": "unknown (not in the file nor LibRaw's tables)"
+            if raw.color_matrix is None
+            else "; ".join(", ".join(f"{v:.4f}" for v in row) for row in raw.color_matrix),
             "exposure time (s)": str(raw.exposure_time),
             "ISO": str(raw.iso),
             "aperture": str(raw.aperture),

@@ -107,7 +107,7 @@ def sample_params(
         illuminant_cct=float(cct),
         as_shot_neutral=neutral,
         wb_gains=1.0 / neutral,
-        brightness_gain=float(1.0 / rng.normal(0.8, 0.1).clip(0.5, 1.0)),
+        brightness_gain=float(1.0 / np.clip(rng.normal(0.8, 0.1), 0.5, 1.0)),
         shot_noise=shot,
         read_noise=read,
     )

@@ -60,3 +60,10 @@ def cfa_map(tile_values: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """
     tile = tile_values.reshape(-1, 1, 2, 2)
     return tile.repeat(1, 1, (height + 1) // 2, (width + 1) // 2)[..., :height, :width]
+
+
+def as_float_tensor(value) -> torch.Tensor:
+    """``value`` itself if it is a floating tensor, else a float64 tensor of it (keeps precision)."""
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value
+    return torch.as_tensor(value, dtype=torch.float64)

@@ -12,6 +12,11 @@ from isplab.isp._params import cfa_map, check_image, per_sample
 from isplab.isp.bayer import tile_to_planes
 
 
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    """Raw DN often arrive as integers (uint16); compute in float32 then."""
+    return x if not isinstance(x, torch.Tensor) or x.is_floating_point() else x.float()
+
+
 def _plane_levels(planes: torch.Tensor, black_level, white_level) -> tuple[torch.Tensor, torch.Tensor]:
     """Black ``(B', 4, 1, 1)`` and white ``(B', 1, 1, 1)`` levels, broadcastable to ``planes``."""
     black = per_sample(black_level, planes, (4,), "black_level")[:, :, None, None]
@@ -30,7 +35,7 @@ def normalize_planes(planes: torch.Tensor, black_level, white_level, clip: bool 
     """Map packed raw planes from DN to [0, 1].
 
     Args:
-        planes: ``(B, 4, h, w)`` R, Gr, Gb, B planes in raw DN (any float dtype).
+        planes: ``(B, 4, h, w)`` R, Gr, Gb, B planes in raw DN (integer input is promoted to float32).
         black_level: ``(4,)`` or ``(B, 4)``, per plane in R, Gr, Gb, B order.
         white_level: number, ``()`` or ``(B,)``: the saturation level in DN.
         clip: clamp the result to [0, 1].
@@ -38,7 +43,7 @@ def normalize_planes(planes: torch.Tensor, black_level, white_level, clip: bool 
     Returns:
         ``(B, 4, h, w)`` normalised planes.
     """
-    check_image(planes, 4, "planes")
+    planes = check_image(_as_float(planes), 4, "planes")
     black, white = _plane_levels(planes, black_level, white_level)
     out = (planes - black) / (white - black)
     return out.clamp(0.0, 1.0) if clip else out
@@ -55,7 +60,7 @@ def normalize_mosaic(mosaic: torch.Tensor, black_level, white_level, pattern: st
     """Map a Bayer mosaic from DN to [0, 1], each site using its plane's black level.
 
     Args:
-        mosaic: ``(B, 1, H, W)`` raw DN.
+        mosaic: ``(B, 1, H, W)`` raw DN (integer input is promoted to float32).
         black_level: ``(4,)`` or ``(B, 4)`` in R, Gr, Gb, B order (not the sensor's tile order).
         white_level: number, ``()`` or ``(B,)``.
         pattern: the CFA pattern, e.g. ``"RGGB"``.
@@ -64,7 +69,7 @@ def normalize_mosaic(mosaic: torch.Tensor, black_level, white_level, pattern: st
     Returns:
         ``(B, 1, H, W)`` normalised mosaic.
     """
-    check_image(mosaic, 1, "mosaic")
+    mosaic = check_image(_as_float(mosaic), 1, "mosaic")
     black, white = _mosaic_levels(mosaic, black_level, white_level, pattern)
     out = (mosaic - black) / (white - black)
     return out.clamp(0.0, 1.0) if clip else out

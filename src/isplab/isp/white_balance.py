@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from isplab.errors import IsplabError
-from isplab.isp._params import cfa_map, check_image, per_sample
+from isplab.isp._params import as_float_tensor, cfa_map, check_image, per_sample
 from isplab.isp.bayer import channel_index
 
 # RGB channel of each packed plane R, Gr, Gb, B.
@@ -42,10 +42,10 @@ def gains_from_neutral(neutral) -> torch.Tensor:
         neutral: ``(..., 3)`` camera RGB of a neutral surface (e.g. DNG AsShotNeutral), all > 0.
 
     Returns:
-        ``(..., 3)`` gains ``1 / neutral`` scaled so the green gain is 1, same dtype as ``neutral``
-        (float64 for non-tensor input).
+        ``(..., 3)`` gains ``1 / neutral`` scaled so the green gain is 1, same dtype as a float tensor
+        ``neutral``, else float64.
     """
-    neutral = neutral if isinstance(neutral, torch.Tensor) else torch.as_tensor(neutral, dtype=torch.float64)
+    neutral = as_float_tensor(neutral)
     if neutral.ndim < 1 or neutral.shape[-1] != 3:
         raise IsplabError(f"neutral must have shape (..., 3) (camera R, G, B), got {tuple(neutral.shape)}")
     if not bool((neutral > 0).all()):

@@ -1,0 +1,29 @@
+"""The sRGB transfer function (IEC 61966-2-1), exact piecewise form.
+
+Negative values use the linear segment and values above 1 the power segment, as in
+``colour.cctf_encoding(..., "sRGB")``, so the functions are defined (and invertible) everywhere.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Breakpoint of the linear segment in linear light, and its image in encoded values.
+_LINEAR_BREAK = 0.0031308
+_ENCODED_BREAK = 1.055 * _LINEAR_BREAK ** (1 / 2.4) - 0.055
+
+
+def linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
+    """Encode linear light to sRGB: ``12.92 x`` below 0.0031308, else ``1.055 x^(1/2.4) - 0.055``.
+
+    Any shape; differentiable everywhere (the power is evaluated on clamped input so its infinite
+    slope at 0 never reaches the gradient).
+    """
+    power = 1.055 * x.clamp(min=_LINEAR_BREAK) ** (1 / 2.4) - 0.055
+    return torch.where(x <= _LINEAR_BREAK, 12.92 * x, power)
+
+
+def srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
+    """Decode sRGB to linear light; the inverse of :func:`linear_to_srgb`. Any shape."""
+    power = ((x.clamp(min=_ENCODED_BREAK) + 0.055) / 1.055) ** 2.4
+    return torch.where(x <= _ENCODED_BREAK, x / 12.92, power)
