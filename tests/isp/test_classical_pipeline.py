@@ -95,7 +95,7 @@ def test_module_exports_to_onnx(tmp_path):
     path = tmp_path / "isp.onnx"
     torch.onnx.export(isp, inputs, str(path), dynamo=True, verbose=False)
     session = ort.InferenceSession(str(path))
-    (out,) = session.run(None, {i.name: v.numpy() for i, v in zip(session.get_inputs(), inputs)})
+    (out,) = session.run(None, {i.name: v.numpy() for i, v in zip(session.get_inputs(), inputs, strict=True)})
     np.testing.assert_allclose(out, isp(*inputs).numpy(), atol=1e-5)
 
 

@@ -12,7 +12,7 @@ colour = pytest.importorskip("colour")
 
 # Both sides of the breakpoints (0.0031308 linear, ~0.04045 encoded), negatives and values above 1.
 VALUES = np.concatenate(
-    [np.linspace(-0.2, 1.5, 1001), [0.0, 0.0031308, 0.0031309, 0.0404499, 0.04044991, 0.04045, 1.0]]
+    [np.linspace(-0.2, 1.5, 1001), [0.0, 0.0031308, 0.00313081, 0.0031309, 0.04044991, 0.040449936, 0.04045, 1.0]]
 )
 
 
@@ -29,7 +29,7 @@ def test_srgb_to_linear_matches_colour():
 def test_round_trip_and_float32():
     x = torch.from_numpy(VALUES)
     # The standard's two segments miss each other by ~3e-8 at the breakpoint (colour-science's
-    # functions behave the same), so values right at 0.0031308 come back within a few 1e-9.
+    # functions behave the same), so values just above 0.0031308 come back within a few 1e-9.
     torch.testing.assert_close(srgb_to_linear(linear_to_srgb(x)), x, rtol=1e-12, atol=5e-9)
     image = torch.rand(2, 3, 4, 4)
     encoded = linear_to_srgb(image)

@@ -91,7 +91,7 @@ def test_bad_arguments_are_reported():
         resize(img, (4, 4), mode="nearest")
     with pytest.raises(IsplabError, match=r"size must be a \(width, height\) pair of positive integers, got \(0, 4\)"):
         resize(img, (0, 4))
-    with pytest.raises(IsplabError, match="size must be a .* got 4"):
+    with pytest.raises(IsplabError, match=r"size must be a .* got 4"):
         resize(img, 4)
     with pytest.raises(IsplabError, match=r"max_size must be a .* got \(4\.5, 4\)"):
         resize_keep_aspect(img, (4.5, 4))

@@ -55,7 +55,9 @@ def test_identity_curve_and_curve_ends():
 
 def test_tone_curve_is_differentiable_in_x_and_curve():
     x = torch.tensor([[0.11, 0.37, 0.52, 0.93], [0.05, 0.48, 0.66, 0.71]], dtype=torch.float64, requires_grad=True)
-    curve = torch.tensor([[0.0, 0.3, 0.5, 0.9, 1.0], [0.1, 0.2, 0.6, 0.7, 0.95]], dtype=torch.float64, requires_grad=True)
+    curve = torch.tensor(
+        [[0.0, 0.3, 0.5, 0.9, 1.0], [0.1, 0.2, 0.6, 0.7, 0.95]], dtype=torch.float64, requires_grad=True
+    )
     assert torch.autograd.gradcheck(apply_tone_curve, (x, curve))
 
 

@@ -44,7 +44,7 @@ th, td { border: 1px solid #ccc; padding: .25rem .6rem; }
 th { background: #f2f2f2; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 figure { display: inline-block; margin: .5rem 1rem 1rem 0; vertical-align: top; }
-figure img { max-width: 100%; border: 1px solid #ddd; image-rendering: pixelated; }
+figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: .9rem; color: #555; }
 """
 

@@ -115,7 +115,7 @@ def demosaic_malvar(mosaic: torch.Tensor, pattern: str) -> torch.Tensor:
         ``(B, 3, H, W)`` RGB, same dtype and device; not clipped (the kernels can overshoot).
     """
     check_image(mosaic, 1, "mosaic")
-    kernels = [_MALVAR_G_AT_RB, _MALVAR_AT_G_ROW, [list(col) for col in zip(*_MALVAR_AT_G_ROW)], _MALVAR_RB_AT_BR]
+    kernels = [_MALVAR_G_AT_RB, _MALVAR_AT_G_ROW, [list(col) for col in zip(*_MALVAR_AT_G_ROW, strict=True)], _MALVAR_RB_AT_BR]
     filtered = F.conv2d(_pad_symmetric(mosaic, 2), _kernels(kernels, 8.0, mosaic))  # (B, 4, H, W)
     sources = torch.cat([mosaic, filtered], dim=1)  # (B, 5, H, W) indexed by _SRC_*
     table = torch.tensor(_malvar_sources(pattern), device=mosaic.device)  # (3, 4)

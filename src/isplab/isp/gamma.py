@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import torch
 
-# Breakpoint of the linear segment in linear light, and its image in encoded values.
+# End of the linear segment in linear light, and its image. The standard's rounded constants make
+# the power segment start 3e-8 lower (0.04044991); values in that sliver decode linearly, as in
+# colour-science, so the round trip is exact except within ~1e-8 of the breakpoint.
 _LINEAR_BREAK = 0.0031308
-_ENCODED_BREAK = 1.055 * _LINEAR_BREAK ** (1 / 2.4) - 0.055
+_ENCODED_BREAK = 12.92 * _LINEAR_BREAK
 
 
 def linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
