@@ -2,7 +2,9 @@
 
 Borders follow ``colour-demosaicing`` (scipy ``convolve(mode="reflect")``): the image is extended
 by symmetric reflection that repeats the edge pixel (``c b a | a b c``), so both implementations
-agree on the whole image.
+agree on the whole image. That padding does not preserve the CFA's 2-pixel period, so the outer
+1 (bilinear) or 2 (Malvar) pixels are less accurate than the interior (a flat colour is exact only
+inside that margin); crop them when it matters.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ _MALVAR_AT_G_ROW = [
     [0.0, -1.0, 0.0, -1.0, 0.0],
     [0.0, 0.0, 0.5, 0.0, 0.0],
 ]
+# ... whose column neighbours are R (or B).
+_MALVAR_AT_G_COL = [list(column) for column in zip(*_MALVAR_AT_G_ROW, strict=True)]
 # R at B sites and B at R sites.
 _MALVAR_RB_AT_BR = [
     [0.0, 0.0, -1.5, 0.0, 0.0],
@@ -115,7 +119,7 @@ def demosaic_malvar(mosaic: torch.Tensor, pattern: str) -> torch.Tensor:
         ``(B, 3, H, W)`` RGB, same dtype and device; not clipped (the kernels can overshoot).
     """
     check_image(mosaic, 1, "mosaic")
-    kernels = [_MALVAR_G_AT_RB, _MALVAR_AT_G_ROW, [list(col) for col in zip(*_MALVAR_AT_G_ROW, strict=True)], _MALVAR_RB_AT_BR]
+    kernels = [_MALVAR_G_AT_RB, _MALVAR_AT_G_ROW, _MALVAR_AT_G_COL, _MALVAR_RB_AT_BR]
     filtered = F.conv2d(_pad_symmetric(mosaic, 2), _kernels(kernels, 8.0, mosaic))  # (B, 4, H, W)
     sources = torch.cat([mosaic, filtered], dim=1)  # (B, 5, H, W) indexed by _SRC_*
     table = torch.tensor(_malvar_sources(pattern), device=mosaic.device)  # (3, 4)
