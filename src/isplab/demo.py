@@ -58,6 +58,7 @@ def libraw_render(path: Path) -> np.ndarray:
         rgb = raw.postprocess(
             use_camera_wb=True,
             no_auto_bright=True,
+            adjust_maximum_thr=0.0,  # LibRaw otherwise rescales to the file's brightest pixel
             output_color=rawpy.ColorSpace.sRGB,
             gamma=(2.4, 12.92),
             output_bps=16,

@@ -90,8 +90,9 @@ def synthesize_sample(
         as_tensor(params.brightness_gain),
         sensor.pattern,
     )
+    noise_seed = int(rng.integers(2**62))  # drawn even without noise: the same stream either way
     if noise:
-        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        generator = torch.Generator().manual_seed(noise_seed)
         raw = add_noise(raw, as_tensor(params.shot_noise), as_tensor(params.read_noise), generator)
     scale = sensor.white_level - sensor.black_level
     digital = (raw[0, 0].double().numpy() * scale + sensor.black_level).round()

@@ -100,7 +100,9 @@ def sample_params(
     cct = 1e6 / mired
     neutral = illuminant_neutral(xyz_to_camera, cct)
     ccm = camera_to_srgb_matrix(torch.from_numpy(xyz_to_camera)).numpy()
-    shot, read = random_noise_levels(rng) if noise else (0.0, 0.0)
+    shot, read = random_noise_levels(rng)  # always drawn so noise=False keeps the same random stream
+    if not noise:
+        shot, read = 0.0, 0.0
     return UnprocessParams(
         xyz_to_camera=xyz_to_camera,
         ccm=ccm,

@@ -33,7 +33,8 @@ def per_sample(value, like: torch.Tensor, shape: Sequence[int], name: str) -> to
         shape: the parameter's per-sample shape, e.g. ``(3,)`` for RGB gains or ``()`` for a scalar.
         name: the argument name used in error messages.
 
-    Tensors already on ``like``'s device and dtype are used as they are, so gradients reach them.
+    Tensors are cast with differentiable conversions (none when dtype and device already match),
+    so gradients reach learned parameters.
     """
     shape = tuple(shape)
     tensor = torch.as_tensor(value, dtype=like.dtype, device=like.device)

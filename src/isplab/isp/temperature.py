@@ -108,5 +108,5 @@ def xy_to_xyz(xy, Y=1.0) -> torch.Tensor:  # noqa: N803 (CIE's capital Y)
     """CIE XYZ ``(..., 3)`` of chromaticities ``(..., 2)`` at luminance ``Y`` (broadcast, default 1)."""
     xy = _check_xy(xy)
     x, y = xy[..., 0], xy[..., 1]
-    luminance = torch.as_tensor(Y, dtype=xy.dtype, device=xy.device)
-    return torch.stack([x * luminance / y, luminance.expand_as(x), (1.0 - x - y) * luminance / y], dim=-1)
+    x, y, luminance = torch.broadcast_tensors(x, y, torch.as_tensor(Y, dtype=xy.dtype, device=xy.device))
+    return torch.stack([x * luminance / y, luminance, (1.0 - x - y) * luminance / y], dim=-1)
