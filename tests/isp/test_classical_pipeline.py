@@ -23,10 +23,15 @@ CCMS = np.array(
         [[1.9, -0.8, -0.1], [-0.2, 1.4, -0.2], [0.1, -0.4, 1.3]],
     ]
 )
-DEMOSAIC = {
+_REFERENCE_DEMOSAIC = {
     "malvar": colour_demosaicing.demosaicing_CFA_Bayer_Malvar2004,
     "bilinear": colour_demosaicing.demosaicing_CFA_Bayer_bilinear,
 }
+
+
+def _demosaic(raw: np.ndarray, pattern: str, method: str) -> np.ndarray:
+    """colour-demosaicing with isplab's CFA-preserving border (see test_demosaic.py)."""
+    return _REFERENCE_DEMOSAIC[method](np.pad(raw, 2, mode="reflect"), pattern)[2:-2, 2:-2]
 
 
 def _numpy_render(raw: np.ndarray, pattern: str, gains, ccm, method: str, tone: bool, clip: bool) -> np.ndarray:
@@ -35,7 +40,7 @@ def _numpy_render(raw: np.ndarray, pattern: str, gains, ccm, method: str, tone: 
     for position, colour_name in enumerate(pattern):
         balanced[position // 2 :: 2, position % 2 :: 2] *= gains["RGB".index(colour_name)]
     balanced = np.clip(balanced, 0, 1) if clip else balanced
-    rgb = DEMOSAIC[method](balanced, pattern) @ ccm.T  # (H, W, 3)
+    rgb = _demosaic(balanced, pattern, method) @ ccm.T  # (H, W, 3)
     rgb = np.clip(rgb, 0, 1) if clip else rgb
     out = colour.cctf_encoding(rgb, function="sRGB")
     if tone:
@@ -67,14 +72,14 @@ def test_shared_parameters_and_float32():
 
 def test_unprocessing_in_reverse_order_recovers_a_flat_image():
     # sRGB -> inverse tone -> linear -> inverse CCM -> mosaic -> inverse WB, then render: the
-    # pipeline's documented order. Flat colours demosaic exactly away from the 2-pixel border.
+    # pipeline's documented order. Flat colours demosaic exactly, borders included.
     srgb = torch.tensor([[0.3, 0.5, 0.7], [0.6, 0.4, 0.2]], dtype=torch.float64)
     image = srgb[:, :, None, None].expand(2, 3, 8, 8)
     linear = srgb_to_linear(inverse_smoothstep_tone(image))
     camera = torch.einsum("bck,bkhw->bchw", torch.linalg.inv(torch.from_numpy(CCMS)), linear)
     raw = bayer.mosaic(camera / torch.from_numpy(GAINS)[:, :, None, None], "RGGB")[:, None]
     out = render(raw, "RGGB", GAINS, CCMS)
-    torch.testing.assert_close(out[..., 2:-2, 2:-2], image[..., 2:-2, 2:-2], rtol=0, atol=1e-12)
+    torch.testing.assert_close(out, image, rtol=0, atol=1e-12)
 
 
 def test_module_matches_function_and_is_differentiable():

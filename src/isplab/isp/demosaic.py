@@ -1,10 +1,10 @@
 """Bayer demosaicing: bilinear and Malvar-He-Cutler (2004), as fixed convolutions.
 
-Borders follow ``colour-demosaicing`` (scipy ``convolve(mode="reflect")``): the image is extended
-by symmetric reflection that repeats the edge pixel (``c b a | a b c``), so both implementations
-agree on the whole image. That padding does not preserve the CFA's 2-pixel period, so the outer
-1 (bilinear) or 2 (Malvar) pixels are less accurate than the interior (a flat colour is exact only
-inside that margin); crop them when it matters.
+Borders: the mosaic is extended by reflection about the edge photosite (``c b | a b c``), which
+keeps the CFA's 2-pixel period, so every border pixel is interpolated from samples of the right
+colour and a flat colour is reproduced exactly over the whole image. (``colour-demosaicing`` pads by
+repeating the edge pixel, which swaps colours at the border; the two agree everywhere once its
+input is reflect-padded the same way, which is how the tests compare them.)
 """
 
 from __future__ import annotations
@@ -53,13 +53,12 @@ _MALVAR_RB_AT_BR = [
 _SRC_CFA, _SRC_G_AT_RB, _SRC_ROW, _SRC_COL, _SRC_RB_AT_BR = range(5)
 
 
-def _pad_symmetric(x: torch.Tensor, pad: int) -> torch.Tensor:
-    """Pad H and W by ``pad`` with edge-repeating reflection (numpy ``symmetric``, scipy ``reflect``)."""
+def _pad_cfa_reflect(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Pad H and W by ``pad`` reflecting about the edge pixel (numpy ``reflect``): keeps the CFA phase."""
     h, w = x.shape[-2:]
-    if h < pad or w < pad:
-        raise IsplabError(f"mosaic must be at least {pad}x{pad} to demosaic, got {h}x{w}")
-    x = torch.cat([x[..., :pad, :].flip(-2), x, x[..., -pad:, :].flip(-2)], dim=-2)
-    return torch.cat([x[..., :pad].flip(-1), x, x[..., -pad:].flip(-1)], dim=-1)
+    if h <= pad or w <= pad:
+        raise IsplabError(f"mosaic must be at least {pad + 1}x{pad + 1} to demosaic, got {h}x{w}")
+    return F.pad(x, (pad, pad, pad, pad), mode="reflect")
 
 
 def _kernels(kernels: list[list[list[float]]], scale: float, like: torch.Tensor) -> torch.Tensor:
@@ -76,7 +75,7 @@ def demosaic_bilinear(mosaic: torch.Tensor, pattern: str) -> torch.Tensor:
     """Bilinear demosaicing (each colour interpolated from its own samples only).
 
     Args:
-        mosaic: ``(B, 1, H, W)`` Bayer mosaic, H, W >= 1.
+        mosaic: ``(B, 1, H, W)`` Bayer mosaic, H, W >= 2.
         pattern: CFA pattern, e.g. ``"RGGB"``.
 
     Returns:
@@ -86,7 +85,7 @@ def demosaic_bilinear(mosaic: torch.Tensor, pattern: str) -> torch.Tensor:
     pattern = check_pattern(pattern)
     sparse = mosaic * _colour_masks(mosaic, pattern)  # (B, 3, H, W), zero where a colour is absent
     weights = _kernels([_BILINEAR_RB, _BILINEAR_G, _BILINEAR_RB], 4.0, mosaic)
-    return F.conv2d(_pad_symmetric(sparse, 1), weights, groups=3)
+    return F.conv2d(_pad_cfa_reflect(sparse, 1), weights, groups=3)
 
 
 def _malvar_sources(pattern: str) -> list[list[int]]:
@@ -112,7 +111,7 @@ def demosaic_malvar(mosaic: torch.Tensor, pattern: str) -> torch.Tensor:
     """Malvar-He-Cutler (2004) gradient-corrected linear demosaicing with its 5x5 kernels.
 
     Args:
-        mosaic: ``(B, 1, H, W)`` Bayer mosaic, H, W >= 2.
+        mosaic: ``(B, 1, H, W)`` Bayer mosaic, H, W >= 3.
         pattern: CFA pattern, e.g. ``"RGGB"``.
 
     Returns:
@@ -120,7 +119,7 @@ def demosaic_malvar(mosaic: torch.Tensor, pattern: str) -> torch.Tensor:
     """
     check_image(mosaic, 1, "mosaic")
     kernels = [_MALVAR_G_AT_RB, _MALVAR_AT_G_ROW, _MALVAR_AT_G_COL, _MALVAR_RB_AT_BR]
-    filtered = F.conv2d(_pad_symmetric(mosaic, 2), _kernels(kernels, 8.0, mosaic))  # (B, 4, H, W)
+    filtered = F.conv2d(_pad_cfa_reflect(mosaic, 2), _kernels(kernels, 8.0, mosaic))  # (B, 4, H, W)
     sources = torch.cat([mosaic, filtered], dim=1)  # (B, 5, H, W) indexed by _SRC_*
     table = torch.tensor(_malvar_sources(pattern), device=mosaic.device)  # (3, 4)
     index = cfa_map(table, *mosaic.shape[-2:]).transpose(0, 1)  # (1, 3, H, W)
