@@ -14,13 +14,15 @@ import torch.nn.functional as F
 
 from isplab.errors import IsplabError
 from isplab.isp._params import cfa_map, check_image
-from isplab.isp.bayer import channel_index, check_pattern
+from isplab.isp.bayer import check_pattern
 
 METHODS = ("malvar", "bilinear")
 
-# Bilinear interpolation of a channel sampled on the green quincunx / the red or blue lattice.
-_BILINEAR_G = [[0.0, 1.0, 0.0], [1.0, 4.0, 1.0], [0.0, 1.0, 0.0]]
-_BILINEAR_RB = [[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]
+# Bilinear: each missing colour is the mean of its nearest samples (divided by the scale below).
+_BILINEAR_G_AT_RB = [[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
+_BILINEAR_AT_G_ROW = [[0.0, 0.0, 0.0], [2.0, 0.0, 2.0], [0.0, 0.0, 0.0]]
+_BILINEAR_AT_G_COL = [list(column) for column in zip(*_BILINEAR_AT_G_ROW, strict=True)]
+_BILINEAR_RB_AT_BR = [[1.0, 0.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 1.0]]
 
 # Malvar, He & Cutler, "High-quality linear interpolation for demosaicing of Bayer-patterned colour
 # images", ICASSP 2004, Fig. 2 (all divided by 8).
@@ -49,7 +51,7 @@ _MALVAR_RB_AT_BR = [
     [0.0, 2.0, 0.0, 2.0, 0.0],
     [0.0, 0.0, -1.5, 0.0, 0.0],
 ]
-# Sources stacked by demosaic_malvar: 0 the mosaic itself, then the four filters.
+# Sources stacked by _interpolate: 0 the mosaic itself, then the four filters.
 _SRC_CFA, _SRC_G_AT_RB, _SRC_ROW, _SRC_COL, _SRC_RB_AT_BR = range(5)
 
 
@@ -65,30 +67,7 @@ def _kernels(kernels: list[list[list[float]]], scale: float, like: torch.Tensor)
     return torch.tensor(kernels, dtype=like.dtype, device=like.device).unsqueeze(1) / scale
 
 
-def _colour_masks(mosaic: torch.Tensor, pattern: str) -> torch.Tensor:
-    """``(1, 3, H, W)`` one-hot R, G, B site masks of the CFA."""
-    tile = F.one_hot(torch.tensor(channel_index(pattern), device=mosaic.device), 3)  # (4, 3)
-    return cfa_map(tile.to(mosaic.dtype).T, *mosaic.shape[-2:]).transpose(0, 1)
-
-
-def demosaic_bilinear(mosaic: torch.Tensor, pattern: str) -> torch.Tensor:
-    """Bilinear demosaicing (each colour interpolated from its own samples only).
-
-    Args:
-        mosaic: ``(B, 1, H, W)`` Bayer mosaic, H, W >= 2.
-        pattern: CFA pattern, e.g. ``"RGGB"``.
-
-    Returns:
-        ``(B, 3, H, W)`` RGB, same dtype and device; not clipped.
-    """
-    check_image(mosaic, 1, "mosaic")
-    pattern = check_pattern(pattern)
-    sparse = mosaic * _colour_masks(mosaic, pattern)  # (B, 3, H, W), zero where a colour is absent
-    weights = _kernels([_BILINEAR_RB, _BILINEAR_G, _BILINEAR_RB], 4.0, mosaic)
-    return F.conv2d(_pad_cfa_reflect(sparse, 1), weights, groups=3)
-
-
-def _malvar_sources(pattern: str) -> list[list[int]]:
+def _sources(pattern: str) -> list[list[int]]:
     """For each output channel (R, G, B), the source to read at each tile position (row-major)."""
     colours = check_pattern(pattern)
     red_row = colours.index("R") // 2
@@ -107,6 +86,36 @@ def _malvar_sources(pattern: str) -> list[list[int]]:
     return table
 
 
+def _interpolate(mosaic: torch.Tensor, pattern: str, kernels: list, scale: float) -> torch.Tensor:
+    """Filter the mosaic once with each interpolation kernel, then pick per site and channel.
+
+    Both methods are four kernels on the single-channel mosaic (G at R/B, R/B at the two kinds of
+    green site, R at B and B at R) plus the mosaic itself; a gather selects, for every output
+    pixel, the source its CFA position calls for.
+    """
+    check_image(mosaic, 1, "mosaic")
+    table = torch.tensor(_sources(pattern), device=mosaic.device)  # (3, 4)
+    pad = len(kernels[0]) // 2
+    filtered = F.conv2d(_pad_cfa_reflect(mosaic, pad), _kernels(kernels, scale, mosaic))  # (B, 4, H, W)
+    sources = torch.cat([mosaic, filtered], dim=1)  # (B, 5, H, W) indexed by _SRC_*
+    index = cfa_map(table, *mosaic.shape[-2:]).transpose(0, 1)  # (1, 3, H, W)
+    return torch.gather(sources, 1, index.expand(mosaic.shape[0], -1, -1, -1))
+
+
+def demosaic_bilinear(mosaic: torch.Tensor, pattern: str) -> torch.Tensor:
+    """Bilinear demosaicing (each colour interpolated from its own nearest samples only).
+
+    Args:
+        mosaic: ``(B, 1, H, W)`` Bayer mosaic, H, W >= 2.
+        pattern: CFA pattern, e.g. ``"RGGB"``.
+
+    Returns:
+        ``(B, 3, H, W)`` RGB, same dtype and device; not clipped.
+    """
+    kernels = [_BILINEAR_G_AT_RB, _BILINEAR_AT_G_ROW, _BILINEAR_AT_G_COL, _BILINEAR_RB_AT_BR]
+    return _interpolate(mosaic, pattern, kernels, 4.0)
+
+
 def demosaic_malvar(mosaic: torch.Tensor, pattern: str) -> torch.Tensor:
     """Malvar-He-Cutler (2004) gradient-corrected linear demosaicing with its 5x5 kernels.
 
@@ -117,13 +126,8 @@ def demosaic_malvar(mosaic: torch.Tensor, pattern: str) -> torch.Tensor:
     Returns:
         ``(B, 3, H, W)`` RGB, same dtype and device; not clipped (the kernels can overshoot).
     """
-    check_image(mosaic, 1, "mosaic")
     kernels = [_MALVAR_G_AT_RB, _MALVAR_AT_G_ROW, _MALVAR_AT_G_COL, _MALVAR_RB_AT_BR]
-    filtered = F.conv2d(_pad_cfa_reflect(mosaic, 2), _kernels(kernels, 8.0, mosaic))  # (B, 4, H, W)
-    sources = torch.cat([mosaic, filtered], dim=1)  # (B, 5, H, W) indexed by _SRC_*
-    table = torch.tensor(_malvar_sources(pattern), device=mosaic.device)  # (3, 4)
-    index = cfa_map(table, *mosaic.shape[-2:]).transpose(0, 1)  # (1, 3, H, W)
-    return torch.gather(sources, 1, index.expand(mosaic.shape[0], -1, -1, -1))
+    return _interpolate(mosaic, pattern, kernels, 8.0)
 
 
 def demosaic(mosaic: torch.Tensor, pattern: str, method: str = "malvar") -> torch.Tensor:
