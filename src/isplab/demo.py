@@ -92,7 +92,7 @@ def run_demo(out: Path, *, count: int = 6, size: tuple[int, int] = (512, 384), s
         "LibRaw agreement: isplab's rendering without tone curve or brightness gain against "
         "rawpy.postprocess of the same DNG."
     )
-    rows = []
+    rows, panels_per_sample = [], []
     for sample in dataset.samples:
         dng = dataset.out_dir / sample["file"]
         raw = read_raw(dng)
@@ -143,8 +143,7 @@ def run_demo(out: Path, *, count: int = 6, size: tuple[int, int] = (512, 384), s
             axis.axis("off")
         figure.suptitle(f"{sample['file']} — {sample['source']}, {rows[-1]['illuminant (K)']} K, ISO {rows[-1]['ISO']}")
         figure.tight_layout()
-        report.add_figure(figure, caption=sample["file"], name=Path(sample["file"]).stem)
-        plt.close(figure)
+        panels_per_sample.append((figure, sample["file"]))
 
     report.add_heading("Per-sample metrics")
     report.add_table(rows)
@@ -160,6 +159,10 @@ def run_demo(out: Path, *, count: int = 6, size: tuple[int, int] = (512, 384), s
     figure.tight_layout()
     report.add_figure(figure, caption="PSNR per sample", name="psnr")
     plt.close(figure)
+    report.add_heading("Samples")
+    for figure, name in panels_per_sample:
+        report.add_figure(figure, caption=name, name=Path(name).stem)
+        plt.close(figure)
     if dataset.failures:
         report.add_heading("Failures")
         report.add_table(dataset.failures)

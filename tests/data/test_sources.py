@@ -41,3 +41,9 @@ def test_user_image_file_as_source(tmp_path):
 def test_unknown_source_names_the_choices():
     with pytest.raises(IsplabError, match="unknown source 'nope'.*astronaut"):
         load_source("nope", (32, 32), np.random.default_rng(0))
+
+
+def test_round_robin_order_covers_every_source_once():
+    from isplab.data.sources import PROCEDURAL, SKIMAGE_PHOTOS
+
+    assert sorted(SOURCES) == sorted([*SKIMAGE_PHOTOS, *PROCEDURAL])

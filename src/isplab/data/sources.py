@@ -104,7 +104,8 @@ PROCEDURAL: dict[str, Callable[[tuple[int, int], np.random.Generator], np.ndarra
     "texture": texture,
 }
 
-SOURCES = (*SKIMAGE_PHOTOS, *PROCEDURAL)
+# Round-robin order used by the dataset writer: photographs and procedural scenes interleaved.
+SOURCES = ("chart", "astronaut", "texture", "coffee", "gradient", "chelsea", "rocket", "motorcycle", "hubble")
 
 
 def random_crop_resized(image: np.ndarray, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:

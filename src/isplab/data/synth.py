@@ -78,7 +78,7 @@ def synthesize_sample(
         ``(mosaic uint16 (H, W), clean sRGB target float32 (H, W, 3), params, source, exif)``.
     """
     rng = np.random.default_rng([seed, index])
-    source = sources[int(rng.integers(len(sources)))]
+    source = sources[index % len(sources)]
     target = load_source(source, size, rng)
     params = sample_params(rng, noise=noise)
 
