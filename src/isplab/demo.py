@@ -153,7 +153,7 @@ def run_demo(out: Path, *, count: int = 6, size: tuple[int, int] = (512, 384), s
     x = np.arange(len(rows))
     for offset, key in zip((-0.25, 0, 0.25), ("round trip PSNR (dB)", "render PSNR (dB)", "LibRaw agreement PSNR (dB)")):
         axis.bar(x + offset, [r[key] for r in rows], width=0.25, label=key)
-    axis.set_xticks(x, [r["file"] for r in rows], rotation=20, fontsize=8)
+    axis.set_xticks(x, [f"{r['file']}\n{r['source']}" for r in rows], fontsize=8)
     axis.set_ylabel("PSNR (dB)")
     axis.legend(fontsize=8)
     figure.tight_layout()
