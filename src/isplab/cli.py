@@ -126,8 +126,11 @@ def _not_yet(name: str, issue: int | None, what: str) -> typer.Typer:
     return group
 
 
+from isplab.workflows.awb.cli import app as awb_app  # noqa: E402
+
+app.add_typer(awb_app, name="awb")
+
 for _name, _issue, _what in [
-    ("awb", 3, "Raspberry Pi neural auto white balance"),
     ("isp", 5, "Learned smartphone ISP (RAW Bayer to RGB)"),
     ("proxy", None, "Neural proxies of darktable's processing blocks"),
     ("genisp", None, "GenISP: minimal neural ISP for low-light detection"),

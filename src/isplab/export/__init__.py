@@ -20,6 +20,7 @@ from isplab.export.parity import (
 from isplab.export.tflite import (
     NHWCWrapper,
     TensorSpec,
+    TFLiteRunner,
     TFLiteSignature,
     export_tflite,
     run_tflite,
@@ -30,6 +31,7 @@ __all__ = [
     "ExportResult",
     "NHWCWrapper",
     "ParityReport",
+    "TFLiteRunner",
     "TFLiteSignature",
     "TensorSpec",
     "compare_outputs",

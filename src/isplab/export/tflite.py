@@ -157,8 +157,38 @@ def export_tflite(
     )
 
 
+class TFLiteRunner:
+    """A TFLite model loaded once into ai-edge-litert's interpreter, called many times.
+
+    ``runner(inputs) -> outputs`` with the same contract as :func:`run_tflite`; use it when running
+    a model over a dataset (loading the interpreter costs more than a small model's inference).
+    """
+
+    def __init__(self, path: str | PathLike[str]) -> None:
+        self.path = Path(path)
+        self.interpreter = _interpreter(self.path)
+        self.input_details = self.interpreter.get_input_details()
+        self.output_details = self.interpreter.get_output_details()
+
+    def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        if len(inputs) != len(self.input_details):
+            raise IsplabError(
+                f"TFLite model '{self.path}' expects {len(self.input_details)} inputs, got {len(inputs)}"
+            )
+        for i, (detail, x) in enumerate(zip(self.input_details, inputs)):
+            x = np.asarray(x, dtype=detail["dtype"])
+            if x.shape != tuple(detail["shape"]):
+                raise IsplabError(
+                    f"TFLite model '{self.path}' input {i} ({detail['name']}) has static shape "
+                    f"{detail['shape'].tolist()}, got {list(x.shape)}"
+                )
+            self.interpreter.set_tensor(detail["index"], x)
+        self.interpreter.invoke()
+        return [self.interpreter.get_tensor(d["index"]).copy() for d in self.output_details]
+
+
 def run_tflite(path: str | PathLike[str], inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Run a TFLite model with ai-edge-litert's interpreter.
+    """Run a TFLite model once with ai-edge-litert's interpreter.
 
     Args:
         path: ``.tflite`` file.
@@ -172,22 +202,7 @@ def run_tflite(path: str | PathLike[str], inputs: Sequence[np.ndarray]) -> list[
         MissingDependencyError: If ai-edge-litert is not installed.
         IsplabError: If the file does not exist or the number or shapes of inputs are wrong.
     """
-    interpreter = _interpreter(path)
-    details = interpreter.get_input_details()
-    if len(inputs) != len(details):
-        raise IsplabError(
-            f"TFLite model '{path}' expects {len(details)} inputs, got {len(inputs)}"
-        )
-    for i, (detail, x) in enumerate(zip(details, inputs)):
-        x = np.asarray(x)
-        if x.shape != tuple(detail["shape"]):
-            raise IsplabError(
-                f"TFLite model '{path}' input {i} ({detail['name']}) has static shape "
-                f"{detail['shape'].tolist()}, got {list(x.shape)}"
-            )
-        interpreter.set_tensor(detail["index"], x)
-    interpreter.invoke()
-    return [interpreter.get_tensor(d["index"]).copy() for d in interpreter.get_output_details()]
+    return TFLiteRunner(path)(inputs)
 
 
 def tflite_signature(path: str | PathLike[str]) -> TFLiteSignature:

@@ -1,0 +1,243 @@
+"""Neural auto white balance for libcamera's ``rpi.nn.awb``: zone statistics + lux -> kelvin.
+
+Every model here has libcamera's contract: ``forward(image, lux)`` with ``image`` the
+``(B, H, W, 3)`` float32 zone statistics (NHWC, after the 5000 K gains and CCM, ~``[0, 1]``) and
+``lux`` ``(B,)`` float32, returning ``(B,)`` float32 colour temperature in kelvin. All
+normalisation happens inside, so the exported TFLite file drops into libcamera unchanged.
+
+Architectures (``arch``):
+
+* ``"reference"``: Raspberry Pi's network exactly (see ``docs`` / the reference TFLite models):
+  clipped log R/G and B/G with log(lux)/10 as the middle channel, 'valid' 3x3 conv + ReLU layers
+  (PiSP 16/32/64, VC4 32/64) with 2x2 max-pooling between, dropout 0.1, a dense softmax over 10
+  classes 2800..7600 K and temperature = sum(p^2 T_i) / sum(p^2).
+* ``"chroma"``: unclipped log-chroma features plus brightness, 'same' convs, global average and
+  max pooling (so a scene's layout matters less than its colours), lux fed to the head, and a
+  regression in mireds bounded to 2800..7600 K.
+
+``ensemble=N`` (any arch) builds :class:`AWBEnsemble`: N independently initialised members whose
+mireds are averaged, still one module and one TFLite file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from isplab.errors import IsplabError
+
+#: Zone-grid size (H, W) of each target's statistics.
+TARGET_SIZES: dict[str, tuple[int, int]] = {"pisp": (32, 32), "vc4": (12, 16)}
+#: The reference network's conv widths per target.
+REFERENCE_FILTERS: dict[str, tuple[int, ...]] = {"pisp": (16, 32, 64), "vc4": (32, 64)}
+ARCHS = ("reference", "chroma")
+#: Temperatures (K) the networks predict; the reference tools clamp true temperatures to it.
+TEMPERATURE_RANGE = (2800.0, 7600.0)
+
+
+def reference_features(image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
+    """The reference network's input normalisation.
+
+    Args:
+        image: ``(B, H, W, 3)`` zone statistics.
+        lux: ``(B,)``.
+
+    Returns:
+        ``(B, H, W, 3)``: ``(log(clip(R/G, 0.01, 1)) + 1) / 2``, ``log(lux) / 10``,
+        ``(log(clip(B/G, 0.01, 1)) + 1) / 2`` with G clipped to ``[0.1, 1]``, all clipped to ``[0, 1]``.
+    """
+    green = image[..., 1].clamp(0.1, 1.0)
+    red = (torch.log((image[..., 0] / green).clamp(0.01, 1.0)) + 1.0) * 0.5
+    blue = (torch.log((image[..., 2] / green).clamp(0.01, 1.0)) + 1.0) * 0.5
+    light = (torch.log(lux) / 10.0).reshape(-1, 1, 1) * torch.ones_like(green)
+    return torch.stack([red, light, blue], dim=-1).clamp(0.0, 1.0)
+
+
+def chroma_features(image: torch.Tensor) -> torch.Tensor:
+    """Log-chroma and brightness per zone, without the reference's clipping of R/G, B/G at 1.
+
+    Args:
+        image: ``(B, H, W, 3)`` zone statistics.
+
+    Returns:
+        ``(B, 3, H, W)``: ``log(R/G) / 2``, ``log(B/G) / 2`` (ratios clipped to ``[e^-4, e^4]``)
+        and ``log(G) / 8`` (G clipped to ``[e^-8, 1]``; the network learns to trust dark zones less).
+    """
+    eps = 3.4e-4  # ~e^-8: keeps logs of black zones finite
+    rgb = image.clamp(eps, 1.0)
+    log_rgb = torch.log(rgb)
+    red = (log_rgb[..., 0] - log_rgb[..., 1]).clamp(-4.0, 4.0) * 0.5
+    blue = (log_rgb[..., 2] - log_rgb[..., 1]).clamp(-4.0, 4.0) * 0.5
+    return torch.stack([red, blue, log_rgb[..., 1] * 0.125], dim=1)
+
+
+def _check_input(image: torch.Tensor, lux: torch.Tensor, target: str) -> None:
+    height, width = TARGET_SIZES[target]
+    if image.ndim != 4 or tuple(image.shape[1:]) != (height, width, 3):
+        raise IsplabError(
+            f"AWB model for target {target!r} expects image (B, {height}, {width}, 3) NHWC zone statistics, "
+            f"got {tuple(image.shape)}"
+        )
+    if lux.ndim != 1 or lux.shape[0] != image.shape[0]:
+        raise IsplabError(f"lux must have shape ({image.shape[0]},), got {tuple(lux.shape)}")
+
+
+class ReferenceAWBNet(nn.Module):
+    """Raspberry Pi's reference AWB network (see the module docstring).
+
+    The flatten is in NHWC order, like Keras, so the dense weights line up with the reference's.
+    """
+
+    def __init__(self, target: str, dropout: float = 0.1, classes: int = 10) -> None:
+        super().__init__()
+        self.target = target
+        layers: list[nn.Module] = []
+        channels = 3
+        height, width = TARGET_SIZES[target]
+        for i, filters in enumerate(REFERENCE_FILTERS[target]):
+            if i:
+                layers.append(nn.MaxPool2d(2))
+                height, width = height // 2, width // 2
+            layers += [nn.Conv2d(channels, filters, 3), nn.ReLU()]
+            channels, height, width = filters, height - 2, width - 2
+        self.features = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(dropout)
+        self.dense = nn.Linear(channels * height * width, classes)
+        self.register_buffer("class_temps", torch.linspace(*TEMPERATURE_RANGE, classes))
+
+    def forward(self, image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, 3)``, ``(B,)`` -> ``(B,)`` kelvin."""
+        _check_input(image, lux, self.target)
+        x = self.features(reference_features(image, lux).permute(0, 3, 1, 2))
+        x = self.dropout(x.permute(0, 2, 3, 1).flatten(1))
+        p2 = torch.softmax(self.dense(x), dim=1) ** 2
+        return (p2 * self.class_temps).sum(dim=1) / p2.sum(dim=1)
+
+
+class ChromaAWBNet(nn.Module):
+    """Log-chroma CNN with global pooling and a bounded mired regression (see module docstring).
+
+    Args:
+        target: ``"pisp"`` or ``"vc4"``.
+        width: channels of the first conv block (the second has twice as many).
+        hidden: size of the head's hidden layer.
+        dropout: dropout before the output layer.
+    """
+
+    def __init__(self, target: str, width: int = 16, hidden: int = 32, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.target = target
+
+        def conv(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU()]
+
+        self.features = nn.Sequential(
+            *conv(3, width), *conv(width, width), nn.MaxPool2d(2),
+            *conv(width, 2 * width), nn.MaxPool2d(2), *conv(2 * width, 2 * width),
+        )
+        self.head = nn.Sequential(
+            nn.Linear(4 * width + 1, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 1)
+        )
+        low, high = (1e6 / t for t in reversed(TEMPERATURE_RANGE))
+        self.mired_low, self.mired_span = low, high - low
+
+    def mireds(self, image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, 3)``, ``(B,)`` -> ``(B,)`` predicted mireds within 2800..7600 K."""
+        _check_input(image, lux, self.target)
+        x = self.features(chroma_features(image))
+        pooled = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3)), (torch.log(lux.clamp(min=1.0)) / 10.0)[:, None]], 1)
+        return self.mired_low + self.mired_span * torch.sigmoid(self.head(pooled)[:, 0])
+
+    def forward(self, image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, 3)``, ``(B,)`` -> ``(B,)`` kelvin."""
+        return 1e6 / self.mireds(image, lux)
+
+
+class AWBEnsemble(nn.Module):
+    """Average of several AWB models' predictions, taken in mireds."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def member_mireds(self, image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
+        """``(M, B)`` mireds of each member (training gives each member its own loss)."""
+        return torch.stack([1e6 / member(image, lux) for member in self.members])
+
+    def forward(self, image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, 3)``, ``(B,)`` -> ``(B,)`` kelvin."""
+        return 1e6 / self.member_mireds(image, lux).mean(dim=0)
+
+
+def member_mireds(model: nn.Module, image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
+    """``(M, B)`` mireds of each ensemble member, ``M = 1`` for a single model."""
+    if isinstance(model, AWBEnsemble):
+        return model.member_mireds(image, lux)
+    return (1e6 / model(image, lux))[None]
+
+
+def build_awb_model(target: str, arch: str = "reference", *, ensemble: int = 1, **options: Any) -> nn.Module:
+    """Build an AWB model (see the module docstring for the contract and architectures).
+
+    Args:
+        target: ``"pisp"`` (32x32 zones) or ``"vc4"`` (16 wide x 12 high).
+        arch: ``"reference"`` or ``"chroma"``.
+        ensemble: number of independently initialised members averaged (1: a single model).
+        **options: the architecture's keyword arguments (reference: ``dropout``, ``classes``;
+            chroma: ``width``, ``hidden``, ``dropout``).
+
+    Raises:
+        IsplabError: unknown target or arch, ``ensemble < 1``, or options the arch does not take.
+    """
+    if target not in TARGET_SIZES:
+        raise IsplabError(f"unknown AWB target {target!r}: expected one of {', '.join(TARGET_SIZES)}")
+    if arch not in ARCHS:
+        raise IsplabError(f"unknown AWB arch {arch!r}: expected one of {', '.join(ARCHS)}")
+    if ensemble < 1:
+        raise IsplabError(f"ensemble must be >= 1, got {ensemble}")
+    cls = ReferenceAWBNet if arch == "reference" else ChromaAWBNet
+    try:
+        members = [cls(target, **options) for _ in range(ensemble)]
+    except TypeError as e:
+        raise IsplabError(f"bad options {options} for AWB arch {arch!r}: {e}") from None
+    model = members[0] if ensemble == 1 else AWBEnsemble(members)
+    model.awb_config = {"target": target, "arch": arch, "ensemble": ensemble, "options": dict(options)}
+    return model
+
+
+def save_awb_model(model: nn.Module, path: str | Path) -> Path:
+    """Save a model built by :func:`build_awb_model` as a ``.pt`` file (state dict + build config)."""
+    config = getattr(model, "awb_config", None)
+    if config is None:
+        raise IsplabError("save_awb_model needs a model made by build_awb_model (it has no awb_config)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"awb_config": config, "state_dict": state}, path)
+    return path
+
+
+def load_awb_model(path: str | Path) -> nn.Module:
+    """Load a model written by :func:`save_awb_model` (on the CPU, in eval mode).
+
+    Raises:
+        IsplabError: missing file, or not an isplab AWB model file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise IsplabError(f"AWB model file '{path}' does not exist")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        config = saved["awb_config"]
+        model = build_awb_model(
+            config["target"], config["arch"], ensemble=config.get("ensemble", 1), **config["options"]
+        )
+        model.load_state_dict(saved["state_dict"])
+    except IsplabError:
+        raise
+    except Exception as e:  # torch.load raises many types for non-checkpoint files
+        raise IsplabError(f"'{path}' is not an isplab AWB model (.pt from save_awb_model): {e}") from None
+    return model.eval()

@@ -1,0 +1,124 @@
+"""Worst-case re-weighting training loop (the seed's ``auto_train.py``).
+
+Each run trains a model with the current duplicate counts, evaluates it on the whole dataset, and
+adds ``weight`` to the count of the image with the worst error, so later runs see it more often.
+Each run writes three files named ``<kind>_<worst>_<average>_<run>`` with the worst error rounded
+to whole mireds and the average with ``p`` for the point (``model_12_2p6003_31.pt``):
+
+- ``verification_...txt``: every image and its error in mireds, worst first;
+- ``duplicates_...txt``: the duplicate counts used by the next run (``<prefix> <count>`` lines);
+- ``model_...pt``: the model (``isplab.models.awb.load_awb_model`` reads it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from isplab.errors import IsplabError
+from isplab.models.awb import load_awb_model, save_awb_model
+from isplab.workflows.awb.dataset import AWBDataset, mired_error, read_duplicates, repeat_counts, write_duplicates
+from isplab.workflows.awb.train import TrainConfig, predict, train_model
+
+
+@dataclass
+class RunRecord:
+    """One auto-train run."""
+
+    run: int
+    worst: float
+    mean: float
+    worst_image: str
+    model_path: Path
+    verification_path: Path
+    duplicates_path: Path
+
+
+@dataclass
+class AutoTrainResult:
+    runs: list[RunRecord] = field(default_factory=list)
+
+    @property
+    def best(self) -> RunRecord:
+        """The run with the lowest worst-case error (ties: lowest mean)."""
+        return min(self.runs, key=lambda r: (r.worst, r.mean))
+
+
+def run_name(kind: str, worst: float, mean: float, run: int) -> str:
+    """``model_12_2p6003_31`` style name: worst rounded, mean rounded to 4 decimals, ``p`` for the point."""
+    return f"{kind}_{round(worst)}_{str(round(mean, 4)).replace('.', 'p')}_{run}"
+
+
+def auto_train(
+    dataset: AWBDataset,
+    output_dir: str | Path,
+    config: TrainConfig,
+    *,
+    duplicate_file: str | Path = "duplicates.txt",
+    clear_duplicates: bool = False,
+    input_model: str | Path | None = None,
+    iterations: int = 50,
+    weight: int = 4,
+    early_stopping: int | None = 10,
+    progress: bool = True,
+    on_run: Callable[[RunRecord], None] | None = None,
+) -> AutoTrainResult:
+    """Run the re-weighting loop; see the module docstring for the files each run writes.
+
+    Args:
+        duplicate_file: the starting duplicate counts (``<user>,<sensor>,<id>`` prefixes and a
+            count); it is updated after every run so an interrupted loop can be resumed.
+        clear_duplicates: start from an empty duplicates file instead.
+        input_model: start the first run from this model instead of from scratch; every later
+            run continues from the previous run's model, as the seed's loop does.
+        iterations: number of runs.
+        weight: how much the worst image's count grows after each run.
+        early_stopping: stop after this many runs without a better worst-case error.
+        on_run: called with each run's record (the CLI prints a line).
+    """
+    if iterations < 1:
+        raise IsplabError(f"--iterations must be at least 1, got {iterations}")
+    if weight < 1:
+        raise IsplabError(f"--weight must be at least 1, got {weight}")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    duplicate_file = Path(duplicate_file)
+    duplicates = {} if clear_duplicates or not duplicate_file.exists() else read_duplicates(duplicate_file)
+    start = load_awb_model(input_model) if input_model else None
+    names = [sample.path.name for sample in dataset.samples]
+
+    result = AutoTrainResult()
+    best_worst, since_best = np.inf, 0
+    for run in range(iterations):
+        weights = repeat_counts(dataset.samples, duplicates)
+        model = train_model(dataset, config, weights=weights, input_model=start, progress=progress)
+        start = model
+        errors = mired_error(predict(model, dataset.images, dataset.lux), dataset.true_temp)
+        order = np.argsort(-errors)
+        worst_index = int(order[0])
+        worst, mean = float(errors[worst_index]), float(errors.mean())
+
+        prefix = dataset.samples[worst_index].prefix
+        duplicates[prefix] = duplicates.get(prefix, 1) + weight  # counts are total inclusions
+        model_path = output_dir / f"{run_name('model', worst, mean, run)}.pt"
+        verification_path = output_dir / f"{run_name('verification', worst, mean, run)}.txt"
+        duplicates_path = output_dir / f"{run_name('duplicates', worst, mean, run)}.txt"
+        save_awb_model(model, model_path)
+        verification_path.write_text("".join(f"{names[i]} {errors[i]:.2f}\n" for i in order))
+        write_duplicates(duplicates_path, duplicates)
+        write_duplicates(duplicate_file, duplicates)
+
+        record = RunRecord(run, worst, mean, names[worst_index], model_path, verification_path, duplicates_path)
+        result.runs.append(record)
+        if on_run:
+            on_run(record)
+        if worst < best_worst:
+            best_worst, since_best = worst, 0
+        else:
+            since_best += 1
+            if early_stopping is not None and since_best >= early_stopping:
+                break
+    return result

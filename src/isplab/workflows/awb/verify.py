@@ -1,0 +1,154 @@
+"""Check an AWB model on individual images: predicted vs labelled vs camera temperature.
+
+The counterpart of the seed's ``verify.py``. Inputs are either statistics PNGs named
+``<user>,<sensor>,<id>,<true_temp>,<lux>,<camera_temp>.png`` or annotated DNGs, which go through
+the same conversion as ``isplab awb convert``. The model is a ``.pt`` (PyTorch) or a ``.tflite``
+(libcamera contract); :func:`load_predictor` hides the difference. Typical use::
+
+    for row in verify(["a.dng", "b.png"], "model.tflite", tuning_dir="tunings/pisp"):
+        print(row.path.name, row.predicted_temp, row.true_temp, row.failure)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+
+from isplab.errors import IsplabError
+from isplab.export import TFLiteRunner
+from isplab.io import read_image
+from isplab.models.awb import load_awb_model
+from isplab.workflows.awb.convert import convert_dng
+from isplab.workflows.awb.dataset import TARGET_SIZES, mired_error, parse_stats_name
+from isplab.workflows.awb.evaluate import predict_tflite
+from isplab.workflows.awb.train import predict
+
+
+class Predictor:
+    """A loaded AWB model as a function ``(images (N, H, W, 3), lux (N,)) -> (N,)`` kelvin.
+
+    Attributes:
+        target: the target whose zone grid the model takes (``"pisp"``/``"vc4"``).
+        source: the model file.
+    """
+
+    def __init__(self, function: Callable[[np.ndarray, np.ndarray], np.ndarray], target: str, source: Path) -> None:
+        self._function = function
+        self.target = target
+        self.source = source
+
+    def __call__(self, images: np.ndarray, lux: np.ndarray) -> np.ndarray:
+        images = np.asarray(images, dtype=np.float32)
+        if images.shape[1:] != (*TARGET_SIZES[self.target], 3):
+            height, width = TARGET_SIZES[self.target]
+            raise IsplabError(
+                f"model '{self.source}' is for {self.target} ({width} wide x {height} high zones), "
+                f"got images of shape {images.shape[1:]}"
+            )
+        return np.asarray(self._function(images, np.asarray(lux, dtype=np.float32)), dtype=np.float64)
+
+
+def load_predictor(path: str | PathLike[str]) -> Predictor:
+    """Load a ``.tflite`` (run with LiteRT) or an isplab ``.pt`` AWB model (run with PyTorch).
+
+    Raises:
+        IsplabError: missing file, a file that is not an AWB model, or a ``.tflite`` whose image
+            input is not ``[1, H, W, 3]`` of a known target's zone grid.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".tflite":
+        model = load_awb_model(path)
+        return Predictor(lambda images, lux: predict(model, images, lux), model.awb_config["target"], path)
+    runner = TFLiteRunner(path)
+    shape = tuple(int(n) for n in runner.input_details[0]["shape"])
+    targets = [t for t, (h, w) in TARGET_SIZES.items() if shape == (1, h, w, 3)]
+    if not targets:
+        sizes = ", ".join(f"{t} [1, {h}, {w}, 3]" for t, (h, w) in TARGET_SIZES.items())
+        raise IsplabError(f"TFLite model '{path}' has image input shape {list(shape)}: expected {sizes}")
+    return Predictor(lambda images, lux: predict_tflite(runner, images, lux), targets[0], path)
+
+
+@dataclass(frozen=True)
+class VerifyRow:
+    """One file's result; a file that could not be processed has only ``path`` and ``failure``."""
+
+    path: Path
+    predicted_temp: float | None = None
+    true_temp: float | None = None
+    camera_temp: float | None = None
+    lux: float | None = None
+    failure: str | None = None
+
+    @property
+    def error_mired(self) -> float | None:
+        """The model's error in mireds (true temperature clamped as in training)."""
+        return None if self.failure else float(mired_error(self.predicted_temp, self.true_temp))
+
+    @property
+    def camera_error_mired(self) -> float | None:
+        """The camera estimate's error in mireds."""
+        return None if self.failure else float(mired_error(self.camera_temp, self.true_temp))
+
+
+def verify(
+    paths: Sequence[str | PathLike[str]],
+    model: str | PathLike[str] | Predictor,
+    *,
+    target: str | None = None,
+    tuning_dir: str | PathLike[str] | None = None,
+) -> list[VerifyRow]:
+    """Predict the colour temperature of each file and compare it with its labels.
+
+    Args:
+        paths: statistics ``.png`` files and/or annotated ``.dng`` files.
+        model: a model file (see :func:`load_predictor`) or a loaded :class:`Predictor`.
+        target: ``"pisp"``/``"vc4"``; defaults to the model's. DNGs are converted for it.
+        tuning_dir: extra folder searched for the sensors' tuning files (DNGs only).
+
+    Returns:
+        One row per path, in order. A file that cannot be read, parsed or converted gives a row
+        with ``failure`` set to the reason; the other files are still processed.
+
+    Raises:
+        IsplabError: the model cannot be loaded, or ``target`` is not the model's.
+    """
+    predictor = model if isinstance(model, Predictor) else load_predictor(model)
+    if target is None:
+        target = predictor.target
+    elif target != predictor.target:
+        raise IsplabError(f"model '{predictor.source}' is for {predictor.target}, not for the requested target {target}")
+    rows = []
+    for path in map(Path, paths):
+        try:
+            image, true_temp, lux, camera_temp = _load(path, target, tuning_dir)
+            predicted = float(predictor(image[None], np.array([lux]))[0])
+        except IsplabError as e:
+            rows.append(VerifyRow(path, failure=str(e)))
+            continue
+        rows.append(VerifyRow(path, predicted, true_temp, camera_temp, lux))
+    return rows
+
+
+def _load(
+    path: Path, target: str, tuning_dir: str | PathLike[str] | None
+) -> tuple[np.ndarray, float, float, float]:
+    """``(image (H, W, 3) float32 in [0, 1], true_temp, lux, camera_temp)`` of a PNG or DNG."""
+    suffix = path.suffix.lower()
+    if suffix == ".dng":
+        stats, true_temp, lux, camera_temp, _ = convert_dng(path, target, tuning_dir=tuning_dir)
+        return np.asarray(stats, dtype=np.float32) / 65535.0, float(true_temp), float(lux), float(camera_temp)
+    if suffix != ".png":
+        raise IsplabError(f"'{path}': expected a statistics .png or an annotated .dng, not '{path.suffix}'")
+    sample = parse_stats_name(path)
+    image = read_image(path)
+    height, width = TARGET_SIZES[target]
+    if image.shape != (height, width, 3) or image.dtype != np.uint16:
+        raise IsplabError(
+            f"'{path}' is {image.dtype} of shape {image.shape}: expected a 16-bit RGB PNG, "
+            f"{width} wide x {height} high for {target}"
+        )
+    return image.astype(np.float32) / 65535.0, sample.true_temp, sample.lux, sample.camera_temp
