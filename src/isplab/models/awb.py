@@ -11,8 +11,8 @@ Architectures (``arch``):
   clipped log R/G and B/G with log(lux)/10 as the middle channel, 'valid' 3x3 conv + ReLU layers
   (PiSP 16/32/64, VC4 32/64) with 2x2 max-pooling between, dropout 0.1, a dense softmax over 10
   classes 2800..7600 K and temperature = sum(p^2 T_i) / sum(p^2).
-* ``"chroma"``: unclipped log-chroma features plus brightness, 'same' convs, global average and
-  max pooling (so a scene's layout matters less than its colours), lux fed to the head, and a
+* ``"chroma"``: PiSP zones averaged 2x2 to 16x16, unclipped log-chroma features plus
+  brightness, 'same' convs, global average and max pooling (so a scene's layout matters less than its colours), lux fed to the head, and a
   regression in mireds bounded to 2800..7600 K.
 
 ``ensemble=N`` (any arch) builds :class:`AWBEnsemble`: N independently initialised members whose
@@ -134,6 +134,9 @@ class ChromaAWBNet(nn.Module):
         def conv(cin: int, cout: int) -> list[nn.Module]:
             return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU()]
 
+        # PiSP's 32x32 zones are averaged to 16x16 first (zone means of 2x2 zones, before taking
+        # logs): four times cheaper, and VC4's 12x16 grid shows that resolution is enough.
+        self.pool_input = nn.AvgPool2d(2) if TARGET_SIZES[target][0] > 16 else nn.Identity()
         self.features = nn.Sequential(
             *conv(3, width), *conv(width, width), nn.MaxPool2d(2),
             *conv(width, 2 * width), nn.MaxPool2d(2), *conv(2 * width, 2 * width),
@@ -147,6 +150,7 @@ class ChromaAWBNet(nn.Module):
     def mireds(self, image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, 3)``, ``(B,)`` -> ``(B,)`` predicted mireds within 2800..7600 K."""
         _check_input(image, lux, self.target)
+        image = self.pool_input(image.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         x = self.features(chroma_features(image))
         pooled = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3)), (torch.log(lux.clamp(min=1.0)) / 10.0)[:, None]], 1)
         return self.mired_low + self.mired_span * torch.sigmoid(self.head(pooled)[:, 0])

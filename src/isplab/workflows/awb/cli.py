@@ -181,20 +181,17 @@ def verify_command(
     from isplab.workflows.awb.verify import verify
 
     rows = verify(images, model, target=target, tuning_dir=tuning_dir)
-    table = Table(title=f"{model}")
-    for column in ("image", "predicted K", "labelled K", "camera K", "error (mired)", "camera error (mired)"):
-        table.add_column(column, justify="right" if column != "image" else "left")
-    failed = 0
     for row in rows:
         if row.failure:
-            failed += 1
-            table.add_row(row.path.name, f"[red]{row.failure}[/]", "", "", "", "")
+            err.print(f"[red]{row.path}[/]: {row.failure}", highlight=False)
             continue
-        fmt = lambda v, spec=".0f": "" if v is None else format(v, spec)  # noqa: E731
-        table.add_row(row.path.name, fmt(row.predicted_temp), fmt(row.true_temp), fmt(row.camera_temp),
-                      fmt(row.error_mired, ".1f"), fmt(row.camera_error_mired, ".1f"))
-    console.print(table)
-    if failed:
+        line = f"{row.path.name}: predicted {row.predicted_temp:.0f} K"
+        if row.true_temp is not None:
+            line += f", labelled {row.true_temp:.0f} K ({row.error_mired:.1f} mireds)"
+        if row.camera_temp is not None:
+            line += f", camera {row.camera_temp:.0f} K ({row.camera_error_mired:.1f} mireds)"
+        console.print(line, highlight=False, soft_wrap=True)
+    if any(row.failure for row in rows):
         raise typer.Exit(1)
 
 

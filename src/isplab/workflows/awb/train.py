@@ -337,6 +337,7 @@ def train_model(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*The number of training batches.*")
+        warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
         trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader)
     return module.model.cpu().eval()
 
