@@ -114,3 +114,13 @@ def test_wrapped_two_input_model_has_libcamera_awb_signature(two_input_net, tmp_
         run_tflite(result.path, [image.permute(0, 3, 1, 2).numpy(), lux.numpy()])
     with pytest.raises(IsplabError, match="expects 2 inputs, got 1"):
         run_tflite(result.path, [image.numpy()])
+
+
+def test_a_file_that_is_not_tflite_is_a_clear_error(tmp_path):
+    from isplab.errors import IsplabError
+    from isplab.export import run_tflite
+
+    junk = tmp_path / "junk.tflite"
+    junk.write_bytes(b"not a flatbuffer at all")
+    with pytest.raises(IsplabError, match="junk.tflite' is not a TFLite model"):
+        run_tflite(junk, [])

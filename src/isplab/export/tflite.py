@@ -231,8 +231,11 @@ def _interpreter(path: str | PathLike[str]):
     interpreter_module = _require("ai_edge_litert.interpreter")
     if not path.is_file():
         raise IsplabError(f"TFLite model file not found: '{path}'")
-    interpreter = interpreter_module.Interpreter(model_path=str(path))
-    interpreter.allocate_tensors()
+    try:
+        interpreter = interpreter_module.Interpreter(model_path=str(path))
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as error:
+        raise IsplabError(f"'{path}' is not a TFLite model the LiteRT interpreter can load ({error})") from None
     return interpreter
 
 

@@ -33,7 +33,7 @@ from isplab.errors import IsplabError
 TARGET_SIZES: dict[str, tuple[int, int]] = {"pisp": (32, 32), "vc4": (12, 16)}
 #: The reference network's conv widths per target.
 REFERENCE_FILTERS: dict[str, tuple[int, ...]] = {"pisp": (16, 32, 64), "vc4": (32, 64)}
-ARCHS = ("reference", "chroma")
+ARCHS = ("reference", "chroma", "histogram")
 #: Temperatures (K) the networks predict; the reference tools clamp true temperatures to it.
 TEMPERATURE_RANGE = (2800.0, 7600.0)
 
@@ -160,6 +160,77 @@ class ChromaAWBNet(nn.Module):
         return 1e6 / self.mireds(image, lux)
 
 
+def log_chroma_histogram(image: torch.Tensor, bins: int = 32, extent: float = 1.5) -> torch.Tensor:
+    """Soft 2-D histogram of the zones' (log(R/G), log(B/G)), weighted by how usable a zone is.
+
+    A change of illuminant shifts the histogram (approximately) without changing its shape, which
+    is what makes histogram methods (Barron's CCC/FFCC) generalise across scenes.
+
+    Args:
+        image: ``(B, H, W, 3)`` zone statistics.
+        bins: bins per axis, centred evenly on ``[-extent, extent]`` (log units).
+
+    Returns:
+        ``(B, 1, bins, bins)``: square root of the histogram normalised to sum 1 (rows: log R/G,
+        columns: log B/G). Zones count in proportion to their brightness up to G = 0.02, and
+        not at all when dark (G < 0.001) or when a channel is saturated (>= 0.98).
+    """
+    features = chroma_features(image)  # (B, 3, H, W): log ratios / 2, log G / 8
+    u = (features[:, 0] * 2).flatten(1)
+    v = (features[:, 1] * 2).flatten(1)
+    green = image[..., 1].flatten(1)
+    usable = (image.amax(dim=-1).flatten(1) < 0.98).to(image.dtype)
+    weight = ((green - 0.001) / 0.019).clamp(0.0, 1.0) * usable  # (B, Z)
+    step = 2 * extent / (bins - 1)
+    centres = torch.linspace(-extent, extent, bins, dtype=image.dtype, device=image.device)
+    # Triangular (linear-interpolation) binning: each zone spreads over its 2 nearest bins per axis.
+    pu = (1 - (u[..., None] - centres).abs() / step).clamp(min=0.0) * weight[..., None]  # (B, Z, bins)
+    pv = (1 - (v[..., None] - centres).abs() / step).clamp(min=0.0)
+    hist = torch.bmm(pu.transpose(1, 2), pv)  # (B, bins, bins)
+    hist = hist / (hist.sum(dim=(1, 2), keepdim=True) + 1e-6)
+    return torch.sqrt(hist + 1e-8)[:, None]
+
+
+class HistogramAWBNet(nn.Module):
+    """CNN over the log-chroma histogram (:func:`log_chroma_histogram`) plus lux, regressing mireds.
+
+    Args:
+        target: ``"pisp"`` or ``"vc4"``.
+        bins, extent: histogram size and half-range (log units).
+        width: channels of the first conv layer (then 2x).
+        hidden: size of the head's hidden layer.
+        dropout: dropout before the output layer.
+    """
+
+    def __init__(
+        self, target: str, bins: int = 32, extent: float = 1.5, width: int = 8, hidden: int = 64, dropout: float = 0.1
+    ) -> None:
+        super().__init__()
+        self.target, self.bins, self.extent = target, bins, extent
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(),
+        )
+        # Flatten rather than global pooling: where the histogram lies in chroma space is the answer.
+        self.head = nn.Sequential(
+            nn.Linear(2 * width * (bins // 4) ** 2 + 1, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 1)
+        )
+        low, high = (1e6 / t for t in reversed(TEMPERATURE_RANGE))
+        self.mired_low, self.mired_span = low, high - low
+
+    def mireds(self, image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, 3)``, ``(B,)`` -> ``(B,)`` predicted mireds within 2800..7600 K."""
+        _check_input(image, lux, self.target)
+        x = self.features(log_chroma_histogram(image, self.bins, self.extent)).flatten(1)
+        x = torch.cat([x, (torch.log(lux.clamp(min=1.0)) / 10.0)[:, None]], dim=1)
+        return self.mired_low + self.mired_span * torch.sigmoid(self.head(x)[:, 0])
+
+    def forward(self, image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, 3)``, ``(B,)`` -> ``(B,)`` kelvin."""
+        return 1e6 / self.mireds(image, lux)
+
+
 class AWBEnsemble(nn.Module):
     """Average of several AWB models' predictions, taken in mireds."""
 
@@ -202,7 +273,7 @@ def build_awb_model(target: str, arch: str = "reference", *, ensemble: int = 1, 
         raise IsplabError(f"unknown AWB arch {arch!r}: expected one of {', '.join(ARCHS)}")
     if ensemble < 1:
         raise IsplabError(f"ensemble must be >= 1, got {ensemble}")
-    cls = ReferenceAWBNet if arch == "reference" else ChromaAWBNet
+    cls = {"reference": ReferenceAWBNet, "chroma": ChromaAWBNet, "histogram": HistogramAWBNet}[arch]
     try:
         members = [cls(target, **options) for _ in range(ensemble)]
     except TypeError as e:

@@ -11,6 +11,7 @@ from isplab.models.awb import (
     AWBEnsemble,
     build_awb_model,
     chroma_features,
+    log_chroma_histogram,
     load_awb_model,
     reference_features,
     save_awb_model,
@@ -18,7 +19,7 @@ from isplab.models.awb import (
 
 SHARED = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "awb-rpi"
 SIZES = {"pisp": (32, 32), "vc4": (12, 16)}
-CONFIGS = [("reference", {}), ("chroma", {}), ("chroma", {"ensemble": 2})]
+CONFIGS = [("reference", {}), ("chroma", {}), ("histogram", {}), ("chroma", {"ensemble": 2})]
 
 
 def _inputs(target: str, batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,6 +74,25 @@ def test_chroma_features_match_numpy_formula():
         [np.clip(np.log(x[..., 0] / x[..., 1]), -4, 4) / 2, np.clip(np.log(x[..., 2] / x[..., 1]), -4, 4) / 2,
          np.log(x[..., 1]) / 8], axis=1)
     np.testing.assert_allclose(chroma_features(image).numpy(), expected, atol=1e-5)
+
+
+def test_log_chroma_histogram_matches_numpy_histogram():
+    # Zones placed exactly on bin centres: the soft histogram equals a hard weighted one.
+    rng = np.random.default_rng(0)
+    centres = np.linspace(-1.5, 1.5, 16)
+    iu, iv = rng.integers(0, 16, (2, 2, 12, 16))
+    green = rng.uniform(0.002, 0.5, (2, 12, 16))
+    image = np.stack([green * np.exp(centres[iu]), green, green * np.exp(centres[iv])], axis=-1)
+    image[0, 0, 0] = [0.99, 0.5, 0.3]  # saturated zone: ignored
+    usable = image.max(-1) < 0.98
+    weight = np.clip((green - 0.001) / 0.019, 0, 1) * usable
+    expected = np.zeros((2, 16, 16))
+    for b in range(2):
+        np.add.at(expected[b], (iu[b], iv[b]), weight[b])
+    expected = np.sqrt(expected / expected.sum(axis=(1, 2), keepdims=True) + 1e-8)
+    got = log_chroma_histogram(torch.from_numpy(image).float(), bins=16, extent=1.5)
+    assert got.shape == (2, 1, 16, 16)
+    np.testing.assert_allclose(got[:, 0].numpy(), expected, atol=1e-3)
 
 
 @pytest.mark.parametrize(("arch", "options"), CONFIGS)

@@ -116,7 +116,13 @@ class RelightTables:
 
 
 def relight_tables(dataset: AWBDataset, tuning_dir: str | Path | None = None) -> RelightTables:
-    """Look up each sensor's tuning and tabulate its CT curve and 5000 K CCM for re-lighting."""
+    """Look up each sensor's tuning and tabulate its CT curve and 5000 K CCM for re-lighting.
+
+    Sensors without a tuning file are warned about and their images are not re-lit.
+
+    Raises:
+        IsplabError: no sensor of the dataset has a tuning file.
+    """
     from isplab.workflows.awb.tuning import find_tuning, load_tuning
 
     sensors = sorted({s.sensor for s in dataset.samples})
@@ -129,6 +135,11 @@ def relight_tables(dataset: AWBDataset, tuning_dir: str | Path | None = None) ->
             warnings.warn(f"images of sensor {sensor} will not be re-lit: {e}", stacklevel=2)
         tuning = tunings.get(sensor)
         curves.append([tuning.gains_at(1e6 / m) if tuning else (1.0, 1.0) for m in mireds.tolist()])
+    if not tunings:
+        raise IsplabError(
+            f"re-lighting needs the sensors' tuning files but none was found for {', '.join(sensors)}: "
+            "pass tuning_dir (--tuning-dir) or set relight=0"
+        )
     index = {s: i for i, s in enumerate(sensors)}
     ccm, rb, enabled = [], [], []
     for sample in dataset.samples:
