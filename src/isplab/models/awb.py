@@ -12,8 +12,10 @@ Architectures (``arch``):
   (PiSP 16/32/64, VC4 32/64) with 2x2 max-pooling between, dropout 0.1, a dense softmax over 10
   classes 2800..7600 K and temperature = sum(p^2 T_i) / sum(p^2).
 * ``"chroma"``: PiSP zones averaged 2x2 to 16x16, unclipped log-chroma features plus
-  brightness, 'same' convs, global average and max pooling (so a scene's layout matters less than its colours), lux fed to the head, and a
-  regression in mireds bounded to 2800..7600 K.
+  brightness, 'same' convs, global average and max pooling (a scene's colours matter more than
+  its layout), lux fed to the head, and a regression in mireds bounded to 2800..7600 K.
+* ``"histogram"``: a CNN over the zones' 2-D log-chroma histogram plus lux (the colour
+  constancy literature's representation); measured worse than ``"chroma"`` on held-out scenes.
 
 ``ensemble=N`` (any arch) builds :class:`AWBEnsemble`: N independently initialised members whose
 mireds are averaged, still one module and one TFLite file.

@@ -2,7 +2,8 @@
 
 Commands mirror the seed's scripts: ``convert`` (converter.py), ``train`` (train.py),
 ``auto-train`` (auto_train.py), ``verify`` (verify.py), ``export`` (model_converter.py),
-``tuning`` (gen_tuning.py), plus ``evaluate`` for honest held-out numbers.
+``tuning`` (gen_tuning.py), ``annotate`` (annotator.py, as a local web page), ``capture``
+(snapper.py), plus ``evaluate`` for honest held-out numbers.
 """
 
 from __future__ import annotations
@@ -276,3 +277,34 @@ def tuning_command(
     data = generate_tuning(sensor, target, model.resolve(), base=base, tuning_dir=tuning_dir)
     path = write_tuning(data, output or Path(f"{sensor}.json"), overwrite=overwrite)
     console.print(f"wrote {path}: rpi.nn.awb enabled with model {model.resolve()}")
+
+
+@app.command("annotate")
+def annotate_command(
+    folder: Path = typer.Argument(..., help="Folder of DNGs named <user>,<sensor>,<id>.dng to label."),
+    target: str = typer.Option("pisp", "--target", "-t", help="pisp (Pi 5) or vc4: which tuning renders previews."),
+    tuning_dir: TuningDir = None,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback: only this machine)."),
+    port: int = typer.Option(0, "--port", help="Port (0: any free one)."),
+) -> None:
+    """Label DNGs with their white-balance gains in a local web page (annotator.py)."""
+    from isplab.workflows.awb.annotate import run
+
+    run(folder, target, tuning_dir, host, port,
+        print=lambda text: console.print(text, highlight=False, soft_wrap=True))
+
+
+@app.command("capture")
+def capture_command(
+    user: str = typer.Option(..., "--user", "-u", help="First part of the names, e.g. who or where."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for <user>,<sensor>,<id>.dng and .jpg."),
+    initial_scene_id: int = typer.Option(0, "--initial-scene-id", help="First id to try (ids in use are skipped)."),
+    count: int | None = typer.Option(None, "--count", help="Stop after this many scenes (default: until q)."),
+    preview: bool = typer.Option(False, "--preview/--no-preview", help="Show the camera preview (a Pi with a display)."),
+) -> None:
+    """Capture a DNG and a JPEG per scene on a Raspberry Pi with picamera2 (snapper.py)."""
+    from isplab.workflows.awb.capture import capture
+
+    scenes = capture(output, user, initial_id=initial_scene_id, count=count, preview=preview,
+                     log=lambda text: console.print(text, highlight=False))
+    console.print(f"captured {len(scenes)} scenes into {output}")

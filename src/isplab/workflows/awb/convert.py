@@ -51,10 +51,12 @@ __all__ = [
     "NAME_PATTERNS",
     "AnnotatedName",
     "ConvertSummary",
+    "camera_rgb",
     "convert_dng",
     "convert_folder",
     "label_gains",
     "parse_annotated_name",
+    "render_label",
     "stats_name",
 ]
 
@@ -190,6 +192,19 @@ def _to_uint16(x: np.ndarray) -> np.ndarray:
     return (x * _UINT16_MAX).astype(np.uint16)  # truncation, as the reference
 
 
+def camera_rgb(raw: RawImage) -> np.ndarray:
+    """``(H/2, W/2, 3)`` uint16 camera RGB the statistics are made from: Bayer planes (greens
+    averaged) minus black level, / white level, clipped to 0..1, x65535, truncated."""
+    return _half_rgb(raw.mosaic, raw, subtract_black=True)
+
+
+def render_label(rgb: np.ndarray, tuning: Tuning, gains: tuple[float, float]) -> np.ndarray:
+    """``(H, W, 3)`` uint16: camera RGB (:func:`camera_rgb`) as the label ``gains`` render it, before
+    gamma: lens shading, the gains and the CCM at the gains' temperature (what ``colour_test`` shows)."""
+    ct = tuning.ct_from_rb(1.0 / gains[0], 1.0 / gains[1])
+    return _to_uint16(_render(rgb, tuning, ct, gains))
+
+
 def _grid_size(target: str, resize: tuple[int, int] | None) -> tuple[int, int]:
     if target not in TARGETS:
         raise IsplabError(f"unknown target {target!r}: expected one of {', '.join(TARGETS)}")
@@ -235,7 +250,7 @@ def convert_dng(
     # The as-shot neutral is the camera's own R/G, B/G of grey.
     camera_temp = tuning.ct_from_rb(raw.as_shot_neutral[0], raw.as_shot_neutral[2])
 
-    rgb = _half_rgb(raw.mosaic, raw, subtract_black=True)
+    rgb = camera_rgb(raw)
     if target == "vc4":
         shaded = _half_rgb(_lens_shaded_mosaic(raw, tuning, true_temp), raw, subtract_black=False)
         lux = _estimate_lux(shaded, gains, raw, tuning)
@@ -244,8 +259,7 @@ def convert_dng(
     rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
 
     if colour_test:
-        rendered = _to_uint16(_render(rgb, tuning, true_temp, gains))
-        stats = tuning.gamma_lut()[rendered]
+        stats = tuning.gamma_lut()[render_label(rgb, tuning, gains)]
     else:
         stats = _to_uint16(_render(rgb, tuning, CANONICAL_CT))
     return stats, true_temp, lux, camera_temp, name.sensor

@@ -66,7 +66,7 @@ class TrainConfig:
         device: ``"cpu"``, ``"cuda"``, ``"auto"``...
     """
 
-    epochs: int = 200
+    epochs: int = 100
     batch_size: int = 64
     lr: float = 2e-3
     patience: int | None = 30
@@ -89,8 +89,8 @@ class TrainConfig:
 
 
 def reference_config(**overrides: Any) -> TrainConfig:
-    """The reference recipe: reference network, batch 8, Adam 1e-3, no re-lighting."""
-    settings: dict[str, Any] = dict(arch="reference", batch_size=8, lr=1e-3, relight=0.0)
+    """The reference recipe: reference network, batch 8, Adam 1e-3, up to 200 epochs, no re-lighting."""
+    settings: dict[str, Any] = dict(arch="reference", epochs=200, batch_size=8, lr=1e-3, relight=0.0)
     settings.update(overrides)
     return TrainConfig(**settings)
 
@@ -217,11 +217,17 @@ class AWBModule(L.LightningModule):
     """Lightning wrapper: holds the (small) dataset as buffers and augments whole batches."""
 
     def __init__(
-        self, model: nn.Module, dataset: AWBDataset, config: TrainConfig, tables: RelightTables | None = None
+        self,
+        model: nn.Module,
+        dataset: AWBDataset,
+        config: TrainConfig,
+        tables: RelightTables | None = None,
+        monitor: str = "train_loss",
     ) -> None:
         super().__init__()
         self.model = model
         self.config = config
+        self.monitor = monitor
         self.register_buffer("images", torch.from_numpy(dataset.images))
         self.register_buffer("lux", torch.from_numpy(dataset.lux))
         low, high = TEMPERATURE_RANGE
@@ -275,8 +281,6 @@ class AWBModule(L.LightningModule):
             gamma=cfg.lr_factor,
             plateau_patience=cfg.lr_patience,
         )
-
-    monitor = "train_loss"
 
 
 def train_model(
@@ -341,8 +345,7 @@ def train_model(
         data = _concat(dataset, val_dataset)
         tables = tables and _pad_tables(tables, len(val_dataset))
         val_loader = DataLoader(torch.arange(len(dataset), len(data)), batch_size=256)
-    module = AWBModule(model, data, config, tables)
-    module.monitor = monitor
+    module = AWBModule(model, data, config, tables, monitor)
     index = torch.from_numpy(np.repeat(np.arange(len(dataset)), repeats))
     loader = DataLoader(index, batch_size=config.batch_size, shuffle=True)
     with warnings.catch_warnings():
