@@ -14,7 +14,7 @@ from rich.console import Console
 from isplab import __version__
 from isplab.errors import IsplabError
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # one error line, never folded at 80 columns
 app = typer.Typer(
     help="isplab: learned camera image processing, from raw files to deployed networks.",
     no_args_is_help=True,

@@ -23,6 +23,7 @@ from isplab.data.unprocess import add_noise, illuminant_neutral, random_xyz_to_c
 from isplab.io import RawImage, write_dng
 from isplab.isp import bayer
 from isplab.isp.color import camera_to_srgb_matrix
+from isplab.isp.gamma import linear_to_srgb
 from isplab.workflows.awb.dataset import TARGET_SIZES
 
 SENSOR = "isplabsim"
@@ -35,6 +36,13 @@ LUX_REFERENCE = {"reference_shutter_speed": 10000, "reference_gain": 1.0, "refer
 def camera_matrix(seed: int = 0) -> np.ndarray:
     """The simulated sensor's XYZ -> camera matrix (fixed by ``seed``)."""
     return random_xyz_to_camera(np.random.default_rng([seed, 2024]))
+
+
+def _srgb_gamma_curve(points: int = 33) -> list[int]:
+    """``rpi.contrast`` gamma curve (input, output pairs on 0..65535) of the sRGB transfer function."""
+    x = np.linspace(0.0, 1.0, points)
+    y = linear_to_srgb(torch.from_numpy(x)).numpy()
+    return np.round(np.stack([x, y], axis=1) * 65535).astype(int).ravel().tolist()
 
 
 def synthetic_tuning(target: str, seed: int = 0) -> dict:
@@ -53,6 +61,7 @@ def synthetic_tuning(target: str, seed: int = 0) -> dict:
             {"rpi.lux": dict(LUX_REFERENCE)},
             {"rpi.awb": {"ct_curve": curve, "sensitivity_r": 1.0, "sensitivity_b": 1.0,
                          "modes": {"auto": {"lo": 2500, "hi": 8000}}}},
+            {"rpi.contrast": {"gamma_curve": _srgb_gamma_curve()}},
             {"rpi.ccm": {"ccms": [{"ct": 2800, "ccm": ccm.ravel().tolist()},
                                   {"ct": 7600, "ccm": ccm.ravel().tolist()}]}},
         ],
