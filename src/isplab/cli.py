@@ -130,8 +130,11 @@ from isplab.workflows.awb.cli import app as awb_app  # noqa: E402
 
 app.add_typer(awb_app, name="awb")
 
+from isplab.workflows.isp.cli import app as isp_app  # noqa: E402
+
+app.add_typer(isp_app, name="isp")
+
 for _name, _issue, _what in [
-    ("isp", 5, "Learned smartphone ISP (RAW Bayer to RGB)"),
     ("proxy", None, "Neural proxies of darktable's processing blocks"),
     ("genisp", None, "GenISP: minimal neural ISP for low-light detection"),
     ("sky", None, "Sky segmentation of HDR images"),

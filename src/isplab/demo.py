@@ -92,7 +92,7 @@ def awb_demo(out: Path, report: Report, *, captures: int = 160, seed: int = 0) -
     synthetic.write_captures(out / "dng", captures, seed=seed)
     summary = convert_folder(out / "dng", out / "dataset", "pisp", tuning_dir=tunings, workers=1, progress=False)
     dataset = load_dataset(out / "dataset", "pisp")
-    config = TrainConfig(epochs=80, seed=seed)
+    config = TrainConfig(epochs=60, ensemble=1, seed=seed)  # a short run: the demo must stay a few minutes
     cv = cross_validate(dataset, 3, config, seed=seed)
     cv_report = write_report(cv, out / "cv", title="AWB demo: 3-fold grouped cross-validation (synthetic camera, pisp)")
     model = train_model(dataset, config, progress=False)

@@ -129,7 +129,7 @@ class ChromaAWBNet(nn.Module):
         dropout: dropout before the output layer.
     """
 
-    def __init__(self, target: str, width: int = 16, hidden: int = 32, dropout: float = 0.1) -> None:
+    def __init__(self, target: str, width: int = 24, hidden: int = 64, dropout: float = 0.1) -> None:
         super().__init__()
         self.target = target
 
@@ -261,10 +261,11 @@ def build_awb_model(target: str, arch: str = "reference", *, ensemble: int = 1, 
 
     Args:
         target: ``"pisp"`` (32x32 zones) or ``"vc4"`` (16 wide x 12 high).
-        arch: ``"reference"`` or ``"chroma"``.
+        arch: ``"reference"``, ``"chroma"`` or ``"histogram"``.
         ensemble: number of independently initialised members averaged (1: a single model).
         **options: the architecture's keyword arguments (reference: ``dropout``, ``classes``;
-            chroma: ``width``, ``hidden``, ``dropout``).
+            chroma: ``width``, ``hidden``, ``dropout``; histogram: ``bins``, ``extent``, ``width``,
+            ``hidden``, ``dropout``).
 
     Raises:
         IsplabError: unknown target or arch, ``ensemble < 1``, or options the arch does not take.

@@ -149,6 +149,7 @@ def _tflite_weights(path: Path) -> list[np.ndarray]:
 
 
 @pytest.mark.shared_data
+@pytest.mark.filterwarnings("ignore:.*experimental_preserve_all_tensors")
 @pytest.mark.parametrize("target", ["pisp", "vc4"])
 def test_reference_arch_reproduces_published_model(target):
     """Raspberry Pi's own weights in our reference network give the published TFLite's outputs."""

@@ -11,6 +11,7 @@ from isplab.models.awb import build_awb_model
 from isplab.workflows.awb.dataset import AWBDataset, AWBSample, mired_error
 from isplab.workflows.awb.train import (
     RelightTables,
+    relight_tables,
     TrainConfig,
     geometric_augment,
     predict,
@@ -18,10 +19,11 @@ from isplab.workflows.awb.train import (
     train_model,
 )
 
-NO_AUGMENT = dict(noise=0.0, lux_noise=0.0, flip=False, rotation=0.0, zoom=0.0)
+SHARED = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "awb-rpi"
+NO_AUGMENT = dict(noise=0.0, lux_noise=0.0, flip=False, rotation=0.0, zoom=0.0, ensemble=1)
 
 
-def _synthetic(n: int, seed: int = 0, temps: np.ndarray | None = None) -> AWBDataset:
+def _synthetic(n: int, seed: int = 0, temps: np.ndarray | None = None, sensor: str = "imx708") -> AWBDataset:
     """vc4-sized scenes of random grey-ish albedos lit by an illuminant whose R/G, B/G follow T."""
     rng = np.random.default_rng(seed)
     temps = rng.uniform(2800, 7600, n) if temps is None else np.asarray(temps, dtype=np.float64)
@@ -29,7 +31,7 @@ def _synthetic(n: int, seed: int = 0, temps: np.ndarray | None = None) -> AWBDat
     gains = np.stack([np.exp((mired - 200) / 150), np.ones(n), np.exp(-(mired - 200) / 150)], axis=1)
     albedo = rng.uniform(0.1, 0.6, (n, 12, 16, 1)) * rng.uniform(0.8, 1.2, (n, 12, 16, 3))
     images = np.clip(albedo * gains[:, None, None, :], 0, 1).astype(np.float32)
-    samples = [AWBSample(Path(f"s,imx708,{i},{t:.0f},400,5000.png"), "s", "imx708", str(i), t, 400.0, 5000.0)
+    samples = [AWBSample(Path(f"s,{sensor},{i},{t:.0f},400,5000.png"), "s", sensor, str(i), t, 400.0, 5000.0)
                for i, t in enumerate(temps)]
     return AWBDataset(samples, images, np.full(n, 400, np.float32), temps.astype(np.float32),
                       np.full(n, 5000, np.float32), "vc4")
@@ -50,7 +52,7 @@ def test_repeat_weights_are_honoured():
     # Identical images labelled 3000 K and 6000 K: the squared-mired optimum is the weighted mean.
     data = _synthetic(8, temps=[3000] * 4 + [6000] * 4)
     data.images[:] = data.images[0]
-    config = TrainConfig(arch="chroma", epochs=40, batch_size=64, lr=1e-2, patience=None, **NO_AUGMENT)
+    config = TrainConfig(arch="chroma", epochs=60, batch_size=64, lr=3e-3, patience=None, **NO_AUGMENT)
     weights = np.array([9] * 4 + [1] * 4)
     predicted = {}
     for name, w in (("plain", None), ("weighted", weights)):
@@ -76,6 +78,11 @@ def test_bad_arguments():
         train_model(data, TrainConfig(epochs=1), weights=np.array([1, 0, 1, 1]), progress=False)
     with pytest.raises(IsplabError, match="unknown AWB loss 'huber'"):
         train_model(data, TrainConfig(epochs=1, loss="huber"), progress=False)
+    with (
+        pytest.warns(UserWarning, match="sensor nosuch will not be re-lit"),
+        pytest.raises(IsplabError, match="re-lighting needs the sensors' tuning files but none was found for nosuch"),
+    ):
+        train_model(_synthetic(4, sensor="nosuch"), TrainConfig(epochs=1, relight=30), progress=False)
     with pytest.raises(IsplabError, match="input model is for target 'pisp' but the dataset is 'vc4'"):
         train_model(data, TrainConfig(epochs=1), input_model=build_awb_model("pisp"), progress=False)
 
@@ -119,3 +126,22 @@ def test_geometric_augment_flip_only_and_identity():
     assert (flipped | same).all() and 10 < flipped.sum() < 54
     rotated = geometric_augment(image, False, 0.1, 0.1)
     assert rotated.shape == image.shape and not torch.allclose(rotated, image)
+
+
+@pytest.mark.shared_data
+def test_relight_tables_come_from_the_tuning_files():
+    tunings = SHARED / "tunings"
+    if not tunings.is_dir():
+        pytest.skip("../shared/data/awb-rpi is absent")
+    from isplab.workflows.awb.tuning import find_tuning, load_tuning
+
+    data = _synthetic(3, temps=[3000, 4500, 6500])
+    data.target = "pisp"
+    tables = relight_tables(data, tunings)
+    tuning = load_tuning(find_tuning("imx708", "pisp", tunings))
+    np.testing.assert_allclose(tables.rb.numpy(), [tuning.gains_at(t) for t in (3000, 4500, 6500)], rtol=1e-5)
+    np.testing.assert_allclose(tables.ccm[0].numpy(), tuning.ccm_at(5000.0), rtol=1e-5)
+    np.testing.assert_allclose((tables.ccm[0] @ tables.ccm_inv[0]).numpy(), np.eye(3), atol=1e-5)
+    assert tables.enabled.all()
+    # The tabulated curve at the grid's warm end is the tuning's r, b at 2800 K.
+    np.testing.assert_allclose(tables.curves[0, -1].numpy(), tuning.gains_at(2800.0), rtol=1e-4)

@@ -1,0 +1,368 @@
+"""RAW/RGB pairs for the learned ISP: folder layouts, packing, random patches with Bayer-safe augmentation.
+
+Layouts (:func:`open_pairs` detects them with ``layout="auto"``):
+
+- ``"mai"`` — the Mobile AI 2021 challenge: ``<root>/<split>/mediatek_raw/<i>.png`` (single-channel
+  16-bit raw mosaic) with ``<root>/<split>/fujifilm/<i>.png`` (8-bit RGB target, same H x W);
+- ``"zurich"`` — the Zurich RAW-to-RGB dataset (PyNET): ``huawei_raw/`` with ``canon/`` targets;
+- ``"dng"`` — a folder of DNGs (``<root>/<split>/`` when that folder exists, else ``<root>`` itself)
+  with ``<stem>_target.png`` next to each DNG or ``targets/<stem>.png``, as ``isplab data synth`` writes.
+
+Packings (:data:`PACKINGS`) turn a raw mosaic into the network's ``(4, H/2, W/2)`` input:
+
+- ``"challenge"`` (MAI and Zurich): the challenge's loader exactly — planes
+  ``(B, Gb, R, Gr) = (raw[1::2, 1::2], raw[0::2, 1::2], raw[0::2, 0::2], raw[1::2, 0::2])``
+  divided by ``4 * 255`` (10-bit data), no black level;
+- ``"dng"``: black/white level normalisation from the file (clipped to [0, 1]), then
+  :func:`isplab.isp.bayer.pack` into the canonical R, Gr, Gb, B order.
+
+Augmentation (:class:`PatchDataset`) transforms the RAW MOSAIC and the target together, then
+re-packs: one of the 8 rotations/flips is applied to a crop two pixels larger than the patch, and
+the patch is cut at the 0/1-pixel offset that puts every colour back on its original CFA site
+(red on red, blue on blue). Under the four transforms that transpose the image the two green
+sites exchange (Gr <-> Gb), which no re-alignment can avoid; both are green filters, so the
+mosaic the network sees is still a valid one of the sensor's pattern. Permuting packed planes
+instead would leave red and blue one raw pixel off their targets.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from isplab.errors import IsplabError
+from isplab.io.image import read_image, to_float
+from isplab.io.raw import read_raw
+from isplab.isp import bayer
+from isplab.isp.levels import normalize_mosaic
+
+PACKINGS = ("challenge", "dng")
+LAYOUTS = ("mai", "zurich", "dng")
+#: raw folder and target folder of each challenge-style layout
+FOLDER_LAYOUTS = {"mai": ("mediatek_raw", "fujifilm"), "zurich": ("huawei_raw", "canon")}
+#: the challenge scales 10-bit raw values by this (its loader's ``/ (4 * 255)``)
+CHALLENGE_SCALE = 4 * 255
+#: the CFA the challenge's plane names imply (R at raw[0::2, 0::2], B at raw[1::2, 1::2])
+CHALLENGE_PATTERN = "RGGB"
+TARGET_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+
+
+def pack_challenge(mosaic: torch.Tensor) -> torch.Tensor:
+    """The challenge loader's packing of an already scaled mosaic: ``(..., H, W)`` -> ``(..., 4, H/2, W/2)``.
+
+    Plane order (B, Gb, R, Gr) taken from raw[1::2, 1::2], raw[0::2, 1::2], raw[0::2, 0::2],
+    raw[1::2, 0::2]. (The challenge calls the green on red's row "Gb"; the names are its own.)
+    """
+    if mosaic.shape[-2] % 2 or mosaic.shape[-1] % 2:
+        raise IsplabError(f"a raw mosaic must have even height and width, got {tuple(mosaic.shape[-2:])}")
+    planes = [mosaic[..., 1::2, 1::2], mosaic[..., 0::2, 1::2], mosaic[..., 0::2, 0::2], mosaic[..., 1::2, 0::2]]
+    return torch.stack(planes, dim=-3)
+
+
+def packed_to_rgb(packed: torch.Tensor, packing: str) -> torch.Tensor:
+    """Half-resolution linear RGB from packed planes (greens averaged), for previews.
+
+    ``packed``: ``(..., 4, h, w)`` in ``packing``'s plane order -> ``(..., 3, h, w)``.
+    """
+    order = {"challenge": (2, 1, 3, 0), "dng": (0, 1, 2, 3)}[_check_packing(packing)]
+    r, g1, g2, b = (packed[..., i, :, :] for i in order)
+    return torch.stack([r, (g1 + g2) / 2, b], dim=-3)
+
+
+def _check_packing(packing: str) -> str:
+    if packing not in PACKINGS:
+        raise IsplabError(f"unknown packing {packing!r}: expected one of {', '.join(PACKINGS)}")
+    return packing
+
+
+@dataclass
+class PairSource:
+    """Raw/target file pairs of one split and how to load them.
+
+    Attributes:
+        raws, targets: paired files, in the same order.
+        layout: ``"mai"``, ``"zurich"`` or ``"dng"``.
+        packing: see :data:`PACKINGS`.
+        root: the folder the pairs were found in.
+    """
+
+    raws: list[Path]
+    targets: list[Path]
+    layout: str
+    packing: str
+    root: Path
+
+    def __len__(self) -> int:
+        return len(self.raws)
+
+    @property
+    def names(self) -> list[str]:
+        """The raw files' stems (``"0"``, ``"synth_00000"``...)."""
+        return [path.stem for path in self.raws]
+
+    def load_mosaic(self, i: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+        """Pair ``i`` before packing.
+
+        Returns:
+            ``(mosaic (H, W) float32 normalised as the packing does, target (3, H, W) float32 in
+            [0, 1], CFA pattern of the mosaic)``.
+
+        Raises:
+            IsplabError: unreadable files, or target and raw of different sizes.
+        """
+        raw_path, target_path = self.raws[i], self.targets[i]
+        if self.packing == "challenge":
+            raw = read_image(raw_path)
+            if raw.ndim != 2:
+                raise IsplabError(f"{raw_path}: expected a single-channel raw PNG, got shape {raw.shape}")
+            mosaic = torch.from_numpy(raw.astype(np.float32) / CHALLENGE_SCALE)
+            pattern = CHALLENGE_PATTERN
+        else:
+            frame = read_raw(raw_path)
+            pattern = frame.cfa_pattern
+            mosaic = normalize_mosaic(
+                torch.from_numpy(frame.mosaic.astype(np.float32))[None, None],
+                frame.black_level,
+                frame.white_level,
+                pattern,
+            )[0, 0]
+        target = read_image(target_path)
+        if target.ndim != 3 or target.shape[2] < 3:
+            raise IsplabError(f"{target_path}: expected an RGB target image, got shape {target.shape}")
+        target = torch.from_numpy(to_float(target[..., :3])).permute(2, 0, 1).contiguous()
+        if tuple(target.shape[1:]) != tuple(mosaic.shape):
+            raise IsplabError(
+                f"size mismatch: raw {raw_path} is {mosaic.shape[0]}x{mosaic.shape[1]} but its target "
+                f"{target_path} is {target.shape[1]}x{target.shape[2]} (expected the same height x width)"
+            )
+        return mosaic, target, pattern
+
+    def pack(self, mosaic: torch.Tensor, pattern: str) -> torch.Tensor:
+        """``(..., H, W)`` normalised mosaic -> ``(..., 4, H/2, W/2)`` network input for this packing."""
+        if self.packing == "challenge":
+            return pack_challenge(mosaic)
+        return bayer.pack(mosaic, pattern)
+
+    def load(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pair ``i``: ``(packed (4, h, w) float32, target (3, 2h, 2w) float32)``."""
+        mosaic, target, pattern = self.load_mosaic(i)
+        return self.pack(mosaic, pattern), target
+
+
+def detect_layout(root: str | Path, split: str = "train") -> str:
+    """The layout of ``root`` (see the module docstring).
+
+    Raises:
+        IsplabError: nothing recognisable; the message lists the folders and files looked for.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise IsplabError(f"dataset folder {root} does not exist")
+    for layout, (raw_dir, _) in FOLDER_LAYOUTS.items():
+        if (root / split / raw_dir).is_dir():
+            return layout
+    if _dng_files(_dng_folder(root, split)):
+        return "dng"
+    looked_for = [f"{root / split / raw}/<i>.png" for raw, _ in FOLDER_LAYOUTS.values()]
+    looked_for.append(f"*.dng in {_dng_folder(root, split)}")
+    raise IsplabError(f"no RAW/RGB pairs found in {root}: looked for {'; '.join(looked_for)}")
+
+
+def open_pairs(root: str | Path, split: str = "train", layout: str = "auto", packing: str | None = None) -> PairSource:
+    """Find the raw/target pairs of ``split`` under ``root``.
+
+    Args:
+        root: dataset folder.
+        split: ``"train"``, ``"val"``, ``"test"``... (a DNG folder without split folders is used
+            for every split).
+        layout: ``"auto"`` or one of :data:`LAYOUTS`.
+        packing: ``None`` picks ``"challenge"`` for MAI/Zurich and ``"dng"`` for DNGs.
+
+    Raises:
+        IsplabError: unknown layout or packing, no pairs, or a raw without a target (named).
+    """
+    root = Path(root)
+    if layout == "auto":
+        layout = detect_layout(root, split)
+    elif layout not in LAYOUTS:
+        raise IsplabError(f"unknown layout {layout!r}: expected 'auto' or one of {', '.join(LAYOUTS)}")
+    if layout == "dng":
+        folder = _dng_folder(root, split)
+        raws = _dng_files(folder)
+        if not raws:
+            raise IsplabError(f"no RAW/RGB pairs found: no *.dng files in {folder}")
+        targets = [_dng_target(raw) for raw in raws]
+        packing = packing or "dng"
+    else:
+        raw_name, target_name = FOLDER_LAYOUTS[layout]
+        folder = root / split
+        raw_dir, target_dir = folder / raw_name, folder / target_name
+        raws = sorted(raw_dir.glob("*.png"), key=_natural_key) if raw_dir.is_dir() else []
+        if not raws:
+            raise IsplabError(f"no RAW/RGB pairs found: no <i>.png raws in {raw_dir} ({layout} layout)")
+        targets = [target_dir / raw.name for raw in raws]
+        for raw, target in zip(raws, targets):
+            if not target.is_file():
+                raise IsplabError(f"raw {raw} has no target: expected {target}")
+        packing = packing or "challenge"
+    return PairSource(raws=raws, targets=targets, layout=layout, packing=_check_packing(packing), root=folder)
+
+
+def _natural_key(path: Path) -> tuple:
+    # The challenge numbers its files 0..N-1: sort 2 before 10.
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.stem))
+
+
+def _dng_folder(root: Path, split: str) -> Path:
+    return root / split if (root / split).is_dir() else root
+
+
+def _dng_files(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.glob("*") if p.suffix.lower() == ".dng"), key=_natural_key)
+
+
+def _dng_target(raw: Path) -> Path:
+    candidates = [raw.with_name(f"{raw.stem}_target{suffix}") for suffix in TARGET_SUFFIXES]
+    candidates += [raw.parent / "targets" / f"{raw.stem}{suffix}" for suffix in TARGET_SUFFIXES]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise IsplabError(
+        f"raw {raw} has no target: expected {raw.stem}_target.png next to it or targets/{raw.stem}.png"
+    )
+
+
+# The 8 rotations/flips of the square, as (k quarter turns counter-clockwise, flip rows first).
+TRANSFORMS = tuple((k, flip) for flip in (False, True) for k in range(4))
+
+
+def transform(image: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """Flip ``(..., H, W)`` vertically (if ``flip``) then rotate by ``k`` quarter turns."""
+    if flip:
+        image = image.flip(-2)
+    return torch.rot90(image, k, dims=(-2, -1))
+
+
+def phase_offset(pattern: str, k: int, flip: bool) -> tuple[int, int]:
+    """Where the sensor's 2x2 colour tile reappears after :func:`transform`.
+
+    Returns the ``(dy, dx)`` in {0, 1}^2 at which the transformed mosaic (even sides) shows
+    ``pattern`` again, greens counted as one colour. Every rotation/flip of a Bayer tile is a
+    shift of it, so there always is one.
+    """
+    colours = torch.tensor(bayer.channel_index(pattern)).reshape(2, 2)
+    moved = transform(colours.repeat(2, 2), k, flip)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            if torch.equal(moved[dy : dy + 2, dx : dx + 2], colours):
+                return dy, dx
+    raise AssertionError(f"{pattern} is not a Bayer pattern")
+
+
+class PatchDataset(Dataset):
+    """Random training patches, re-drawn every time an item is read.
+
+    Item: ``(packed (4, patch/2, patch/2), target (3, patch, patch))`` from a random image of
+    ``source`` at a random even raw offset, augmented (see the module docstring) when ``augment``.
+
+    Args:
+        source: the pairs.
+        patch: raw patch side in raw pixels (even), e.g. 256 -> 128x128x4 input, 256x256x3 target.
+        patches_per_epoch: the dataset's length (the seed's ``train_size``).
+        augment: random rotations/flips that keep the CFA phase.
+        seed: ``None`` draws from torch's global RNG (Lightning seeds it per worker and epoch, so
+            patches change each epoch); an int makes item ``i`` a function of
+            ``(seed, epoch, i)`` with the epoch set by :meth:`set_epoch`.
+
+    Images larger than the patch give every transform (the crop needs one spare raw pixel to
+    re-align); an image exactly patch-sized only allows the transforms that need no shift.
+    """
+
+    def __init__(
+        self, source: PairSource, patch: int = 256, patches_per_epoch: int = 5000, augment: bool = True,
+        seed: int | None = None,
+    ) -> None:
+        if patch < 2 or patch % 2:
+            raise IsplabError(f"patch must be a positive even number of raw pixels, got {patch}")
+        if patches_per_epoch < 1:
+            raise IsplabError(f"patches_per_epoch must be at least 1, got {patches_per_epoch}")
+        if len(source) == 0:
+            raise IsplabError(f"no pairs in {source.root}")
+        self.source, self.patch, self.augment, self.seed = source, patch, augment, seed
+        self.patches_per_epoch = patches_per_epoch
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose patches a seeded dataset returns."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.patches_per_epoch
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.seed is None:
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
+        else:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+        i = int(rng.integers(len(self.source)))
+        mosaic, target, pattern = self.source.load_mosaic(i)
+        h, w = mosaic.shape
+        if min(h, w) < self.patch:
+            raise IsplabError(
+                f"{self.source.raws[i]} is {h}x{w}, smaller than the {self.patch}x{self.patch} patch"
+            )
+        # A crop 2 px larger (when it fits) leaves room to re-align the CFA after the transform.
+        window = [min(self.patch + 2, size - size % 2) for size in (h, w)]
+        y = 2 * int(rng.integers((h - window[0]) // 2 + 1))
+        x = 2 * int(rng.integers((w - window[1]) // 2 + 1))
+        stack = torch.cat([mosaic[None, y : y + window[0], x : x + window[1]], target[:, y : y + window[0], x : x + window[1]]])
+        k, flip, (dy, dx) = 0, False, (0, 0)
+        if self.augment:
+            k, flip, (dy, dx) = self._pick_transform(rng, pattern, window)
+        stack = transform(stack, k, flip)[:, dy : dy + self.patch, dx : dx + self.patch]
+        return self.source.pack(stack[0], pattern), stack[1:].contiguous()
+
+    def _pick_transform(self, rng: np.random.Generator, pattern: str, window: list[int]) -> tuple:
+        spare = min(window) - self.patch  # square patch: a transpose swaps the spare rows/cols
+        choices = []
+        for k, flip in TRANSFORMS:
+            offset = phase_offset(pattern, k, flip)
+            if max(offset) <= spare:
+                choices.append((k, flip, offset))
+        return choices[int(rng.integers(len(choices)))]
+
+
+class FullImageDataset(Dataset):
+    """Whole images of a source for validation and testing: item ``i`` is ``source.load(i)``.
+
+    With ``multiple`` the pair is centrally cropped so the packed size is a multiple of it (e.g. a
+    model's ``size_multiple``); with ``crop`` (raw pixels, even) to a central ``crop x crop``.
+    """
+
+    def __init__(self, source: PairSource, multiple: int = 1, crop: int | None = None) -> None:
+        if crop is not None and (crop < 2 or crop % 2):
+            raise IsplabError(f"crop must be a positive even number of raw pixels, got {crop}")
+        self.source, self.multiple, self.crop = source, multiple, crop
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        packed, target = self.source.load(index)
+        h, w = packed.shape[-2:]
+        if self.crop is not None:
+            h, w = min(h, self.crop // 2), min(w, self.crop // 2)
+        h, w = h - h % self.multiple, w - w % self.multiple
+        if h == 0 or w == 0:
+            raise IsplabError(
+                f"{self.source.raws[index]} is too small: the model needs packed sizes that are multiples of {self.multiple}"
+            )
+        top, left = (packed.shape[-2] - h) // 2, (packed.shape[-1] - w) // 2
+        packed = packed[:, top : top + h, left : left + w]
+        target = target[:, 2 * top : 2 * (top + h), 2 * left : 2 * (left + w)]
+        return packed.contiguous(), target.contiguous()

@@ -1,0 +1,116 @@
+"""Testing a learned ISP: the two PSNR definitions, SSIM, MS-SSIM on small images, outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from isplab.errors import IsplabError
+from isplab.models.isp import build_isp_model
+from isplab.workflows.isp import evaluate
+from isplab.workflows.isp.data import open_pairs
+
+
+class HalfRGB(nn.Module):
+    """Stand-in ISP: challenge-packed planes -> RGB (greens averaged), nearest x2 upsampling."""
+
+    size_multiple = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rgb = torch.stack([x[:, 2], (x[:, 1] + x[:, 3]) / 2, x[:, 0]], dim=1) * self.gain
+        return F.interpolate(rgb, scale_factor=2, mode="nearest")
+
+
+def write_mai(root: Path, count: int, side: int) -> Path:
+    rng = np.random.default_rng(7)
+    for folder in ("mediatek_raw", "fujifilm"):
+        (root / "test" / folder).mkdir(parents=True)
+    for i in range(count):
+        raw = rng.integers(0, 1024, (side, side), dtype=np.uint16)
+        # targets near the stand-in's output so PSNRs differ per image
+        out = np.stack([raw[0::2, 0::2], (raw[0::2, 1::2].astype(float) + raw[1::2, 0::2]) / 2, raw[1::2, 1::2]], -1) / 1020
+        out = np.clip(out.repeat(2, 0).repeat(2, 1) + rng.normal(0, 0.02 * (i + 1), (side, side, 3)), 0, 1)
+        cv2.imwrite(str(root / "test/mediatek_raw" / f"{i}.png"), raw)
+        cv2.imwrite(str(root / "test/fujifilm" / f"{i}.png"), np.round(out * 255).astype(np.uint8)[..., ::-1])
+    return root
+
+
+def numpy_outputs(root: Path, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    pairs = []
+    for i in range(count):
+        raw = cv2.imread(str(root / "test/mediatek_raw" / f"{i}.png"), cv2.IMREAD_UNCHANGED).astype(np.float64) / 1020
+        rgb = np.stack([raw[0::2, 0::2], (raw[0::2, 1::2] + raw[1::2, 0::2]) / 2, raw[1::2, 1::2]], -1)
+        pred = np.clip(rgb.repeat(2, 0).repeat(2, 1), 0, 1)
+        target = cv2.imread(str(root / "test/fujifilm" / f"{i}.png"))[..., ::-1] / 255.0
+        pairs.append((pred, target))
+    return pairs
+
+
+def test_both_psnr_definitions_against_numpy(tmp_path: Path):
+    root = write_mai(tmp_path / "mai", 5, 64)
+    result = evaluate.test_isp(HalfRGB(), open_pairs(root, "test"), batch_size=2)
+    mses = [np.mean((p - t) ** 2) for p, t in numpy_outputs(root, 5)]
+    per_image = [10 * np.log10(1 / m) for m in mses]
+    # challenge: MSE pooled over batches of 2 (the last has 1 image), PSNR per batch, averaged
+    pooled = np.mean([20 * np.log10(1 / np.sqrt(np.mean(mses[i : i + 2]))) for i in (0, 2, 4)])
+    assert result.psnr_mean == pytest.approx(np.mean(per_image), abs=1e-3)
+    assert result.psnr_pooled == pytest.approx(pooled, abs=1e-3)
+    assert abs(result.psnr_pooled - result.psnr_mean) > 0.05  # the definitions really differ here
+    assert [row["psnr"] for row in result.rows] == pytest.approx(per_image, abs=1e-3)
+    assert result.rows[0]["ssim"] > result.rows[4]["ssim"]  # noisier targets score lower
+    assert result.images == 5 and result.batch_size == 2
+    # 64 px images allow 3 MS-SSIM scales (64 > 10 * 2**2), not 5
+    assert result.ms_ssim_note.startswith("3 scales") and 0 < result.ms_ssim <= 1
+    text = result.summary()
+    assert "psnr_pooled (challenge, batch-pooled MSE, batch=2)" in text and "psnr_mean (per-image)" in text
+    assert evaluate.test_isp(HalfRGB(), open_pairs(root, "test"), max_images=2).images == 2
+
+
+def test_ms_ssim_scales_and_skip(tmp_path: Path):
+    assert [evaluate.ms_ssim_scales(s, s) for s in (20, 22, 43, 44, 81, 161, 175, 176)] == [1, 2, 2, 3, 3, 4, 4, 5]
+    image = torch.rand(1, 3, 176, 176, generator=torch.Generator().manual_seed(0))
+    assert evaluate.ms_ssim(image, image, 5).item() == pytest.approx(1.0, abs=1e-5)
+    root = write_mai(tmp_path / "small", 2, 20)
+    result = evaluate.test_isp(HalfRGB(), open_pairs(root, "test"))
+    assert result.ms_ssim is None and result.ms_ssim_note.startswith("skipped")
+    # every size ms_ssim_scales allows passes torchmetrics' checks
+    for side in (22, 44, 81, 161):
+        scales = evaluate.ms_ssim_scales(side, side)
+        assert 0 < evaluate.ms_ssim(image[..., :side, :side], image[..., :side, :side].flip(-1), scales).item() < 1
+    assert "ms_ssim (skipped" in result.summary() and "skipped" in result.summary().splitlines()[-1]
+
+
+def test_outputs_side_by_side_and_report(tmp_path: Path):
+    root = write_mai(tmp_path / "mai", 3, 48)
+    out = tmp_path / "out"
+    result = evaluate.test_isp(HalfRGB(), open_pairs(root, "test"), out_dir=out)
+    image = cv2.imread(str(out / "1.png"))[..., ::-1]
+    assert image.shape == (48, 3 * 48, 3)
+    target = cv2.imread(str(root / "test/fujifilm/1.png"))[..., ::-1]
+    np.testing.assert_array_equal(image[:, 96:], target)  # right panel: the target
+    html = result.report.read_text()
+    assert result.report == out / "report.html"
+    assert "psnr_pooled (challenge, batch-pooled MSE, batch=8) dB" in html and "psnr_mean (per-image) dB" in html
+    assert 'src="0.png"' in html
+
+
+def test_predict_pads_to_the_model_multiple():
+    model = build_isp_model("punet", 4).eval()
+    packed = torch.rand(1, 4, 24, 40)
+    with torch.no_grad():
+        out = evaluate.predict(model, packed)
+        padded = model(F.pad(packed, (0, 8, 0, 8), mode="reflect"))[..., :48, :80]
+    assert out.shape == (1, 3, 48, 80)
+    torch.testing.assert_close(out, padded.clamp(0, 1))
+    with pytest.raises(IsplabError, match="batch_size must be at least 1"):
+        evaluate.test_isp(model, None, batch_size=0)
