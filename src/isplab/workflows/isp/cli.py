@@ -101,8 +101,11 @@ def run(
 
     result = process_files(raws, load_isp_model(model), out, tile=tile, overlap=overlap, packing=packing,
                            device=resolve_accelerator(device), overwrite=overwrite)
-    console.print(result)
-    if getattr(result, "failed", None):
+    for path in result.written:
+        console.print(f"wrote {path}")
+    for path, message in result.failed:
+        console.print(f"[red]failed[/] {path}: {message}", highlight=False)
+    if result.failed:
         raise typer.Exit(1)
 
 
