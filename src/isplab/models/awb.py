@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from isplab.errors import IsplabError
+from isplab.models.checkpoint import load_model, save_model
 
 #: Zone-grid size (H, W) of each target's statistics.
 TARGET_SIZES: dict[str, tuple[int, int]] = {"pisp": (32, 32), "vc4": (12, 16)}
@@ -288,14 +289,7 @@ def build_awb_model(target: str, arch: str = "reference", *, ensemble: int = 1, 
 
 def save_awb_model(model: nn.Module, path: str | Path) -> Path:
     """Save a model built by :func:`build_awb_model` as a ``.pt`` file (state dict + build config)."""
-    config = getattr(model, "awb_config", None)
-    if config is None:
-        raise IsplabError("save_awb_model needs a model made by build_awb_model (it has no awb_config)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"awb_config": config, "state_dict": state}, path)
-    return path
+    return save_model(model, path, "awb_config", "build_awb_model")
 
 
 def load_awb_model(path: str | Path) -> nn.Module:
@@ -304,18 +298,6 @@ def load_awb_model(path: str | Path) -> nn.Module:
     Raises:
         IsplabError: missing file, or not an isplab AWB model file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise IsplabError(f"AWB model file '{path}' does not exist")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        config = saved["awb_config"]
-        model = build_awb_model(
-            config["target"], config["arch"], ensemble=config.get("ensemble", 1), **config["options"]
-        )
-        model.load_state_dict(saved["state_dict"])
-    except IsplabError:
-        raise
-    except Exception as e:  # torch.load raises many types for non-checkpoint files
-        raise IsplabError(f"'{path}' is not an isplab AWB model (.pt from save_awb_model): {e}") from None
-    return model.eval()
+    return load_model(path, "awb_config", lambda c: build_awb_model(c["target"], c["arch"], ensemble=c.get("ensemble", 1), **c["options"]), "AWB model")
+
+

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from isplab.errors import IsplabError
+from isplab.models.checkpoint import load_model, save_model
 from isplab.models.lfnet import LFNet
 from isplab.models.nafnet import NAFNetISP
 from isplab.models.punet import PUNet
@@ -67,36 +68,17 @@ def _check_input(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
 
 
 def save_isp_model(model: nn.Module, path: str | Path) -> Path:
-    """Save a model built by :func:`build_isp_model` as a ``.pt`` file (state dict + config)."""
-    config = getattr(model, "isp_config", None)
-    if config is None:
-        raise IsplabError("save_isp_model needs a model made by build_isp_model (it has no isp_config)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"isp_config": config, "state_dict": state}, path)
-    return path
+    """Save a model built by :func:`build_isp_model` as a ``.pt`` file (state dict + build config)."""
+    return save_model(model, path, "isp_config", "build_isp_model")
 
 
 def load_isp_model(path: str | Path) -> nn.Module:
     """Load a model written by :func:`save_isp_model` (on the CPU, in eval mode).
 
     Raises:
-        IsplabError: Missing file, or not an isplab ISP model file.
+        IsplabError: missing file, or not an isplab ISP model file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise IsplabError(f"ISP model file '{path}' does not exist")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        config = saved["isp_config"]
-        model = build_isp_model(config["arch"], config["num_maps_base"], **config["options"])
-        model.load_state_dict(saved["state_dict"])
-    except IsplabError:
-        raise
-    except Exception as e:  # torch.load raises many types for non-checkpoint files
-        raise IsplabError(f"'{path}' is not an isplab ISP model (.pt from save_isp_model): {e}") from None
-    return model.eval()
+    return load_model(path, "isp_config", lambda c: build_isp_model(c["arch"], c["num_maps_base"], **c["options"]), "ISP model")
 
 
 def count_parameters(model: nn.Module) -> int:
