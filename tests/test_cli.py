@@ -1,21 +1,17 @@
+"""The `isplab` command as a user runs it: exit codes, one-line errors, unfinished groups."""
+
 import json
-import subprocess
-import sys
 
 import rawpy
 
 
-def isplab(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "isplab.cli", *args], capture_output=True, text=True, cwd=cwd)
-
-
-def test_version():
-    result = isplab("--version")
+def test_version(isplab_cli):
+    result = isplab_cli("--version")
     assert result.returncode == 0 and result.stdout.strip().startswith("isplab ")
 
 
-def test_data_synth_writes_dngs_rawpy_opens(tmp_path):
-    result = isplab("data", "synth", str(tmp_path / "x"), "--count", "4", "--size", "64x48")
+def test_data_synth_writes_dngs_rawpy_opens(tmp_path, isplab_cli):
+    result = isplab_cli("data", "synth", str(tmp_path / "x"), "--count", "4", "--size", "64x48")
     assert result.returncode == 0, result.stderr
     manifest = json.loads((tmp_path / "x" / "manifest.json").read_text())
     assert len(manifest["samples"]) == 4
@@ -26,23 +22,23 @@ def test_data_synth_writes_dngs_rawpy_opens(tmp_path):
             assert raw.raw_image_visible.shape == (48, 64)
 
 
-def test_errors_are_one_line_without_traceback(tmp_path):
+def test_errors_are_one_line_without_traceback(tmp_path, isplab_cli):
     bad = tmp_path / "not_raw.dng"
     bad.write_text("hello")
-    result = isplab("data", "inspect", str(bad))
+    result = isplab_cli("data", "inspect", str(bad))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "not_raw.dng" in result.stderr
 
-    result = isplab("data", "synth", str(tmp_path / "y"), "--size", "31x30")
+    result = isplab_cli("data", "synth", str(tmp_path / "y"), "--size", "31x30")
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "bad size" in result.stderr
 
 
-def test_debug_shows_the_traceback(tmp_path):
-    result = isplab("--debug", "data", "synth", str(tmp_path / "y"), "--size", "31x30")
+def test_debug_shows_the_traceback(tmp_path, isplab_cli):
+    result = isplab_cli("--debug", "data", "synth", str(tmp_path / "y"), "--size", "31x30")
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 
-def test_unfinished_workflows_say_so():
-    result = isplab("sky")
+def test_unfinished_workflows_say_so(isplab_cli):
+    result = isplab_cli("sky")
     assert result.returncode == 1 and "not yet available" in result.stderr

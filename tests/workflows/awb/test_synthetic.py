@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -47,27 +45,22 @@ def test_converted_true_temperatures_are_the_scene_lights(captures):
     assert 1 < camera_error.mean() < 100
 
 
-def _isplab(*args, cwd):
-    result = subprocess.run([sys.executable, "-m", "isplab.cli", *args], capture_output=True, text=True, cwd=cwd)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
-
 
 @pytest.mark.slow
-def test_command_chain_convert_train_export_tuning_verify(captures):
+def test_command_chain_convert_train_export_tuning_verify(captures, isplab_ok):
     root, tunings, dngs = captures
-    _isplab("awb", "convert", "dng", "chain", "--target", "pisp", "--tuning-dir", "tunings", "--workers", "1",
+    isplab_ok("awb", "convert", "dng", "chain", "--target", "pisp", "--tuning-dir", "tunings", "--workers", "1",
             "--no-progress", cwd=root)
-    _isplab("awb", "train", "chain/train", "model.pt", "--target", "pisp", "--epochs", "3", "--no-progress", cwd=root)
-    out = _isplab("awb", "export", "model.pt", "--dataset", "chain/train", cwd=root)
+    isplab_ok("awb", "train", "chain/train", "model.pt", "--target", "pisp", "--epochs", "3", "--no-progress", cwd=root)
+    out = isplab_ok("awb", "export", "model.pt", "--dataset", "chain/train", cwd=root)
     assert "tolerance 1.0 mired" in out
-    _isplab("awb", "tuning", "--sensor", synthetic.SENSOR, "--target", "pisp", "--model", "model.tflite",
+    isplab_ok("awb", "tuning", "--sensor", synthetic.SENSOR, "--target", "pisp", "--model", "model.tflite",
             "--tuning-dir", "tunings", "-o", "tuned.json", cwd=root)
     tuned = json.loads((root / "tuned.json").read_text())
     names = [next(iter(a)) for a in tuned["algorithms"]]
     assert "rpi.nn.awb" in names and "disable.rpi.awb" in names
     block = tuned["algorithms"][names.index("rpi.nn.awb")]["rpi.nn.awb"]
     assert Path(block["model"]) == (root / "model.tflite").resolve() and 0 not in block["ccm"]
-    out = _isplab("awb", "verify", "-i", str(dngs[0]), "--model", "model.tflite", "--tuning-dir", "tunings",
+    out = isplab_ok("awb", "verify", "-i", str(dngs[0]), "--model", "model.tflite", "--tuning-dir", "tunings",
                   "--target", "pisp", cwd=root)
     assert dngs[0].name[:20] in out

@@ -24,7 +24,6 @@ import copy
 import json
 import math
 import textwrap
-from collections.abc import Sequence
 from pathlib import Path
 
 import cv2

@@ -80,6 +80,36 @@ def _check_packing(packing: str) -> str:
     return packing
 
 
+def read_mosaic(path: str | Path, packing: str) -> tuple[torch.Tensor, str]:
+    """Read a raw file as the ``(H, W)`` float32 mosaic ``packing`` expects, and its CFA pattern.
+
+    ``"challenge"``: a single-channel 16-bit PNG raw of the MAI layout divided by 4*255 (no black
+    level). ``"dng"``: any raw LibRaw reads, normalised by its black and white levels.
+
+    Raises:
+        IsplabError: unknown packing, unreadable file, or a challenge raw that is not single-channel.
+    """
+    path = Path(path)
+    if packing == "challenge":
+        raw = read_image(path)
+        if raw.ndim != 2:
+            raise IsplabError(f"{path}: expected a single-channel raw PNG for packing 'challenge', got shape {raw.shape}")
+        return torch.from_numpy(raw.astype(np.float32) / CHALLENGE_SCALE), CHALLENGE_PATTERN
+    if packing == "dng":
+        frame = read_raw(path)
+        mosaic = torch.from_numpy(frame.mosaic.astype(np.float32))[None, None]
+        mosaic = normalize_mosaic(mosaic, frame.black_level, frame.white_level, frame.cfa_pattern)[0, 0]
+        return mosaic, frame.cfa_pattern
+    raise IsplabError(f"unknown packing {packing!r}: expected one of {', '.join(PACKINGS)}")
+
+
+def pack_mosaic(mosaic: torch.Tensor, pattern: str, packing: str) -> torch.Tensor:
+    """``(..., H, W)`` mosaic from :func:`read_mosaic` -> ``(..., 4, H/2, W/2)`` network input."""
+    if packing == "challenge":
+        return pack_challenge(mosaic)
+    return bayer.pack(mosaic, pattern)
+
+
 @dataclass
 class PairSource:
     """Raw/target file pairs of one split and how to load them.
@@ -116,21 +146,7 @@ class PairSource:
             IsplabError: unreadable files, or target and raw of different sizes.
         """
         raw_path, target_path = self.raws[i], self.targets[i]
-        if self.packing == "challenge":
-            raw = read_image(raw_path)
-            if raw.ndim != 2:
-                raise IsplabError(f"{raw_path}: expected a single-channel raw PNG, got shape {raw.shape}")
-            mosaic = torch.from_numpy(raw.astype(np.float32) / CHALLENGE_SCALE)
-            pattern = CHALLENGE_PATTERN
-        else:
-            frame = read_raw(raw_path)
-            pattern = frame.cfa_pattern
-            mosaic = normalize_mosaic(
-                torch.from_numpy(frame.mosaic.astype(np.float32))[None, None],
-                frame.black_level,
-                frame.white_level,
-                pattern,
-            )[0, 0]
+        mosaic, pattern = read_mosaic(raw_path, self.packing)
         target = read_image(target_path)
         if target.ndim != 3 or target.shape[2] < 3:
             raise IsplabError(f"{target_path}: expected an RGB target image, got shape {target.shape}")
@@ -144,9 +160,7 @@ class PairSource:
 
     def pack(self, mosaic: torch.Tensor, pattern: str) -> torch.Tensor:
         """``(..., H, W)`` normalised mosaic -> ``(..., 4, H/2, W/2)`` network input for this packing."""
-        if self.packing == "challenge":
-            return pack_challenge(mosaic)
-        return bayer.pack(mosaic, pattern)
+        return pack_mosaic(mosaic, pattern, self.packing)
 
     def load(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Pair ``i``: ``(packed (4, h, w) float32, target (3, 2h, 2w) float32)``."""

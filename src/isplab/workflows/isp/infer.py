@@ -31,11 +31,8 @@ from torch import nn
 
 from isplab.errors import IsplabError
 from isplab.export import eval_mode
-from isplab.io.image import read_image, to_uint8, write_image
-from isplab.io.raw import read_raw
-from isplab.isp import bayer
-from isplab.isp.levels import normalize_mosaic
-from isplab.workflows.isp.data import CHALLENGE_SCALE, PACKINGS, pack_challenge
+from isplab.io.image import to_uint8, write_image
+from isplab.workflows.isp.data import pack_mosaic, read_mosaic
 
 
 @dataclass
@@ -65,18 +62,7 @@ def load_packed(path: str | Path, packing: str = "dng") -> torch.Tensor:
     Raises:
         IsplabError: unknown packing, unreadable file, or a challenge raw that is not single-channel.
     """
-    path = Path(path)
-    if packing == "challenge":
-        raw = read_image(path)
-        if raw.ndim != 2:
-            raise IsplabError(f"{path}: expected a single-channel raw PNG for packing 'challenge', got shape {raw.shape}")
-        return pack_challenge(torch.from_numpy(raw.astype(np.float32) / CHALLENGE_SCALE))
-    if packing == "dng":
-        frame = read_raw(path)
-        mosaic = torch.from_numpy(frame.mosaic.astype(np.float32))[None, None]
-        mosaic = normalize_mosaic(mosaic, frame.black_level, frame.white_level, frame.cfa_pattern)[0, 0]
-        return bayer.pack(mosaic, frame.cfa_pattern)
-    raise IsplabError(f"unknown packing {packing!r}: expected one of {', '.join(PACKINGS)}")
+    return pack_mosaic(*read_mosaic(path, packing), packing)
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
