@@ -30,10 +30,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from isplab.export import TFLiteRunner, export_tflite
-from isplab.workflows.awb.dataset import TARGET_SIZES, load_dataset
+from isplab.export import TFLiteRunner
+from isplab.workflows.awb.config import TrainConfig
+from isplab.workflows.awb.constants import TARGET_SIZES
+from isplab.workflows.awb.dataset import load_dataset
 from isplab.workflows.awb.evaluate import ErrorSummary, cross_validate, evaluate_model, evaluate_tflite
-from isplab.workflows.awb.train import TrainConfig, train_model
+from isplab.workflows.awb.export import export_awb
+from isplab.workflows.awb.train import train_model
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "awb-rpi"
 # The goals: held-out mean and worst, in mireds.
@@ -72,7 +75,7 @@ def benchmark_target(target: str, data: Path, config: TrainConfig, folds: int, l
     example = (dataset.images[:1], dataset.lux[:1])
     with tempfile.TemporaryDirectory() as tmp:
         ours_path = Path(tmp) / f"awb_{target}.tflite"
-        export_tflite(model, tuple(torch.from_numpy(x) for x in example), ours_path)
+        export_awb(model, target, ours_path, dataset=dataset)  # libcamera's contract, parity within 1 mired
         ours_tflite = evaluate_tflite(ours_path, dataset)
         ours_latency = tflite_latency(ours_path, *example, latency_runs)
         ours_size = ours_path.stat().st_size

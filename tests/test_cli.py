@@ -42,3 +42,66 @@ def test_debug_shows_the_traceback(tmp_path, isplab_cli):
 def test_unfinished_workflows_say_so(isplab_cli):
     result = isplab_cli("sky")
     assert result.returncode == 1 and "not yet available" in result.stderr
+
+
+def test_synth_with_an_unknown_source_writes_nothing_and_the_retry_works(tmp_path, isplab_cli):
+    out = tmp_path / "x"
+    result = isplab_cli("data", "synth", str(out), "--source", "chart", "--source", "nosuch", "-n", "2")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: unknown source 'nosuch': expected one of chart, astronaut, texture, coffee, gradient, chelsea, "
+        "rocket, motorcycle, hubble or an image file"
+    )
+    assert not out.exists()
+    result = isplab_cli("data", "synth", str(out), "--source", "chart", "-n", "1", "--size", "64x48")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "manifest.csv", "manifest.json", "synth_00000.dng", "synth_00000_target.png"
+    ]
+
+
+def test_synth_refuses_an_existing_dataset_and_an_unwritable_folder(tmp_path, isplab_cli):
+    out = tmp_path / "x"
+    assert isplab_cli("data", "synth", str(out), "-n", "1", "--size", "64x48").returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    result = isplab_cli("data", "synth", str(out), "-n", "1", "--size", "64x48", "--seed", "3")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"error: dataset folder {out} already holds manifest.csv, manifest.json, ")
+    assert "--overwrite" in result.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    result = isplab_cli("data", "synth", str(blocker / "sub"), "-n", "1")
+    assert result.returncode == 1
+    assert result.stderr == f"error: cannot create folder {blocker / 'sub'}: Not a directory\n"
+    assert blocker.read_text() == "not a folder"
+
+
+def test_inspect_a_folder_says_it_is_a_folder(tmp_path, isplab_cli):
+    result = isplab_cli("data", "inspect", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr == f"error: {tmp_path} is a folder: expected a camera raw file such as .dng\n"
+
+
+def test_an_uncaught_os_error_is_one_line_naming_the_file(tmp_path):
+    """Whatever command lets an OSError escape, the user sees the file and the reason, not a repr."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, isplab.cli as cli\n"
+        "@cli.app.command('boom')\n"
+        "def boom(path: str):\n"
+        "    open(path, 'w')\n"
+        "sys.argv = ['isplab', *sys.argv[1:]]\n"
+        "cli.main()\n"
+    )
+    target = tmp_path / "missing" / "out.txt"
+    result = subprocess.run([sys.executable, "-c", script, "boom", str(target)], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: cannot read/write {target}: No such file or directory (run with --debug for the traceback)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, "--debug", "boom", str(target)], capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" in result.stderr and "FileNotFoundError" in result.stderr

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from isplab import __version__
+from isplab.cli_options import Device, Overwrite, Seed
 from isplab.errors import IsplabError
 
 console = Console(stderr=True, soft_wrap=True)  # one error line, never folded at 80 columns
@@ -88,7 +90,7 @@ def data_inspect(files: list[Path] = typer.Argument(..., help="Raw files (DNG, N
         try:
             raw = read_raw(path)
         except IsplabError as error:
-            console.print(f"[red]error:[/] {error}")
+            console.print(f"[red]error:[/] {escape(str(error))}", highlight=False)
             failed += 1
             continue
         table = Table(title=str(path), show_header=False)
@@ -144,18 +146,34 @@ for _name, _issue, _what in [
 
 @app.command("demo")
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", help="Output directory for data and report."),
-    count: int = typer.Option(6, "--count", "-n", help="Number of synthetic samples."),
-    size: str = typer.Option("512x384", "--size", help="Image size WIDTHxHEIGHT."),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="Demo folder: report.html and one folder per section."),
+    count: int = typer.Option(6, "--count", "-n", help="Synthetic DNGs of the data section."),
+    size: str = typer.Option("512x384", "--size", help="Their size WIDTHxHEIGHT."),
+    section: list[str] = typer.Option(
+        None, "--section", help="Run only these sections (repeatable): data, awb, isp. Default: all."
+    ),
+    seed: Seed = 0,
+    device: Device = "auto",
+    overwrite: Overwrite = False,
+    out: Path | None = typer.Option(None, "--out", hidden=True, help="Old spelling of --output."),
 ) -> None:
-    """Synthesise raws, render them with the classical differentiable ISP, and write a report."""
+    """Every workflow on synthetic data, timed, in one report (OUTPUT/report.html).
+
+    One line per stage is printed; third-party output (Lightning, the TFLite converter) goes to OUTPUT/<section>/console.log unless --debug.
+    """
     from isplab.data.synth import parse_size
     from isplab.demo import run_demo
 
-    report = run_demo(out, count=count, size=parse_size(size), seed=seed, device=device)
-    console.print(f"report: {report}")
+    report = run_demo(
+        out or output,
+        seed=seed,
+        device=device,
+        sections=section or None,
+        overwrite=overwrite,
+        debug=_state["debug"],
+        options={"data": {"count": count, "size": parse_size(size)}},
+    )
+    console.print(f"report: {report}", highlight=False)
 
 
 def main() -> None:
@@ -165,16 +183,26 @@ def main() -> None:
     except IsplabError as error:
         if _state["debug"]:
             raise
-        console.print(f"[red]error:[/] {error}", highlight=False)
-        sys.exit(1)
+        _fail(str(error))
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
+    except OSError as error:  # a file that could not be read or written: name it, in one line
+        if _state["debug"]:
+            raise
+        if error.filename is None:
+            _fail(f"{type(error).__name__}: {error} (run with --debug for the traceback)")
+        paths = str(error.filename) + (f" -> {error.filename2}" if error.filename2 is not None else "")
+        _fail(f"cannot read/write {paths}: {error.strerror or type(error).__name__} (run with --debug for the traceback)")
     except Exception as error:  # unexpected: still one line unless --debug
         if _state["debug"]:
             raise
-        console.print(f"[red]error:[/] {type(error).__name__}: {error} (run with --debug for the traceback)", highlight=False)
-        sys.exit(1)
+        _fail(f"{type(error).__name__}: {error} (run with --debug for the traceback)")
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/] {escape(message)}", highlight=False)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -42,14 +42,48 @@ def test_same_seed_same_files(dataset, tmp_path):
 
 
 def test_refuses_to_overwrite_an_existing_dataset(dataset):
-    with pytest.raises(IsplabError, match="already exists.*--overwrite"):
+    before = {p.name: p.stat().st_mtime_ns for p in dataset.out_dir.iterdir()}
+    with pytest.raises(IsplabError, match=r"dataset folder .* already holds manifest.csv, manifest.json, synth_00000.dng.*--overwrite"):
         synthesize_dataset(dataset.out_dir, 1, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in dataset.out_dir.iterdir()} == before
+
+
+def test_overwrite_replaces_the_previous_dataset_and_keeps_other_files(tmp_path):
+    synthesize_dataset(tmp_path, 3, size=(32, 32), progress=False)
+    (tmp_path / "notes.txt").write_text("mine")
+    synthesize_dataset(tmp_path, 1, size=(32, 32), seed=5, overwrite=True, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "manifest.csv", "manifest.json", "notes.txt", "synth_00000.dng", "synth_00000_target.png"
+    ]
+
+
+def test_a_half_written_dataset_also_counts_as_one(tmp_path):
+    (tmp_path / "synth_00003.dng").write_bytes(b"left by an interrupted run")
+    with pytest.raises(IsplabError, match="already holds synth_00003.dng"):
+        synthesize_dataset(tmp_path, 1, size=(32, 32), progress=False)
+
+
+@pytest.mark.parametrize("sources, message", [
+    (["chart", "nosuch"], r"unknown source 'nosuch': expected one of chart, astronaut"),
+    (["missing.png"], r"unknown source 'missing.png'"),
+])
+def test_bad_sources_are_refused_before_anything_is_written(tmp_path, sources, message):
+    with pytest.raises(IsplabError, match=message):
+        synthesize_dataset(tmp_path / "out", 2, size=(32, 32), sources=sources, progress=False)
+    assert not (tmp_path / "out").exists()
+    # ...so the same folder works as soon as the sources are right.
+    assert len(synthesize_dataset(tmp_path / "out", 1, size=(32, 32), sources=["chart"], progress=False).samples) == 1
 
 
 def test_a_failing_sample_is_reported_and_the_rest_written(tmp_path):
-    result = synthesize_dataset(tmp_path, 3, size=(32, 32), sources=["chart", str(tmp_path / "missing.png")], progress=False)
-    assert len(result.samples) + len(result.failures) == 3
-    assert result.failures and "missing.png" in result.failures[0]["error"]
+    import imageio.v3 as iio
+
+    grey = tmp_path / "grey.png"
+    iio.imwrite(grey, np.zeros((40, 40), np.uint8))  # exists, but is not an RGB image
+    result = synthesize_dataset(tmp_path / "out", 3, size=(32, 32), sources=["chart", str(grey)], progress=False)
+    assert [s["index"] for s in result.samples] == [0, 2]
+    assert [f["index"] for f in result.failures] == [1]
+    assert "grey.png" in result.failures[0]["error"] and "expected an RGB image" in result.failures[0]["error"]
     assert json.loads(result.manifest.read_text())["failures"] == result.failures
 
 

@@ -13,17 +13,19 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from isplab.engine.report import Report, plot_curves, save_png
+from isplab import __version__
+from isplab.engine.report import Link, Report, format_duration, plot_curves, save_png
 from isplab.errors import IsplabError
 
 
 class PageParser(HTMLParser):
-    """Collects tags, image sources, table cells and visible text of a page."""
+    """Collects tags, image sources, links, table cells and visible text of a page."""
 
     def __init__(self) -> None:
         super().__init__()
         self.tags: list[str] = []
         self.images: list[str] = []
+        self.links: list[str] = []
         self.cells: list[str] = []
         self.text: list[str] = []
         self._in_cell = False
@@ -32,7 +34,10 @@ class PageParser(HTMLParser):
         self.tags.append(tag)
         if tag == "img":
             self.images.append(dict(attrs)["src"])
-        self._in_cell = tag in ("td", "th")
+        if tag == "a":
+            self.links.append(dict(attrs)["href"])
+        if tag in ("td", "th"):
+            self._in_cell = True
 
     def handle_endtag(self, tag):
         if tag in ("td", "th"):
@@ -215,3 +220,62 @@ def test_plot_curves(tmp_path):
         plot_curves(tmp_path / "logs", ["val_loss"])
     with pytest.raises(IsplabError, match="nope.csv does not exist"):
         plot_curves([tmp_path / "nope.csv"], ["val_loss"])
+
+
+def test_links_are_relative_hyperlinks_to_existing_files(tmp_path):
+    sub = tmp_path / "demo/awb/cv/report.html"
+    sub.parent.mkdir(parents=True)
+    sub.write_text("<html></html>")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere/errors #1.csv").write_text("a,b\n")
+    report = Report("Links", tmp_path / "demo")
+    report.add_link(sub, "cross-validation report", before="Full results: ", after=".")
+    cell = report.link(tmp_path / "elsewhere/errors #1.csv")
+    report.add_table([{"what": "errors", "file": cell}])
+    report.add_link("https://example.org/x?a=1&b=2", "upstream")
+    page = report.write()
+    parsed = parse(page)
+    assert parsed.links == ["awb/cv/report.html", "../elsewhere/errors%20%231.csv", "https://example.org/x?a=1&b=2"]
+    for href in parsed.links[:2]:  # each relative link resolves to the file, from the page's folder
+        assert (page.parent / Path(href.replace("%20", " ").replace("%23", "#"))).is_file()
+    assert "Full results: cross-validation report." in "".join(parsed.text)
+    assert cell == Link("../elsewhere/errors%20%231.csv", "errors #1.csv") and "errors #1.csv" in parsed.cells
+    with pytest.raises(IsplabError, match=r"cannot link to .*missing.html from the report: it does not exist"):
+        report.link(tmp_path / "missing.html")
+
+
+def test_run_info_records_version_device_and_stage_times(tmp_path):
+    (tmp_path / "awb/cv").mkdir(parents=True)
+    (tmp_path / "awb/cv/report.html").write_text("")
+    report = Report("Demo", tmp_path)
+    start = report.position
+    report.add_heading("Later section")
+    with report.insert_at(start):  # known only at the end, shown at the top
+        report.add_run_info(
+            device="cpu",
+            durations={"data": 12.25, "awb": 125.0, "isp": 3725.0},
+            links={"awb": [report.link(tmp_path / "awb/cv/report.html", "cross-validation")]},
+            extra={"seed": 3},
+        )
+    page = report.write()
+    parsed = parse(page)
+    cells = parsed.cells
+    assert cells[cells.index("isplab") + 1] == __version__
+    assert cells[cells.index("device") + 1] == "cpu"
+    assert cells[cells.index("seed") + 1] == "3"
+    assert cells[cells.index("data") + 1] == "12.2 s"
+    assert cells[cells.index("awb") + 1: cells.index("awb") + 3] == ["2 min 05 s", "cross-validation"]
+    assert cells[cells.index("isp") + 1] == "1 h 02 min"
+    assert cells[cells.index("total") + 1] == "1 h 04 min"
+    assert parsed.links == ["awb/cv/report.html"]
+    raw = page.read_text()
+    assert raw.index("Time per stage") < raw.index("Later section")
+    with pytest.raises(IsplabError, match="report position 9 is outside 0..3"):
+        with report.insert_at(9):
+            pass
+
+
+@pytest.mark.parametrize("seconds, text", [(0.04, "0.0 s"), (59.94, "59.9 s"), (60.2, "1 min 00 s"),
+                                           (3599.4, "59 min 59 s"), (7322, "2 h 02 min")])
+def test_format_duration(seconds, text):
+    assert format_duration(seconds) == text

@@ -10,10 +10,11 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import RichProgressBar
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from isplab.engine.report import plot_curves
 from isplab.engine.trainer import (
+    StepProgressBar,
     build_trainer,
     configure_optimizer,
     fit,
@@ -201,7 +202,7 @@ def test_seed_makes_runs_identical(tmp_path):
 
 def test_build_trainer_options(tmp_path):
     trainer = build_trainer(tmp_path, max_epochs=1, device="cpu", progress=True)
-    assert any(isinstance(cb, RichProgressBar) for cb in trainer.callbacks)
+    assert any(isinstance(cb, StepProgressBar) for cb in trainer.callbacks)
     trainer = build_trainer(tmp_path, max_epochs=1, device="cpu", progress=False, precision="bf16-mixed",
                             gradient_clip_val=0.5, max_steps=7)
     assert not any(isinstance(cb, RichProgressBar) for cb in trainer.callbacks)
@@ -281,3 +282,64 @@ def test_configure_optimizer_choices_and_errors():
         configure_optimizer(param, lr=0.1, scheduler="onecycle")
     with pytest.raises(IsplabError, match="scheduler 'cosine' needs max_epochs >= 1, got None"):
         configure_optimizer(param, lr=0.1, scheduler="cosine")
+
+
+class RecordBar(L.Callback):
+    """After the progress bar's own hooks: the training bar's description, total and ETA per step."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        bar = next(cb for cb in trainer.callbacks if isinstance(cb, StepProgressBar))
+        task = bar.train_progress_bar
+        self.seen = getattr(self, "seen", []) + [(task.description, task.total, task.completed, task.time_remaining)]
+
+
+def test_step_budget_progress_bar_counts_steps_of_the_run_with_an_eta(tmp_path):
+    # max_epochs=-1, max_steps=6: 4 batches per epoch, so the run crosses an epoch boundary.
+    recorder = RecordBar()
+    trainer = build_trainer(tmp_path, max_epochs=-1, max_steps=6, device="cpu", progress=True,
+                            enable_model_summary=False, callbacks=[recorder])
+    assert sum(isinstance(cb, StepProgressBar) for cb in trainer.callbacks) == 1
+    fit(trainer, TinyRegression(), *loaders())
+    assert [d for d, *_ in recorder.seen] == [f"step {k}/6" for k in range(1, 7)]  # never "Epoch 1/-2"
+    assert all(total == 6 for _, total, _, _ in recorder.seen)
+    assert [completed for *_, completed, _ in recorder.seen] == [1, 2, 3, 4, 5, 6]
+    assert recorder.seen[-2][3] is not None  # rich's time column has an ETA once the speed is known
+
+    # A resume continues the count from the restored step.
+    recorder = RecordBar()
+    trainer = build_trainer(tmp_path, max_epochs=-1, max_steps=8, device="cpu", progress=True,
+                            enable_model_summary=False, callbacks=[recorder])
+    fit(trainer, TinyRegression(), *loaders(), resume="last")
+    assert [d for d, *_ in recorder.seen] == ["step 7/8", "step 8/8"]
+
+
+def test_epoch_budget_progress_bar_counts_epochs(tmp_path):
+    recorder = RecordBar()
+    trainer = build_trainer(tmp_path, max_epochs=2, device="cpu", progress=True, enable_model_summary=False,
+                            callbacks=[recorder])
+    fit(trainer, TinyRegression(), *loaders())
+    descriptions = [d.strip() for d, *_ in recorder.seen]
+    assert descriptions == ["Epoch 0/1"] * STEPS_PER_EPOCH + ["Epoch 1/1"] * STEPS_PER_EPOCH
+    assert [total for _, total, _, _ in recorder.seen] == [STEPS_PER_EPOCH] * (2 * STEPS_PER_EPOCH)
+
+
+class EpochRecordingData(TensorDataset):
+    def __init__(self, *tensors):
+        super().__init__(*tensors)
+        self.epochs: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+
+
+def test_training_dataset_is_told_the_epoch_before_each_epoch_and_on_resume(tmp_path):
+    train, val = loaders()
+    x, y = train.dataset.tensors
+    data = EpochRecordingData(x, y)
+    loader = DataLoader(Subset(data, range(N_TRAIN)), batch_size=BATCH)  # looked through
+    fit(build_trainer(tmp_path, max_epochs=3, device="cpu", **QUIET), TinyRegression(), loader, val)
+    # once when the fit starts, then at the start of each epoch
+    assert data.epochs == [0, 0, 1, 2]
+    data.epochs.clear()
+    fit(build_trainer(tmp_path, max_epochs=5, device="cpu", **QUIET), TinyRegression(), loader, val, resume="last")
+    assert data.epochs == [3, 3, 4]

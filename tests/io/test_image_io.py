@@ -123,6 +123,9 @@ def test_write_into_missing_folder(tmp_path):
 def test_read_errors(tmp_path):
     with pytest.raises(IsplabError, match=r"image file not found: .*missing\.png"):
         read_image(tmp_path / "missing.png")
+    (tmp_path / "folder.png").mkdir()
+    with pytest.raises(IsplabError, match=r"folder\.png is a folder: expected an image file"):
+        read_image(tmp_path / "folder.png")
     for name in ("junk.png", "junk.tif", "junk.exr", "empty.jpg"):
         (tmp_path / name).write_bytes(b"" if name.startswith("empty") else b"definitely not an image" * 10)
         with pytest.raises(IsplabError, match=rf"cannot (read|decode) image .*{name}"):

@@ -246,6 +246,11 @@ def test_png_and_text_are_not_raw(tmp_path):
             read_raw(path)
 
 
+def test_a_folder_is_not_a_raw_file(tmp_path):
+    with pytest.raises(RawReadError, match=rf"^{tmp_path} is a folder: expected a camera raw file"):
+        read_raw(tmp_path)
+
+
 def test_raw_read_error_is_an_oserror(tmp_path):
     with pytest.raises(OSError):
         read_raw(tmp_path / "nope.dng")

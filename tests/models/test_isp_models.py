@@ -18,6 +18,7 @@ from isplab.models.isp import (
     load_isp_model,
     save_isp_model,
 )
+from isplab.models.punet import CroppedConvTranspose2d
 
 #: Small widths keep every test fast; punet needs a multiple of 4.
 SMALL = {"punet": 4, "lfnet": 8, "nafnet": 8}
@@ -47,6 +48,22 @@ def test_punet_initialisation_matches_the_reference():
     assert weights.abs().max() <= 0.02  # truncated at 2 std
     # A normal(0, 0.01) truncated at +-2 std has std 0.01 * 0.8796.
     assert weights.std().item() == pytest.approx(0.008796, rel=0.01)
+
+
+def test_punet_upsampling_equals_the_padded_transposed_conv_and_loads_its_weights():
+    """The exportable transposed conv gives the numbers of ConvTranspose2d(padding=1, output_padding=1)."""
+    torch.manual_seed(0)
+    layer = CroppedConvTranspose2d(6, 5)
+    x = torch.randn(2, 6, 7, 9)
+    expected = torch.nn.functional.conv_transpose2d(x, layer.weight, stride=2, padding=1, output_padding=1)
+    assert layer(x).shape == (2, 5, 14, 18)
+    torch.testing.assert_close(layer(x), expected, atol=1e-6, rtol=1e-5)
+    # a model saved with nn.ConvTranspose2d layers (same keys and shapes) loads unchanged
+    padded = nn.ConvTranspose2d(6, 5, 3, stride=2, padding=1, output_padding=1, bias=False)
+    layer.load_state_dict(padded.state_dict())
+    torch.testing.assert_close(layer(x), padded(x), atol=1e-6, rtol=1e-5)
+    # and the MAC counter still sees it: each input element feeds 5 x 3 x 3 outputs
+    assert count_macs(nn.Sequential(nn.Conv2d(4, 6, 1, bias=False), layer), (7, 9)) == 7 * 9 * 6 * 4 + 7 * 9 * 6 * 5 * 9
 
 
 @pytest.mark.parametrize("arch", ISP_ARCHS)

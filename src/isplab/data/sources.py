@@ -7,7 +7,7 @@ an sRGB float32 image ``(H, W, 3)`` in [0, 1].
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
@@ -119,6 +119,32 @@ def random_crop_resized(image: np.ndarray, size: tuple[int, int], rng: np.random
     crop = image[y0 : y0 + ch, x0 : x0 + cw]
     interpolation = cv2.INTER_AREA if cw >= w else cv2.INTER_CUBIC
     return np.clip(cv2.resize(crop, (w, h), interpolation=interpolation), 0, 1).astype(np.float32)
+
+
+def check_sources(names: Sequence[str]) -> tuple[str, ...]:
+    """Check source names before any work: each is a built-in source or an existing image file.
+
+    Only names and paths are checked here (cheap); an image file that cannot be decoded is
+    reported when its sample is made.
+
+    Returns:
+        The names as a tuple.
+
+    Raises:
+        IsplabError: no names, an unknown name, or a path that is a folder.
+    """
+    names = tuple(str(name) for name in names)
+    if not names:
+        raise IsplabError(f"no source images given: expected one or more of {', '.join(SOURCES)} or image files")
+    for name in names:
+        if name in PROCEDURAL or name in SKIMAGE_PHOTOS:
+            continue
+        path = Path(name)
+        if path.is_dir():
+            raise IsplabError(f"source {path} is a folder: expected an image file or one of {', '.join(SOURCES)}")
+        if not path.is_file():
+            raise IsplabError(f"unknown source {name!r}: expected one of {', '.join(SOURCES)} or an image file")
+    return names
 
 
 def load_source(name: str, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:

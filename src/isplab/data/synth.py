@@ -16,11 +16,12 @@ import numpy as np
 import torch
 
 from isplab import __version__
-from isplab.data.sources import SOURCES, load_source
+from isplab.data.sources import SOURCES, check_sources, load_source
 from isplab.data.unprocess import UnprocessParams, add_noise, sample_params, unprocess
 from isplab.errors import IsplabError
 from isplab.io.dng import write_dng
 from isplab.io.image import to_uint16, write_image
+from isplab.io.paths import prepare_output_dir
 from isplab.io.raw import RawImage
 from isplab.isp import bayer
 
@@ -124,15 +125,22 @@ def synthesize_dataset(
     pattern, as-shot neutral, colour matrix, CCM, illuminant CCT, gains, noise levels, EXIF) and
     ``manifest.csv`` (the same records flattened). A sample that fails is reported in the
     manifest's ``failures`` and the others are still written.
+
+    Raises:
+        IsplabError: before anything is written: a bad count, CFA pattern or source name, an
+            ``out_dir`` that holds a dataset (without ``overwrite``; with it, the previous
+            dataset's files are replaced, other files are left alone), or that cannot be written.
     """
     if count < 1:
         raise IsplabError(f"--count must be at least 1, got {count}")
     sensor = sensor or SensorSpec()
     sensor.pattern = bayer.check_pattern(sensor.pattern)
+    sources = check_sources(sources)  # every argument is checked before anything is written
     out_dir = Path(out_dir)
-    if (out_dir / MANIFEST_JSON).exists() and not overwrite:
-        raise IsplabError(f"{out_dir / MANIFEST_JSON} already exists: choose another OUT_DIR or pass --overwrite")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    previous = _dataset_files(out_dir)
+    prepare_output_dir(out_dir, overwrite=overwrite, names=previous, what="dataset folder")
+    for stale in previous:  # --overwrite replaces the previous dataset, never merges into it
+        (out_dir / stale).unlink(missing_ok=True)
 
     result = SynthResult(out_dir)
     indices = range(count)
@@ -183,6 +191,21 @@ def synthesize_dataset(
         )
     _write_manifest(result, seed=seed, size=size, sensor=sensor, noise=noise, count=count)
     return result
+
+
+def _dataset_files(out_dir: Path) -> list[str]:
+    """The files of a synthetic dataset already in ``out_dir``: its manifest, the samples it lists,
+    and any ``synth_*`` sample files (those of a run that stopped before writing its manifest)."""
+    if not out_dir.is_dir():
+        return []
+    names = {path.name for path in out_dir.glob("synth_[0-9]*") if path.is_file()}
+    names |= {name for name in (MANIFEST_JSON, MANIFEST_CSV) if (out_dir / name).is_file()}
+    try:
+        manifest = json.loads((out_dir / MANIFEST_JSON).read_text())
+        names |= {sample[key] for sample in manifest.get("samples", []) for key in ("file", "target")}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        pass  # no readable manifest: the names above are all there is to replace
+    return sorted(name for name in names if Path(name).name == name and (out_dir / name).is_file())
 
 
 def _write_manifest(result: SynthResult, **settings) -> None:

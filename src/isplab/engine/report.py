@@ -9,7 +9,12 @@ All text is HTML-escaped. Typical use::
     report.add_metrics({"PSNR (dB)": 38.21, "SSIM": 0.962})
     report.add_figure(plot_curves("runs/3", ["train_loss_epoch", "val_loss"]), "Loss curves")
     report.add_image(output_rgb, "Network output", name="output")
+    report.add_link("runs/3/test/report.html", "Per-image test report")
+    report.add_run_info(device="cuda", durations={"train": 812.4, "test": 31.0})
     report.write()  # runs/3/report/report.html
+
+Links to other pages or files next to the report (sub-reports, CSVs) are relative, so the folder
+can be moved as a whole; they can also be table cells (:meth:`Report.link`).
 """
 
 from __future__ import annotations
@@ -18,9 +23,12 @@ import csv
 import html
 import numbers
 import os
+import platform
 import re
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -30,6 +38,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from isplab import __version__
 from isplab.engine.trainer import metrics_csv_files
 from isplab.errors import IsplabError
 
@@ -47,6 +56,20 @@ figure { display: inline-block; margin: .5rem 1rem 1rem 0; vertical-align: top; 
 figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: .9rem; color: #555; }
 """
+
+
+@dataclass(frozen=True)
+class Link:
+    """A hyperlink: ``href`` (relative to the report page, or a URL) and its text.
+
+    Make one with :meth:`Report.link`; it can be a table cell or go through :meth:`Report.add_link`.
+    """
+
+    href: str
+    text: str
+
+    def html(self) -> str:
+        return f'<a href="{_esc(self.href)}">{_esc(self.text)}</a>'
 
 
 class Report:
@@ -114,6 +137,76 @@ class Report:
         """A two-column metric/value table."""
         self.add_table(list(metrics.items()), ["metric", "value"], caption, float_format)
 
+    def link(self, target: str | Path, text: str | None = None) -> Link:
+        """A :class:`Link` to a file (``target`` a path, relative to the current directory like
+        every path, made relative to the page) or to a URL (``http(s)://...``) or anchor (``#...``).
+
+        Raises:
+            IsplabError: the file does not exist (a report never links to nothing).
+        """
+        if isinstance(target, str) and target.startswith(("http://", "https://", "#")):
+            return Link(target, text or target)
+        path = Path(target)
+        if not path.exists():
+            raise IsplabError(f"cannot link to {path} from the report: it does not exist")
+        href = Path(os.path.relpath(path.resolve(), self.out_dir.resolve())).as_posix()
+        return Link(quote(href), text or path.name)
+
+    def add_link(self, target: str | Path | Link, text: str | None = None, *, before: str = "", after: str = "") -> Link:
+        """A paragraph holding a hyperlink (see :meth:`link`), with optional text around it."""
+        link = target if isinstance(target, Link) else self.link(target, text)
+        self._blocks.append(f"<p>{_esc(before)}{link.html()}{_esc(after)}</p>")
+        return link
+
+    def add_run_info(
+        self,
+        *,
+        device: str,
+        durations: Mapping[str, float] | None = None,
+        links: Mapping[str, Sequence[Link]] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record how the results were made: isplab's version, Python, torch, the device, and
+        each stage's wall time (``durations``: name -> seconds, in order) with links to its own
+        reports (``links``: name -> links)."""
+        info: dict[str, Any] = {
+            "isplab": __version__,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "device": device,
+        }
+        info.update(extra or {})
+        self.add_table(list(info.items()), ["run", "value"], caption="Run")
+        if durations:
+            links = links or {}
+            parts = ["<table><caption>Time per stage</caption><tr><th>stage</th><th>wall time</th><th>reports</th></tr>"]
+            for name, seconds in durations.items():
+                cells = ", ".join(link.html() for link in links.get(name, ()))
+                parts.append(
+                    f'<tr><td>{_esc(name)}</td><td class="num">{_esc(format_duration(seconds))}</td><td>{cells}</td></tr>'
+                )
+            total = sum(durations.values())
+            parts.append(f'<tr><th>total</th><th class="num">{_esc(format_duration(total))}</th><th></th></tr></table>')
+            self._blocks.append("".join(parts))
+
+    @property
+    def position(self) -> int:
+        """The number of blocks so far: where :meth:`insert_at` puts later blocks."""
+        return len(self._blocks)
+
+    @contextmanager
+    def insert_at(self, position: int) -> Iterator[None]:
+        """Blocks added inside the ``with`` go at ``position`` (from :attr:`position`) instead of
+        the end: e.g. a summary at the top that is only known once everything has run."""
+        if not 0 <= position <= len(self._blocks):
+            raise IsplabError(f"report position {position} is outside 0..{len(self._blocks)}")
+        blocks, self._blocks = self._blocks, []
+        try:
+            yield
+        finally:
+            blocks[position:position] = self._blocks
+            self._blocks = blocks
+
     def add_image(
         self, image: np.ndarray | torch.Tensor | str | Path, caption: str, name: str | None = None
     ) -> Path:
@@ -178,6 +271,18 @@ class Report:
             f'<figure><img src="{_esc(src)}" alt="{_esc(caption)}">'
             f"<figcaption>{_esc(caption)}</figcaption></figure>"
         )
+
+
+def format_duration(seconds: float) -> str:
+    """``42.3 s``, ``3 min 05 s``, ``1 h 02 min``."""
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
 
 
 def save_png(path: str | Path, image: np.ndarray | torch.Tensor) -> Path:
@@ -295,6 +400,8 @@ def _cell(value: Any, float_format: str) -> str:
         value = value.item()
     if value is None:
         return "<td></td>"
+    if isinstance(value, Link):
+        return f"<td>{value.html()}</td>"
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         text = str(value) if isinstance(value, numbers.Integral) else float_format.format(value)
         return f'<td class="num">{_esc(text)}</td>'

@@ -12,6 +12,11 @@ directory::
 :func:`fit` runs ``trainer.fit`` with a ``resume`` argument resolved by
 :func:`resolve_checkpoint`, and :func:`configure_optimizer` builds the dictionary a
 ``LightningModule.configure_optimizers`` returns, so all workflows train the same way.
+
+Every trainer also carries :class:`DatasetEpoch` (a training dataset with ``set_epoch`` is told
+the epoch before it is read, so random samples can be a pure function of ``(seed, epoch,
+index)``) and, with ``progress``, :class:`StepProgressBar` (``step k/N`` and an ETA when the
+budget is ``max_steps`` rather than epochs).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from lightning.pytorch.callbacks import (
     RichProgressBar,
 )
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from torch.utils.data import Dataset, Subset
 
 from isplab.errors import IsplabError
 
@@ -96,6 +102,101 @@ def _accelerator_available(name: str) -> bool:
     return bool(AcceleratorRegistry[name]["accelerator"].is_available())
 
 
+class DatasetEpoch(Callback):
+    """Call ``set_epoch(trainer.current_epoch)`` on the training dataset, if it has one.
+
+    Lightning tells samplers the epoch, not datasets; a dataset whose random samples depend on
+    ``(seed, epoch, index)`` (e.g. :class:`isplab.workflows.isp.data.PatchDataset`) needs it too.
+    Called at the start of every fit (a resume may restart mid-epoch, where Lightning skips
+    ``on_train_epoch_start``) and of every epoch, before the epoch's dataloader iterator (and its
+    worker processes) is created. ``Subset`` and ``ConcatDataset`` wrappers are looked through.
+    """
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._set(trainer)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._set(trainer)
+
+    @staticmethod
+    def _set(trainer: L.Trainer) -> None:
+        loaders = trainer.train_dataloader
+        if loaders is None:
+            return
+        if not isinstance(loaders, (list, tuple, dict)):
+            loaders = [loaders]
+        for loader in loaders.values() if isinstance(loaders, dict) else loaders:
+            for dataset in _datasets(getattr(loader, "dataset", None)):
+                set_epoch = getattr(dataset, "set_epoch", None)
+                if callable(set_epoch):
+                    set_epoch(trainer.current_epoch)
+
+
+def _datasets(dataset: Dataset | None) -> list[Dataset]:
+    if dataset is None:
+        return []
+    if isinstance(dataset, Subset):
+        return [dataset, *_datasets(dataset.dataset)]
+    inner = getattr(dataset, "datasets", None)  # ConcatDataset
+    if isinstance(inner, (list, tuple)):
+        return [dataset, *(d for child in inner for d in _datasets(child))]
+    return [dataset]
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, counting the run's optimiser steps when the budget is steps.
+
+    A trainer with ``max_steps > 0`` and no epoch budget (``max_epochs`` ``-1`` or ``None``) gets
+    one training bar for the whole run: description ``step k/N``, total ``N`` (so the time column
+    shows the elapsed time and the ETA), starting at the restored step on a resume. Otherwise the
+    bar is Lightning's per-epoch one, described ``Epoch e/E`` (``Epoch e`` when there is no epoch
+    limit, instead of Lightning's ``Epoch e/-2``).
+    """
+
+    def _counts_steps(self) -> bool:
+        trainer = self.trainer
+        return trainer.max_steps is not None and trainer.max_steps > 0 and trainer.max_epochs in (None, -1)
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if self._counts_steps():
+            return f"step {self.trainer.global_step}/{self.trainer.max_steps}"
+        description = f"Epoch {current_epoch}"
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs >= 0:
+            description += f"/{self.trainer.max_epochs - 1}"
+        return f"{description:{len(self.validation_description)}}"
+
+    def _styled(self, description: str) -> str:
+        return f"[{self.theme.description}]{description}" if self.theme.description else description
+
+    def _show_steps(self, trainer: L.Trainer) -> None:
+        if self.is_disabled or self.progress is None:
+            return
+        description = self._styled(self._get_train_description(trainer.current_epoch))
+        if self.train_progress_bar_id is None:
+            self.train_progress_bar_id = self._add_task(trainer.max_steps, self._get_train_description(0))
+            self.progress.update(self.train_progress_bar_id, completed=trainer.global_step)
+        self.progress.update(
+            self.train_progress_bar_id, completed=trainer.global_step, description=description, visible=True
+        )
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._counts_steps():
+            super().on_train_epoch_start(trainer, pl_module)
+            return
+        self._show_steps(trainer)
+        self.refresh()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self._counts_steps():
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            return
+        self._show_steps(trainer)
+        self._update_metrics(trainer, pl_module)
+        self.refresh()
+
+
 def build_trainer(
     run_dir: str | Path,
     *,
@@ -135,7 +236,8 @@ def build_trainer(
             (``"min"`` or ``"max"``). ``monitor=None`` keeps only ``last.ckpt``.
         early_stopping_patience: stop after this many validations without improvement of
             ``monitor``; ``None`` never stops early.
-        progress: show a rich progress bar; turn off for batch jobs and CI logs.
+        progress: show a rich progress bar (:class:`StepProgressBar`: ``step k/N`` and an ETA
+            when the budget is ``max_steps`` with ``max_epochs=-1``); turn off for batch jobs and CI logs.
         log_every_n_steps, max_steps, gradient_clip_val, deterministic: passed to the Trainer.
         **trainer_kwargs: further :class:`lightning.Trainer` arguments; ``callbacks`` are added to
             isplab's, anything else overrides the settings above.
@@ -175,8 +277,9 @@ def build_trainer(
     callbacks.append(LearningRateMonitor())
     if early_stopping_patience is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=early_stopping_patience))
+    callbacks.append(DatasetEpoch())
     if progress:
-        callbacks.append(RichProgressBar())
+        callbacks.append(StepProgressBar())
     callbacks.extend(trainer_kwargs.pop("callbacks", None) or [])
 
     settings: dict[str, Any] = dict(

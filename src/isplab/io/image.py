@@ -51,6 +51,8 @@ def read_image(path: str | Path) -> np.ndarray:
         IsplabError: the file is missing or cannot be decoded.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsplabError(f"{path} is a folder: expected an image file")
     if not path.is_file():
         raise IsplabError(f"image file not found: {path}")
     suffix = path.suffix.lower()

@@ -150,6 +150,8 @@ def read_raw(path: str | Path) -> RawImage:
             (X-Trans, monochrome, linear/demosaiced DNG, non-RGB CFA).
     """
     path = Path(path)
+    if path.is_dir():
+        raise RawReadError(f"{path} is a folder: expected a camera raw file such as .dng")
     if not path.is_file():
         raise RawReadError(f"raw file not found: {path} (expected an existing camera raw file such as .dng)")
     try:

@@ -1,19 +1,23 @@
-"""Neural auto white balance for libcamera's ``rpi.nn.awb``: zone statistics + lux -> kelvin.
+"""Neural auto white balance networks: zone statistics + lux -> kelvin.
 
-Every model here has libcamera's contract: ``forward(image, lux)`` with ``image`` the
+Every model here has libcamera's ``rpi.nn.awb`` contract: ``forward(image, lux)`` with ``image`` the
 ``(B, H, W, 3)`` float32 zone statistics (NHWC, after the 5000 K gains and CCM, ~``[0, 1]``) and
 ``lux`` ``(B,)`` float32, returning ``(B,)`` float32 colour temperature in kelvin. All
 normalisation happens inside, so the exported TFLite file drops into libcamera unchanged.
+
+The networks are generic: the zone grid ``size = (H, W)`` and the predicted ``temperature_range``
+are arguments (:func:`build_awb_net`). Raspberry Pi's targets (``pisp`` 32x32, ``vc4`` 12x16) and
+range (2800..7600 K) are the AWB workflow's (:mod:`isplab.workflows.awb.model` builds by target).
 
 Architectures (``arch``):
 
 * ``"reference"``: Raspberry Pi's network exactly (see ``docs`` / the reference TFLite models):
   clipped log R/G and B/G with log(lux)/10 as the middle channel, 'valid' 3x3 conv + ReLU layers
-  (PiSP 16/32/64, VC4 32/64) with 2x2 max-pooling between, dropout 0.1, a dense softmax over 10
-  classes 2800..7600 K and temperature = sum(p^2 T_i) / sum(p^2).
-* ``"chroma"``: PiSP zones averaged 2x2 to 16x16, unclipped log-chroma features plus
+  (``filters``: PiSP 16/32/64, VC4 32/64) with 2x2 max-pooling between, dropout 0.1, a dense
+  softmax over 10 classes spanning the temperature range and temperature = sum(p^2 T_i) / sum(p^2).
+* ``"chroma"``: grids taller than 16 zones averaged 2x2 first, unclipped log-chroma features plus
   brightness, 'same' convs, global average and max pooling (a scene's colours matter more than
-  its layout), lux fed to the head, and a regression in mireds bounded to 2800..7600 K.
+  its layout), lux fed to the head, and a regression in mireds bounded to the temperature range.
 * ``"histogram"``: a CNN over the zones' 2-D log-chroma histogram plus lux (the colour
   constancy literature's representation); measured worse than ``"chroma"`` on held-out scenes.
 
@@ -32,13 +36,7 @@ from torch import nn
 from isplab.errors import IsplabError
 from isplab.models.checkpoint import load_model, save_model
 
-#: Zone-grid size (H, W) of each target's statistics.
-TARGET_SIZES: dict[str, tuple[int, int]] = {"pisp": (32, 32), "vc4": (12, 16)}
-#: The reference network's conv widths per target.
-REFERENCE_FILTERS: dict[str, tuple[int, ...]] = {"pisp": (16, 32, 64), "vc4": (32, 64)}
 ARCHS = ("reference", "chroma", "histogram")
-#: Temperatures (K) the networks predict; the reference tools clamp true temperatures to it.
-TEMPERATURE_RANGE = (2800.0, 7600.0)
 
 
 def reference_features(image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
@@ -77,12 +75,12 @@ def chroma_features(image: torch.Tensor) -> torch.Tensor:
     return torch.stack([red, blue, log_rgb[..., 1] * 0.125], dim=1)
 
 
-def _check_input(image: torch.Tensor, lux: torch.Tensor, target: str) -> None:
-    height, width = TARGET_SIZES[target]
+def _check_input(image: torch.Tensor, lux: torch.Tensor, size: tuple[int, int]) -> None:
+    height, width = size
     if image.ndim != 4 or tuple(image.shape[1:]) != (height, width, 3):
         raise IsplabError(
-            f"AWB model for target {target!r} expects image (B, {height}, {width}, 3) NHWC zone statistics, "
-            f"got {tuple(image.shape)}"
+            f"AWB model for {width} wide x {height} high zones expects image (B, {height}, {width}, 3) "
+            f"NHWC zone statistics, got {tuple(image.shape)}"
         )
     if lux.ndim != 1 or lux.shape[0] != image.shape[0]:
         raise IsplabError(f"lux must have shape ({image.shape[0]},), got {tuple(lux.shape)}")
@@ -92,28 +90,44 @@ class ReferenceAWBNet(nn.Module):
     """Raspberry Pi's reference AWB network (see the module docstring).
 
     The flatten is in NHWC order, like Keras, so the dense weights line up with the reference's.
+
+    Args:
+        size: zone grid ``(H, W)``.
+        temperature_range: ``(low, high)`` kelvin spanned by the ``classes`` output temperatures.
+        filters: widths of the conv layers (Raspberry Pi's: 16, 32, 64 on PiSP; 32, 64 on VC4).
     """
 
-    def __init__(self, target: str, dropout: float = 0.1, classes: int = 10) -> None:
+    def __init__(
+        self,
+        size: tuple[int, int],
+        temperature_range: tuple[float, float],
+        filters: tuple[int, ...] = (16, 32, 64),
+        dropout: float = 0.1,
+        classes: int = 10,
+    ) -> None:
         super().__init__()
-        self.target = target
+        self.size = tuple(size)
         layers: list[nn.Module] = []
         channels = 3
-        height, width = TARGET_SIZES[target]
-        for i, filters in enumerate(REFERENCE_FILTERS[target]):
+        height, width = self.size
+        for i, width_out in enumerate(filters):
             if i:
                 layers.append(nn.MaxPool2d(2))
                 height, width = height // 2, width // 2
-            layers += [nn.Conv2d(channels, filters, 3), nn.ReLU()]
-            channels, height, width = filters, height - 2, width - 2
+            layers += [nn.Conv2d(channels, width_out, 3), nn.ReLU()]
+            channels, height, width = width_out, height - 2, width - 2
+        if height < 1 or width < 1:
+            raise IsplabError(
+                f"a {self.size[1]} wide x {self.size[0]} high zone grid is too small for {len(filters)} 'valid' conv layers"
+            )
         self.features = nn.Sequential(*layers)
         self.dropout = nn.Dropout(dropout)
         self.dense = nn.Linear(channels * height * width, classes)
-        self.register_buffer("class_temps", torch.linspace(*TEMPERATURE_RANGE, classes))
+        self.register_buffer("class_temps", torch.linspace(*temperature_range, classes))
 
     def forward(self, image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, 3)``, ``(B,)`` -> ``(B,)`` kelvin."""
-        _check_input(image, lux, self.target)
+        _check_input(image, lux, self.size)
         x = self.features(reference_features(image, lux).permute(0, 3, 1, 2))
         x = self.dropout(x.permute(0, 2, 3, 1).flatten(1))
         p2 = torch.softmax(self.dense(x), dim=1) ** 2
@@ -124,22 +138,30 @@ class ChromaAWBNet(nn.Module):
     """Log-chroma CNN with global pooling and a bounded mired regression (see module docstring).
 
     Args:
-        target: ``"pisp"`` or ``"vc4"``.
+        size: zone grid ``(H, W)``.
+        temperature_range: ``(low, high)`` kelvin the prediction is bounded to.
         width: channels of the first conv block (the second has twice as many).
         hidden: size of the head's hidden layer.
         dropout: dropout before the output layer.
     """
 
-    def __init__(self, target: str, width: int = 24, hidden: int = 64, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        size: tuple[int, int],
+        temperature_range: tuple[float, float],
+        width: int = 24,
+        hidden: int = 64,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
-        self.target = target
+        self.size = tuple(size)
 
         def conv(cin: int, cout: int) -> list[nn.Module]:
             return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU()]
 
         # PiSP's 32x32 zones are averaged to 16x16 first (zone means of 2x2 zones, before taking
         # logs): four times cheaper, and VC4's 12x16 grid shows that resolution is enough.
-        self.pool_input = nn.AvgPool2d(2) if TARGET_SIZES[target][0] > 16 else nn.Identity()
+        self.pool_input = nn.AvgPool2d(2) if self.size[0] > 16 else nn.Identity()
         self.features = nn.Sequential(
             *conv(3, width), *conv(width, width), nn.MaxPool2d(2),
             *conv(width, 2 * width), nn.MaxPool2d(2), *conv(2 * width, 2 * width),
@@ -147,12 +169,12 @@ class ChromaAWBNet(nn.Module):
         self.head = nn.Sequential(
             nn.Linear(4 * width + 1, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 1)
         )
-        low, high = (1e6 / t for t in reversed(TEMPERATURE_RANGE))
+        low, high = (1e6 / t for t in reversed(temperature_range))
         self.mired_low, self.mired_span = low, high - low
 
     def mireds(self, image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
-        """``(B, H, W, 3)``, ``(B,)`` -> ``(B,)`` predicted mireds within 2800..7600 K."""
-        _check_input(image, lux, self.target)
+        """``(B, H, W, 3)``, ``(B,)`` -> ``(B,)`` predicted mireds within the temperature range."""
+        _check_input(image, lux, self.size)
         image = self.pool_input(image.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         x = self.features(chroma_features(image))
         pooled = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3)), (torch.log(lux.clamp(min=1.0)) / 10.0)[:, None]], 1)
@@ -198,7 +220,8 @@ class HistogramAWBNet(nn.Module):
     """CNN over the log-chroma histogram (:func:`log_chroma_histogram`) plus lux, regressing mireds.
 
     Args:
-        target: ``"pisp"`` or ``"vc4"``.
+        size: zone grid ``(H, W)``.
+        temperature_range: ``(low, high)`` kelvin the prediction is bounded to.
         bins, extent: histogram size and half-range (log units).
         width: channels of the first conv layer (then 2x).
         hidden: size of the head's hidden layer.
@@ -206,10 +229,17 @@ class HistogramAWBNet(nn.Module):
     """
 
     def __init__(
-        self, target: str, bins: int = 32, extent: float = 1.5, width: int = 8, hidden: int = 64, dropout: float = 0.1
+        self,
+        size: tuple[int, int],
+        temperature_range: tuple[float, float],
+        bins: int = 32,
+        extent: float = 1.5,
+        width: int = 8,
+        hidden: int = 64,
+        dropout: float = 0.1,
     ) -> None:
         super().__init__()
-        self.target, self.bins, self.extent = target, bins, extent
+        self.size, self.bins, self.extent = tuple(size), bins, extent
         self.features = nn.Sequential(
             nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -219,12 +249,12 @@ class HistogramAWBNet(nn.Module):
         self.head = nn.Sequential(
             nn.Linear(2 * width * (bins // 4) ** 2 + 1, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 1)
         )
-        low, high = (1e6 / t for t in reversed(TEMPERATURE_RANGE))
+        low, high = (1e6 / t for t in reversed(temperature_range))
         self.mired_low, self.mired_span = low, high - low
 
     def mireds(self, image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
-        """``(B, H, W, 3)``, ``(B,)`` -> ``(B,)`` predicted mireds within 2800..7600 K."""
-        _check_input(image, lux, self.target)
+        """``(B, H, W, 3)``, ``(B,)`` -> ``(B,)`` predicted mireds within the temperature range."""
+        _check_input(image, lux, self.size)
         x = self.features(log_chroma_histogram(image, self.bins, self.extent)).flatten(1)
         x = torch.cat([x, (torch.log(lux.clamp(min=1.0)) / 10.0)[:, None]], dim=1)
         return self.mired_low + self.mired_span * torch.sigmoid(self.head(x)[:, 0])
@@ -257,39 +287,77 @@ def member_mireds(model: nn.Module, image: torch.Tensor, lux: torch.Tensor) -> t
     return (1e6 / model(image, lux))[None]
 
 
-def build_awb_model(target: str, arch: str = "reference", *, ensemble: int = 1, **options: Any) -> nn.Module:
-    """Build an AWB model (see the module docstring for the contract and architectures).
+def build_awb_net(
+    arch: str,
+    size: tuple[int, int],
+    temperature_range: tuple[float, float],
+    *,
+    ensemble: int = 1,
+    **options: Any,
+) -> nn.Module:
+    """Build an AWB network by architecture name (see the module docstring for the contract).
 
     Args:
-        target: ``"pisp"`` (32x32 zones) or ``"vc4"`` (16 wide x 12 high).
         arch: ``"reference"``, ``"chroma"`` or ``"histogram"``.
+        size: zone grid ``(H, W)`` of the statistics the network takes.
+        temperature_range: ``(low, high)`` kelvin of its predictions.
         ensemble: number of independently initialised members averaged (1: a single model).
-        **options: the architecture's keyword arguments (reference: ``dropout``, ``classes``;
-            chroma: ``width``, ``hidden``, ``dropout``; histogram: ``bins``, ``extent``, ``width``,
-            ``hidden``, ``dropout``).
+        **options: the architecture's keyword arguments (reference: ``filters``, ``dropout``,
+            ``classes``; chroma: ``width``, ``hidden``, ``dropout``; histogram: ``bins``,
+            ``extent``, ``width``, ``hidden``, ``dropout``).
+
+    Returns:
+        The network, with ``awb_config`` (``arch``, ``size``, ``temperature_range``, ``ensemble``,
+        ``options``): what :func:`awb_net_from_config` and :func:`save_awb_model` need.
 
     Raises:
-        IsplabError: unknown target or arch, ``ensemble < 1``, or options the arch does not take.
+        IsplabError: unknown arch, a bad size or range, ``ensemble < 1``, or options the arch does not take.
     """
-    if target not in TARGET_SIZES:
-        raise IsplabError(f"unknown AWB target {target!r}: expected one of {', '.join(TARGET_SIZES)}")
     if arch not in ARCHS:
         raise IsplabError(f"unknown AWB arch {arch!r}: expected one of {', '.join(ARCHS)}")
+    size = tuple(int(n) for n in size)
+    low, high = (float(t) for t in temperature_range)
+    if len(size) != 2 or min(size) < 1:
+        raise IsplabError(f"bad AWB zone grid {size}: expected (height, width) of at least one zone")
+    if not 0 < low < high:
+        raise IsplabError(f"bad AWB temperature range {temperature_range}: expected 0 < low < high kelvin")
     if ensemble < 1:
         raise IsplabError(f"ensemble must be >= 1, got {ensemble}")
+    if "filters" in options:
+        options["filters"] = tuple(options["filters"])
     cls = {"reference": ReferenceAWBNet, "chroma": ChromaAWBNet, "histogram": HistogramAWBNet}[arch]
     try:
-        members = [cls(target, **options) for _ in range(ensemble)]
+        members = [cls(size, (low, high), **options) for _ in range(ensemble)]
     except TypeError as e:
         raise IsplabError(f"bad options {options} for AWB arch {arch!r}: {e}") from None
     model = members[0] if ensemble == 1 else AWBEnsemble(members)
-    model.awb_config = {"target": target, "arch": arch, "ensemble": ensemble, "options": dict(options)}
+    model.awb_config = {
+        "arch": arch, "size": size, "temperature_range": (low, high), "ensemble": ensemble, "options": dict(options),
+    }
+    return model
+
+
+def awb_net_from_config(config: dict) -> nn.Module:
+    """Rebuild the untrained network an ``awb_config`` describes; other keys of it (e.g. the
+    workflow's ``target``) are kept in the new model's ``awb_config``.
+
+    Raises:
+        IsplabError: the config lacks ``arch``, ``size`` or ``temperature_range``, or is invalid.
+    """
+    missing = [key for key in ("arch", "size", "temperature_range") if key not in config]
+    if missing:
+        raise IsplabError(f"AWB model config lacks {', '.join(missing)}")
+    model = build_awb_net(
+        config["arch"], config["size"], config["temperature_range"],
+        ensemble=config.get("ensemble", 1), **config.get("options", {}),
+    )
+    model.awb_config = {**config, **model.awb_config}
     return model
 
 
 def save_awb_model(model: nn.Module, path: str | Path) -> Path:
-    """Save a model built by :func:`build_awb_model` as a ``.pt`` file (state dict + build config)."""
-    return save_model(model, path, "awb_config", "build_awb_model")
+    """Save a model built by :func:`build_awb_net` as a ``.pt`` file (state dict + ``awb_config``)."""
+    return save_model(model, path, "awb_config", "build_awb_net")
 
 
 def load_awb_model(path: str | Path) -> nn.Module:
@@ -298,6 +366,4 @@ def load_awb_model(path: str | Path) -> nn.Module:
     Raises:
         IsplabError: missing file, or not an isplab AWB model file.
     """
-    return load_model(path, "awb_config", lambda c: build_awb_model(c["target"], c["arch"], ensemble=c.get("ensemble", 1), **c["options"]), "AWB model")
-
-
+    return load_model(path, "awb_config", awb_net_from_config, "AWB model")

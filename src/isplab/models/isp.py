@@ -118,8 +118,10 @@ def count_macs(model: nn.Module, input_hw: tuple[int, int]) -> int:
     meta = copy.deepcopy(model).to("meta")
     hooks = {nn.Conv2d: conv, nn.ConvTranspose2d: conv_transpose, nn.Linear: linear}
     for module in meta.modules():
-        if type(module) in hooks:
-            module.register_forward_hook(hooks[type(module)])
+        # isinstance, not type(): subclasses such as PUNET's CroppedConvTranspose2d count too.
+        for kind, hook in hooks.items():
+            if isinstance(module, kind):
+                module.register_forward_hook(hook)
     with torch.no_grad():
         meta(torch.empty(1, 4, *input_hw, device="meta"))
     return total

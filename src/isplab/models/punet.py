@@ -14,6 +14,11 @@ One deliberate difference: PyTorch's ``ConvTranspose2d(padding=1, output_padding
 the 3x3 kernel one pixel off TensorFlow's ``SAME`` transposed conv (TF pads the implied forward
 conv at the end, PyTorch at the start). It only matters for porting the TF weights, not for
 training; the output is ``tanh(x) * 0.58 + 0.5``, so it spans ``(-0.08, 1.08)``, not ``[0, 1]``.
+
+The transposed convs are computed unpadded (``2h + 1`` outputs) and cropped by one pixel at the
+start (:class:`CroppedConvTranspose2d`): the same numbers as ``padding=1, output_padding=1``, but
+the TFLite converter cannot lower a padded transposed conv with ``output_padding`` ("failed to
+legalize operation 'mhlo.convolution'"), while it lowers the unpadded one and a slice.
 """
 
 from __future__ import annotations
@@ -36,12 +41,25 @@ def multi_block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(_conv(cin, cout), _conv(cout, cout))
 
 
+class CroppedConvTranspose2d(nn.ConvTranspose2d):
+    """``ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1, bias=False)``, exportable.
+
+    ``(B, cin, h, w) -> (B, cout, 2h, 2w)``: the unpadded stride-2 transposed conv gives ``2h + 1``
+    rows; ``padding=1`` drops the first and last, ``output_padding=1`` adds the last back, so the
+    padded layer's output is the unpadded one without its first row and column. Same parameters
+    (and state-dict keys) as the padded layer.
+    """
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(cin, cout, 3, stride=2, padding=0, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)[..., 1:, 1:]
+
+
 def up_block(cin: int, cout: int) -> nn.Sequential:
     """3x3 stride-2 transposed conv (no bias) + LeakyReLU: ``(B, cin, h, w) -> (B, cout, 2h, 2w)``."""
-    return nn.Sequential(
-        nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1, bias=False),
-        nn.LeakyReLU(LEAKY_SLOPE),
-    )
+    return nn.Sequential(CroppedConvTranspose2d(cin, cout), nn.LeakyReLU(LEAKY_SLOPE))
 
 
 class PUNet(nn.Module):

@@ -89,9 +89,10 @@ def server(folder, tuning_dir):
 
 
 def _request(server, method: str, path: str, body=None, headers=None) -> tuple[int, dict | bytes]:
+    """One request with the server's token in its cookie (as the page sends it)."""
     host, port = server.server_address[:2]
     connection = http.client.HTTPConnection(host, port, timeout=30)
-    headers = dict(headers or {})
+    headers = {"Cookie": f"isplab-annotate-{port}={server.token}"} | dict(headers or {})
     if isinstance(body, (dict, list)):
         body = json.dumps(body)
         headers.setdefault("Content-Type", "application/json")
@@ -225,6 +226,17 @@ def test_save_renames_records_and_undo_restores(server, folder, tuning):
     assert status == 409
 
 
+def test_save_refuses_to_replace_a_corrupt_labels_file(server, folder):
+    """The labels file is the record of every original name: a save never overwrites one it cannot read."""
+    (folder / LABELS_FILE).write_text('{"records": [{"action": "save", "original": "../x.dng"')
+    name = f"alice,{SENSOR},0.dng"
+    status, data = _request(server, "POST", "/api/save", {"name": name, "gains": [1.5, 2.0], "method": "manual"})
+    assert status == 409
+    assert data["error"].startswith(f"cannot read labels file {folder / LABELS_FILE}: Expecting")
+    assert (folder / name).is_file() and len(list(folder.glob("*.dng"))) == 3
+    assert (folder / LABELS_FILE).read_text() == '{"records": [{"action": "save", "original": "../x.dng"'
+
+
 def test_annotated_folder_converts_end_to_end(folder, tuning_dir, tuning, tmp_path_factory):
     """Label each scene through the API's library (rectangle, slider gains, typed gains), then convert."""
     annotator = Annotator(folder, "pisp", tuning_dir)
@@ -279,11 +291,33 @@ CHROMIUM_ARGS = [
 ]
 
 
+def _without_browser(reason: str) -> None:
+    """Skip a browser test, except in CI (``CI=true``), where the browser tests must run: fail."""
+    if os.environ.get("CI", "").strip().lower() == "true":
+        pytest.fail(f"CI=true but {reason}: the browser tests must run in CI (.ci/run installs chromium)", pytrace=False)
+    pytest.skip(reason)
+
+
+def test_missing_browser_fails_in_ci_and_skips_elsewhere(monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true but no chromium: the browser tests must run in CI"):
+        _without_browser("no chromium")
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match="no chromium"):
+        _without_browser("no chromium")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="no chromium"):
+        _without_browser("no chromium")
+
+
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        _without_browser("playwright is not installed (pip install playwright)")
     if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+        _without_browser(f"{CHROMIUM} is not installed (apt-get install chromium)")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         yield browser
@@ -312,7 +346,15 @@ def test_page_labels_an_image(browser, server, folder, tuning):
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     errors = []
     page.on("pageerror", lambda error: errors.append(str(error)))
+    # Without the token the page is refused; the printed address (with it) sets the cookie and
+    # drops the token from the address bar.
+    base = server.url.split("?")[0]
+    assert page.goto(base).status == 403
+    assert "?token=" in server.url
     page.goto(server.url)
+    assert page.url == base
+    # Console errors include Content-Security-Policy violations (the page must work under the CSP).
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     page.wait_for_selector("#images li.current")
     assert page.inner_text("#title") == f"alice,{SENSOR},0.dng"
     assert page.inner_text("#progress") == "0 of 3 labelled"
@@ -327,7 +369,7 @@ def test_page_labels_an_image(browser, server, folder, tuning):
     page.mouse.move(box["x"] + (x1 + x2) / 2 * scale, box["y"] + (y1 + y2) / 2 * scale, steps=5)
     page.mouse.move(box["x"] + (x2 - 20) * scale, box["y"] + (y2 - 20) * scale, steps=5)
     page.mouse.up()
-    page.wait_for_function("document.querySelector('#method').textContent === 'rectangle'")
+    page.wait_for_function("() => document.querySelector('#method').textContent === 'rectangle'")
     _wait_rendered(page)
     truth = _expected_gains(tuning, T_PATCH)
     np.testing.assert_allclose(_shown_gains(page), truth, rtol=0.01)
@@ -340,7 +382,7 @@ def test_page_labels_an_image(browser, server, folder, tuning):
     # 2. The temperature slider: click at 3/4 of its track -> gains on the CT curve at that temperature.
     slider = page.locator("#temperature").bounding_box()
     page.mouse.click(slider["x"] + 0.75 * slider["width"], slider["y"] + slider["height"] / 2)
-    page.wait_for_function("document.querySelector('#method').textContent === 'temperature'")
+    page.wait_for_function("() => document.querySelector('#method').textContent === 'temperature'")
     _wait_rendered(page)
     position = int(page.input_value("#temperature"))
     curve = tuning.ct_curve
@@ -367,7 +409,7 @@ def test_page_labels_an_image(browser, server, folder, tuning):
     before = page.get_attribute("#preview", "src")
     page.fill("#red-gain", "2.5")
     page.fill("#blue-gain", "1.1")
-    page.wait_for_function("document.querySelector('#method').textContent === 'manual'")
+    page.wait_for_function("() => document.querySelector('#method').textContent === 'manual'")
     _wait_rendered(page)
     assert page.get_attribute("#preview", "src") != before
     assert page.inner_text("#gains") == "R 2.5000, B 1.1000"
@@ -375,7 +417,7 @@ def test_page_labels_an_image(browser, server, folder, tuning):
     # Save with the keyboard: the file is renamed, the labels file holds it, the page moves on.
     page.locator("#title").click()  # focus away from the number input, where keys type
     page.keyboard.press("s")
-    page.wait_for_function("document.querySelector('#progress').textContent === '1 of 3 labelled'")
+    page.wait_for_function("() => document.querySelector('#progress').textContent === '1 of 3 labelled'")
     new = f"alice,{SENSOR},0,2.5000,1.1000.dng"
     assert (folder / new).is_file() and not (folder / f"alice,{SENSOR},0.dng").exists()
     record = json.loads((folder / LABELS_FILE).read_text())["records"][-1]
@@ -388,7 +430,7 @@ def test_page_labels_an_image(browser, server, folder, tuning):
     labelled = page.locator("#images li.labelled")
     assert labelled.count() == 1 and labelled.inner_text() == new
     labelled.click()
-    page.wait_for_function(f"document.querySelector('#title').textContent === {json.dumps(new)}")
+    page.wait_for_function(f"() => document.querySelector('#title').textContent === {json.dumps(new)}")
     _wait_rendered(page)
     np.testing.assert_allclose(_shown_gains(page), [2.5, 1.1])
     assert page.inner_text("#status") == "labelled"
@@ -396,7 +438,7 @@ def test_page_labels_an_image(browser, server, folder, tuning):
 
     # Undo (u) renames it back.
     page.keyboard.press("u")
-    page.wait_for_function("document.querySelector('#status').textContent.includes('renamed back')")
+    page.wait_for_function("() => document.querySelector('#status').textContent.includes('renamed back')")
     assert page.inner_text("#progress") == "0 of 3 labelled"
     assert page.inner_text("#title") == f"alice,{SENSOR},0.dng"
     assert (folder / f"alice,{SENSOR},0.dng").is_file() and not (folder / new).exists()

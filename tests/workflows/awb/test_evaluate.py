@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -256,5 +257,65 @@ def test_evaluate_tflite_reference_model_in_sample(shared_pisp):
 
 @pytest.mark.shared_data
 def test_evaluate_tflite_wrong_target(shared_pisp):
-    with pytest.raises(IsplabError, match=r"takes images of shape \[1, 12, 16, 3\] \(16 wide x 12 high, target vc4\)"):
+    with pytest.raises(IsplabError, match=r"model_vc4.tflite' is for vc4 \(16 wide x 12 high zones\), got images of shape \(32, 32, 3\)"):
         evaluate_tflite(SHARED / "reference-models" / "model_vc4.tflite", shared_pisp.subset([0]))
+
+
+class _Tables(HTMLParser):
+    """Every <table> of a page as (caption, rows of cell texts)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[tuple[str, list[list[str]]]] = []
+        self._text: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append(("", []))
+        elif tag == "tr":
+            self.tables[-1][1].append([])
+        elif tag in ("td", "th", "caption"):
+            self._text = []
+
+    def handle_data(self, data):
+        if self._text is not None:
+            self._text.append(data)
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.tables[-1][1][-1].append("".join(self._text).strip())
+            self._text = None
+        elif tag == "caption":
+            self.tables[-1] = ("".join(self._text).strip(), self.tables[-1][1])
+            self._text = None
+
+
+def test_write_report_numbers_of_a_hand_made_result(tmp_path):
+    """Model errors 1, 2, 3, 4, 10 and camera errors 0, 0, 0, 0, 5 mireds: mean 4 / 1, median 3 / 0,
+    p95 (linear) 8.8 / 4, worst 10 / 5, in the HTML table and errors.csv."""
+    from isplab.workflows.awb.dataset import AWBDataset, AWBSample
+
+    true = np.array([3000.0, 4000.0, 5000.0, 6000.0, 7000.0])
+    model_error, camera_error = np.array([1, 2, 3, 4, 10.0]), np.array([0, 0, 0, 0, 5.0])
+    predicted = 1e6 / (1e6 / true + model_error * np.array([1, -1, 1, -1, 1]))
+    camera = 1e6 / (1e6 / true - camera_error)
+    samples = [AWBSample(Path(f"u,imx708,{i},{t:.0f},100,{c:.3f}.png"), "u", "imx708", str(i), t, 100.0, c)
+               for i, (t, c) in enumerate(zip(true, camera))]
+    data = AWBDataset(samples, np.zeros((5, 32, 32, 3), np.float32), np.full(5, 100, np.float32),
+                      true.astype(np.float32), camera.astype(np.float32), "pisp")
+    html = write_report(evaluate_predictions(data, predicted), tmp_path / "rep", title="hand-made")
+
+    parser = _Tables()
+    parser.feed(html.read_text())
+    summary = dict(parser.tables)["Error (mireds)"]
+    assert summary[0] == ["estimate", "mean", "median", "p95", "worst", "images"]
+    assert summary[1] == ["model", "4.00", "3.00", "8.80", "10.00", "5"]
+    assert summary[2] == ["camera", "1.00", "0.00", "4.00", "5.00", "5"]
+    worst = parser.tables[-1][1]
+    assert [row[0] for row in worst[1:]] == [samples[i].path.name for i in (4, 3, 2, 1, 0)]
+    assert [row[4] for row in worst[1:]] == ["10.0", "4.0", "3.0", "2.0", "1.0"]
+    with open(tmp_path / "rep" / "errors.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [float(r["error_mired"]) for r in rows] == pytest.approx([10, 4, 3, 2, 1], abs=2e-3)
+    assert [float(r["camera_error_mired"]) for r in rows] == pytest.approx([5, 0, 0, 0, 0], abs=2e-3)
+    assert float(rows[0]["predicted_temp"]) == pytest.approx(predicted[4])

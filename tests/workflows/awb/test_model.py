@@ -7,15 +7,8 @@ import pytest
 import torch
 
 from isplab.errors import IsplabError
-from isplab.models.awb import (
-    AWBEnsemble,
-    build_awb_model,
-    chroma_features,
-    log_chroma_histogram,
-    load_awb_model,
-    reference_features,
-    save_awb_model,
-)
+from isplab.models.awb import AWBEnsemble, chroma_features, log_chroma_histogram, reference_features
+from isplab.workflows.awb.model import build_awb_model, load_awb_model, save_awb_model
 
 SHARED = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "awb-rpi"
 SIZES = {"pisp": (32, 32), "vc4": (12, 16)}
@@ -120,7 +113,7 @@ def test_load_rejects_non_model_files(tmp_path):
 def test_wrong_target_and_bad_arguments():
     model = build_awb_model("pisp")
     image, lux = _inputs("vc4", 1)
-    with pytest.raises(IsplabError, match=r"target 'pisp' expects image \(B, 32, 32, 3\).*got \(1, 12, 16, 3\)"):
+    with pytest.raises(IsplabError, match=r"32 wide x 32 high zones expects image \(B, 32, 32, 3\).*got \(1, 12, 16, 3\)"):
         model(image, lux)
     with pytest.raises(IsplabError, match=r"expects image.*got \(1, 3, 32, 32\)"):
         model(torch.rand(1, 3, 32, 32), torch.ones(1))
@@ -148,15 +141,21 @@ def _tflite_weights(path: Path) -> list[np.ndarray]:
     return weights
 
 
+# Mean mired error of the published models on their 571 training images (measured 2.79 PiSP, 3.25 VC4).
+MEAN_ON_TRAINING_DATA = {"pisp": 3.0, "vc4": 3.5}
+
+
 @pytest.mark.shared_data
 @pytest.mark.filterwarnings("ignore:.*experimental_preserve_all_tensors")
 @pytest.mark.parametrize("target", ["pisp", "vc4"])
 def test_reference_arch_reproduces_published_model(target):
-    """Raspberry Pi's own weights in our reference network give the published TFLite's outputs."""
+    """Raspberry Pi's own weights in our reference network give the published TFLite's outputs on
+    every one of its 571 training images: within 1 mired (measured 0.53 PiSP, 0.86 VC4; the published
+    model computes with int8 weights, our copy with the same weights in float32)."""
     path = SHARED / "reference-models" / f"model_{target}.tflite"
     if not path.is_file():
         pytest.skip("../shared/data/awb-rpi is absent")
-    from isplab.export import run_tflite
+    from isplab.export.tflite import TFLiteRunner
     from isplab.workflows.awb.dataset import load_dataset, mired_error
 
     model = build_awb_model(target).eval()
@@ -171,16 +170,15 @@ def test_reference_arch_reproduces_published_model(target):
             model.dense.weight.data = torch.from_numpy(value.copy())
         elif value.shape == (10,) and not np.allclose(value, np.linspace(2800, 7600, 10)):
             model.dense.bias.data = torch.from_numpy(value.copy())
-    dataset = load_dataset(SHARED / target / "train", target).subset(np.arange(0, 571, 10))
-    with torch.no_grad():
+    dataset = load_dataset(SHARED / target / "train", target)
+    assert len(dataset) == 571
+    with torch.no_grad():  # all images in one batch
         ours = model(torch.from_numpy(dataset.images), torch.from_numpy(dataset.lux)).numpy()
-    theirs = np.array([
-        run_tflite(path, [image[None], np.array([lux], np.float32)])[0][0]
-        for image, lux in zip(dataset.images, dataset.lux)
-    ])
-    # The published model quantises activations on the fly (int8 dynamic range): ~1 mired.
-    assert mired_error(ours, theirs).max() < 1.5
-    assert mired_error(ours, dataset.true_temp).mean() < 6  # and it really is accurate on its data
+    runner = TFLiteRunner(path)  # one interpreter; batch 1 as libcamera runs it
+    theirs = np.array([runner([image[None], np.array([lux], np.float32)])[0][0]
+                       for image, lux in zip(dataset.images, dataset.lux)])
+    assert mired_error(ours, theirs).max() < 1.0
+    assert mired_error(ours, dataset.true_temp).mean() < MEAN_ON_TRAINING_DATA[target]  # it is the trained model
 
 
 @pytest.mark.slow

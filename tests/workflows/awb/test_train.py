@@ -1,21 +1,30 @@
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
+from isplab.engine import metrics_csv_files
 from isplab.errors import IsplabError
-from isplab.models.awb import build_awb_model
 from isplab.workflows.awb.dataset import AWBDataset, AWBSample, mired_error
+from isplab.workflows.awb.model import build_awb_model
+from isplab.workflows.awb.predict import predict
 from isplab.workflows.awb.train import (
     RelightTables,
-    relight_tables,
     TrainConfig,
+    TrainingInterrupted,
     geometric_augment,
-    predict,
     relight,
+    relight_tables,
     train_model,
 )
 
@@ -145,3 +154,143 @@ def test_relight_tables_come_from_the_tuning_files():
     assert tables.enabled.all()
     # The tabulated curve at the grid's warm end is the tuning's r, b at 2800 K.
     np.testing.assert_allclose(tables.curves[0, -1].numpy(), tuning.gains_at(2800.0), rtol=1e-4)
+
+
+class _StopAt(Callback):
+    """Raises KeyboardInterrupt (what Ctrl-C does) when epoch ``epoch`` starts."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+class _Start(Callback):
+    """Records the epoch and the weights a fit starts from."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.epoch = trainer.current_epoch
+        self.state = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
+
+
+def _csv_epochs(run: Path) -> list[list[int]]:
+    import csv
+
+    return [
+        sorted({int(row["epoch"]) for row in csv.DictReader(path.open()) if row.get("train_loss")})
+        for path in metrics_csv_files(run)
+    ]
+
+
+def test_interrupt_keeps_last_epoch_and_resume_continues_from_it(tmp_path):
+    data, run = _synthetic(16, seed=4), tmp_path / "run"
+    config = TrainConfig(arch="reference", epochs=5, batch_size=8, patience=None, device="cpu", **NO_AUGMENT)
+    with pytest.raises(TrainingInterrupted) as stop:
+        train_model(data, config, run_dir=run, progress=False, callbacks=[_StopAt(2)])
+    last = run / "checkpoints" / "last.ckpt"
+    assert stop.value.checkpoint == last and stop.value.epochs_done == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Lightning left it ignored
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    assert (saved["epoch"], saved["global_step"]) == (1, 4)  # 2 epochs of 2 steps
+    assert saved["awb_config"]["target"] == "vc4"
+
+    start = _Start()
+    model = train_model(data, config, run_dir=run, resume=True, progress=False, callbacks=[start])
+    assert start.epoch == 2
+    for name, value in saved["state_dict"].items():
+        torch.testing.assert_close(start.state[name.removeprefix("model.")], value)
+    final = torch.load(last, map_location="cpu", weights_only=False)
+    assert (final["epoch"], final["global_step"]) == (4, 10)
+    for name, value in final["state_dict"].items():
+        torch.testing.assert_close(model.state_dict()[name.removeprefix("model.")], value)
+    assert _csv_epochs(run) == [[0, 1], [2, 3, 4]]
+    log = (run / "log.txt").read_text().splitlines()
+    assert [line.split(":")[0] for line in log if line.startswith("epoch")] == [f"epoch {e}" for e in range(5)]
+    assert sum(line.startswith("== ") for line in log) == 2 and "resumed from" in log[-4]
+
+
+def test_resume_refuses_another_model_or_no_checkpoint(tmp_path):
+    data = _synthetic(8, seed=5)
+    config = TrainConfig(arch="reference", epochs=1, batch_size=8, device="cpu", **NO_AUGMENT)
+    with pytest.raises(IsplabError, match=r"cannot resume: checkpoint .*run/checkpoints/last\.ckpt does not exist"):
+        train_model(data, config, run_dir=tmp_path / "run", resume=True, progress=False)
+    train_model(data, config, run_dir=tmp_path / "run", progress=False)
+    other = TrainConfig(arch="chroma", epochs=2, batch_size=8, device="cpu", **NO_AUGMENT)
+    with pytest.raises(IsplabError, match=r"cannot resume from .*last\.ckpt: it was trained as .*'reference'.* but the options give .*'chroma'"):
+        train_model(data, other, run_dir=tmp_path / "run", resume=True, progress=False)
+    with pytest.raises(IsplabError, match="do not also give an input model"):
+        train_model(data, config, run_dir=tmp_path / "run", resume=True, input_model=build_awb_model("vc4"), progress=False)
+
+
+def test_augmentation_is_drawn_from_seed_epoch_and_rank():
+    """The same (seed, epoch, rank) augments a batch identically whatever torch's global RNG; another
+    epoch or rank differently; the noise stays within its stated bounds."""
+    from isplab.workflows.awb.train import AWBModule
+
+    data = _synthetic(6, seed=6)
+    config = TrainConfig(seed=3, noise=0.1, lux_noise=0.2, flip=True)
+    batches = []
+    for i, (epoch, rank) in enumerate([(0, 0), (0, 0), (1, 0), (0, 1)]):
+        module = AWBModule(build_awb_model("vc4"), data, config)
+        module.seed_augmentation(epoch, rank)
+        torch.manual_seed(100 + i)  # must not matter
+        batches.append(module._batch(torch.arange(6), augment=True))
+    for a, b in zip(batches[0], batches[1]):
+        torch.testing.assert_close(a, b)
+    assert not torch.allclose(batches[0][0], batches[2][0]) and not torch.allclose(batches[0][0], batches[3][0])
+    image, lux, mireds = AWBModule(build_awb_model("vc4"), data, config)._batch(torch.arange(6), augment=False)
+    torch.testing.assert_close(image, torch.from_numpy(data.images))
+    torch.testing.assert_close(mireds, torch.from_numpy(1e6 / data.true_temp))
+    ratio = batches[0][1] / lux
+    assert ((ratio > 0.8) & (ratio < 1.2)).all() and ratio.std() > 0.01
+
+
+_DDP_SCRIPT = """
+import json, sys
+from pathlib import Path
+import numpy as np, torch
+from lightning.pytorch.callbacks import Callback
+from isplab.workflows.awb.dataset import AWBDataset, AWBSample
+from isplab.workflows.awb.train import TrainConfig, train_model
+
+out = Path(sys.argv[1])
+rng = np.random.default_rng(0)
+n = 16
+temps = rng.uniform(2800, 7600, n)
+samples = [AWBSample(Path(f"s,imx,{i},{t:.0f},400,5000.png"), "s", "imx", str(i), t, 400.0, 5000.0) for i, t in enumerate(temps)]
+data = AWBDataset(samples, rng.uniform(0.05, 0.6, (n, 12, 16, 3)).astype(np.float32), np.full(n, 400, np.float32),
+                  temps.astype(np.float32), np.full(n, 5000, np.float32), "vc4")
+
+class Seen(Callback):
+    indices = []
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        Seen.indices += batch.tolist()
+        Seen.rank = trainer.global_rank
+        Seen.world = trainer.world_size
+
+config = TrainConfig(arch="reference", ensemble=1, epochs=1, batch_size=4, device="cpu", devices=2, strategy="ddp")
+model = train_model(data, config, run_dir=out / "run", progress=False, callbacks=[Seen()])
+params = torch.cat([p.detach().flatten() for p in model.parameters()]).tolist()
+(out / f"rank{Seen.rank}.json").write_text(json.dumps({"seen": Seen.indices, "world": Seen.world, "params": params}))
+"""
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_split_the_images_and_stay_in_sync(tmp_path):
+    script = tmp_path / "ddp_awb.py"
+    script.write_text(textwrap.dedent(_DDP_SCRIPT))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("LOCAL_RANK", None)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    seen = [set(r["seen"]) for r in ranks]
+    assert len(ranks[0]["seen"]) == len(ranks[1]["seen"]) == 8  # 16 images, 2 batches of 4 each
+    assert not seen[0] & seen[1] and seen[0] | seen[1] == set(range(16))
+    np.testing.assert_allclose(ranks[0]["params"], ranks[1]["params"], rtol=0, atol=1e-7)
+    final = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert final["global_step"] == 2  # each rank took 2 steps: the epoch was split, not repeated

@@ -11,7 +11,7 @@ import torch
 from isplab.errors import IsplabError
 from isplab.export import run_tflite
 from isplab.io import read_image, write_image
-from isplab.models.awb import build_awb_model, save_awb_model
+from isplab.workflows.awb.model import build_awb_model, save_awb_model
 from isplab.workflows.awb import verify as verify_module
 from isplab.workflows.awb.verify import Predictor, VerifyRow, load_predictor, verify
 
@@ -100,7 +100,10 @@ def test_verify_dng_goes_through_convert(pisp_model, tmp_path, monkeypatch):
         return stats, 3900.0, 250.0, 4100.0, "imx708"
 
     monkeypatch.setattr(verify_module, "convert_dng", fake_convert)
-    rows = verify([tmp_path / "a,imx708,1,1.8,1.6.dng", tmp_path / "broken.DNG"], path, tuning_dir="tunings")
+    dngs = [tmp_path / "a,imx708,1,1.8,1.6.dng", tmp_path / "broken.DNG"]
+    for dng in dngs:
+        dng.write_bytes(b"II*\x00")
+    rows = verify(dngs, path, tuning_dir="tunings")
     assert calls == [("a,imx708,1,1.8,1.6.dng", "pisp", "tunings"), ("broken.DNG", "pisp", "tunings")]
     with torch.no_grad():
         expected = float(model(torch.from_numpy(stats.astype(np.float32) / 65535)[None], torch.tensor([250.0]))[0])

@@ -191,17 +191,44 @@ def test_patch_sized_images_only_use_shift_free_transforms():
     assert right_neighbours == {2, 2 * side}  # identity and transpose, nothing else
 
 
-def test_patches_are_seeded_and_change_with_the_epoch(mai: Path):
+def test_patches_are_a_pure_function_of_seed_epoch_and_index(mai: Path):
     source = open_pairs(mai)
-    dataset = PatchDataset(source, patch=32, patches_per_epoch=4, seed=5)
-    first = dataset[0][0]
-    assert torch.equal(first, PatchDataset(source, patch=32, patches_per_epoch=4, seed=5)[0][0])
+    dataset = PatchDataset(source, patch=32, patches_per_epoch=6, seed=5)
+    forward = [dataset[i][0] for i in range(6)]
+    backward = [dataset[i][0] for i in reversed(range(6))][::-1]
+    torch.manual_seed(123)  # the global RNG plays no part
+    np.random.seed(123)
+    again = [PatchDataset(source, patch=32, patches_per_epoch=6, seed=5)[i][0] for i in range(6)]
+    for a, b, c in zip(forward, backward, again):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    # different indices, epochs and seeds draw different patches
+    assert len({p.numpy().tobytes() for p in forward}) == 6
     dataset.set_epoch(1)
-    assert not torch.equal(first, dataset[0][0])
+    assert dataset.epoch == 1
+    assert all(not torch.equal(a, dataset[i][0]) for i, a in enumerate(forward))
+    other_seed = PatchDataset(source, patch=32, patches_per_epoch=6, seed=6)
+    assert all(not torch.equal(a, other_seed[i][0]) for i, a in enumerate(forward))
+    with pytest.raises(IndexError):
+        dataset[6]
     with pytest.raises(IsplabError, match="smaller than the 128x128 patch"):
         PatchDataset(source, patch=128, patches_per_epoch=1)[0]
     with pytest.raises(IsplabError, match="even number"):
         PatchDataset(source, patch=31)
+    with pytest.raises(IsplabError, match="seed must be a non-negative integer, got None"):
+        PatchDataset(source, seed=None)
+
+
+def test_persistent_dataloader_workers_see_the_epoch(mai: Path):
+    """set_epoch in the main process reaches a worker process started in an earlier epoch."""
+    dataset = PatchDataset(open_pairs(mai), patch=32, patches_per_epoch=4, seed=0)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=1, persistent_workers=True)
+    first = next(iter(loader))[0]
+    dataset.set_epoch(3)
+    second = next(iter(loader))[0]
+    expected = torch.stack([dataset[i][0] for i in range(4)])  # epoch 3, computed here
+    assert torch.equal(second, expected) and not torch.equal(first, second)
+    dataset.set_epoch(0)
+    assert torch.equal(first, torch.stack([dataset[i][0] for i in range(4)]))
 
 
 def test_full_image_dataset_crops_centrally_to_the_model_multiple(mai: Path):

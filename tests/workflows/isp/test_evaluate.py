@@ -103,6 +103,22 @@ def test_outputs_side_by_side_and_report(tmp_path: Path):
     assert "psnr_pooled (challenge, batch-pooled MSE, batch=8) dB" in html and "psnr_mean (per-image) dB" in html
     assert 'src="0.png"' in html
 
+    # A second run into the same folder is refused before scoring, and nothing changes.
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+
+    class Exploding(HalfRGB):
+        def forward(self, x):
+            raise AssertionError("the model ran although the outputs exist")
+
+    with pytest.raises(IsplabError, match=rf"^output folder {out} already holds report.html, 0.png, 1.png, \.\.\.: pass --overwrite"):
+        evaluate.test_isp(Exploding(), open_pairs(root, "test"), out_dir=out)
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    half = HalfRGB()
+    with torch.no_grad():
+        half.gain.fill_(0.5)
+    again = evaluate.test_isp(half, open_pairs(root, "test"), out_dir=out, overwrite=True)
+    assert again.psnr_mean != result.psnr_mean and (out / "1.png").read_bytes() != before["1.png"]
+
 
 def test_predict_pads_to_the_model_multiple():
     model = build_isp_model("punet", 4).eval()

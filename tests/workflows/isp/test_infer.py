@@ -19,6 +19,7 @@ from isplab.io.image import read_image, to_uint8, write_image
 from isplab.models.isp import build_isp_model
 from isplab.workflows.isp.infer import (
     blend_weights,
+    check_outputs,
     load_packed,
     process_files,
     run_full_resolution,
@@ -164,11 +165,17 @@ def test_process_files_writes_reports_and_refuses_overwrite(model: LocalISP, dng
     assert written.dtype == np.uint8 and written.shape == (48, 64, 3)
     assert np.abs(written.astype(int) - expected).max() <= 1  # 8-bit rounding at the tie
 
-    before = (out_dir / f"{dngs[0].stem}.png").stat().st_mtime_ns
-    again = process_files([dngs[0]], model, out_dir)
-    assert not again.written and "already exists; pass --overwrite" in again.failed[0][1]
-    assert (out_dir / f"{dngs[0].stem}.png").stat().st_mtime_ns == before
+    # An existing output refuses the whole batch before any inference: nothing is written.
+    before = (out_dir / f"{dngs[0].stem}.png").read_bytes()
+    (out_dir / f"{dngs[1].stem}.png").unlink()
+    with pytest.raises(IsplabError, match=rf"^output folder {out_dir} already holds {dngs[0].stem}.png: pass --overwrite"):
+        process_files([dngs[1], dngs[0]], model, out_dir)
+    assert not (out_dir / f"{dngs[1].stem}.png").exists()
+    assert (out_dir / f"{dngs[0].stem}.png").read_bytes() == before
     assert process_files([dngs[0]], model, out_dir, overwrite=True).written
+    # two inputs with one stem would write one file twice
+    with pytest.raises(IsplabError, match=rf"would both be written to .*{dngs[0].stem}.png"):
+        check_outputs([dngs[0], tmp_path / "elsewhere" / dngs[0].name], out_dir, overwrite=True)
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
-"""`isplab isp` end to end on synthetic DNG pairs: train, resume, test, run, export."""
+"""`isplab isp` end to end on synthetic DNG pairs: train, resume, test, run, export, output safety."""
 
 from __future__ import annotations
 
+import re
 
 import numpy as np
 import pytest
@@ -9,22 +10,106 @@ import pytest
 from isplab.data.synth import synthesize_dataset
 from isplab.io import read_image
 
+TINY = ["--arch", "lfnet", "--num-maps-base", "4", "--patch", "64", "--batch-size", "2", "--eval-every", "2",
+        "--lr", "1e-3", "--no-progress", "--device", "cpu"]
+
+
+def one_line_error(result) -> str:
+    """The CLI's error: exit status 1 and a single ``error: ...`` line."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stdout + result.stderr
+    return lines[0]
+
+
+def snapshot(folder) -> dict:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
 
 
 @pytest.mark.slow
-def test_train_resume_test_run_export(tmp_path, isplab_ok):
+def test_train_resume_test_run_export(tmp_path, isplab_ok, isplab_cli):
     for split, seed in (("train", 0), ("val", 1), ("test", 2)):
         synthesize_dataset(tmp_path / "data" / split, 2, seed=seed, size=(128, 96), progress=False)
-    common = ["--data", "data", "--model-dir", "m", "--arch", "lfnet", "--num-maps-base", "4", "--patch", "64",
-              "--batch-size", "2", "--eval-every", "2", "--lr", "1e-3", "--no-progress", "--device", "cpu"]
-    isplab_ok("isp", "train", *common, "--iters", "2", cwd=tmp_path)
-    isplab_ok("isp", "train", *common, "--iters", "4", "--resume", cwd=tmp_path)
-    assert (tmp_path / "m" / "model.pt").is_file()
-    out = isplab_ok("isp", "test", "--data", "data", "--model", "m/model.pt", "-o", "res", cwd=tmp_path)
+    isplab_ok("isp", "train", "data", "m", *TINY, "--iters", "2", cwd=tmp_path)
+
+    # train: an existing run folder is refused before any work, nothing changes
+    before = snapshot(tmp_path / "m")
+    error = one_line_error(isplab_cli("isp", "train", "data", "m", *TINY, "--iters", "4", cwd=tmp_path))
+    assert re.fullmatch(r"error: model folder m already holds model\.pt, config\.json, log\.txt, \.\.\.: pass "
+                        r"--overwrite to replace them, or choose another folder", error)
+    assert snapshot(tmp_path / "m") == before
+    isplab_ok("isp", "train", "data", "m", *TINY, "--iters", "4", "--resume", cwd=tmp_path)
+    assert (tmp_path / "m/model.pt").read_bytes() != before["model.pt"]
+    log = (tmp_path / "m/log.txt").read_text()
+    assert log.count("=== new run") == 1 and log.count("=== resumed from") == 1
+
+    # test -o: refused when its outputs exist, replaced with --overwrite
+    out = isplab_ok("isp", "test", "data", "--model", "m/model.pt", "-o", "res", cwd=tmp_path)
     assert "psnr_pooled (challenge" in out and "psnr_mean (per-image)" in out
+    report = (tmp_path / "res/report.html").read_bytes()
+    error = one_line_error(isplab_cli("isp", "test", "data", "--model", "m/model.pt", "-o", "res", cwd=tmp_path))
+    assert error.startswith("error: output folder res already holds report.html, synth_00000.png")
+    assert (tmp_path / "res/report.html").read_bytes() == report
+    isplab_ok("isp", "test", "data", "-m", "m/model.pt", "-o", "res", "--overwrite", cwd=tmp_path)
+
+    # run -o
     isplab_ok("isp", "run", "data/test/synth_00000.dng", "--model", "m/model.pt", "-o", "out", "--device", "cpu",
-            cwd=tmp_path)
+              cwd=tmp_path)
     rendered = read_image(tmp_path / "out" / "synth_00000.png")
     assert rendered.shape == (96, 128, 3) and rendered.dtype == np.uint8
-    out = isplab_ok("isp", "export", "--model", "m/model.pt", "--format", "onnx", cwd=tmp_path)
+    png = (tmp_path / "out/synth_00000.png").read_bytes()
+    error = one_line_error(isplab_cli("isp", "run", "data/test/synth_00001.dng", "data/test/synth_00000.dng",
+                                      "--model", "m/model.pt", "-o", "out", cwd=tmp_path))
+    assert error == ("error: output folder out already holds synth_00000.png: pass --overwrite to replace it, "
+                     "or choose another folder")
+    assert (tmp_path / "out/synth_00000.png").read_bytes() == png
+    assert not (tmp_path / "out/synth_00001.png").exists()  # refused before the first file
+
+    # export MODEL (positional), refused when the files exist
+    out = isplab_ok("isp", "export", "m/model.pt", "--format", "onnx", cwd=tmp_path)
     assert "lfnet_dynamic.onnx" in out and "lfnet_544x960.onnx" in out
+    onnx = (tmp_path / "m/lfnet_dynamic.onnx").read_bytes()
+    error = one_line_error(isplab_cli("isp", "export", "m/model.pt", cwd=tmp_path))
+    assert error == ("error: export m/lfnet_dynamic.onnx already exists: pass --overwrite to replace it, "
+                     "or choose another path")
+    assert (tmp_path / "m/lfnet_dynamic.onnx").read_bytes() == onnx
+
+
+@pytest.mark.slow
+def test_old_spellings_still_work(tmp_path, isplab_ok):
+    synthesize_dataset(tmp_path / "data" / "train", 1, seed=0, size=(64, 64), progress=False)
+    synthesize_dataset(tmp_path / "data" / "val", 1, seed=1, size=(64, 64), progress=False)
+    isplab_ok("isp", "train", "--data", "data", "--model-dir", "old", *TINY, "--patch", "32", "--iters", "1",
+              "--train-size", "2", cwd=tmp_path)
+    assert (tmp_path / "old/model.pt").is_file()
+    out = isplab_ok("isp", "test", "--data", "data", "--model", "old/model.pt", "--split", "val", "--out", "res",
+                    cwd=tmp_path)
+    assert "1 images" in out and (tmp_path / "res/report.html").is_file()
+    out = isplab_ok("isp", "export", "--model", "old/model.pt", "-o", "x", "--quantize", "fp16", cwd=tmp_path)
+    assert "lfnet_dynamic_float16.onnx" in out and (tmp_path / "x/lfnet_544x960_float16.onnx").is_file()
+
+
+def test_help_shows_the_new_shapes_and_every_default(isplab_ok, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # one line per option
+    train = isplab_ok("isp", "train", "--help")
+    assert "[DATASET] [MODEL_DIR]" in train
+    assert "--data " not in train and "--model-dir" not in train  # hidden aliases
+    for option in ("--device", "--devices", "--strategy", "--num-nodes", "--overwrite", "--resume", "--progress",
+                   "--seed"):
+        assert option in train
+    for default in ("[default: punet]", "[default: 100000]", "[default: 20.0]", "[default: auto]", "[default: 1]"):
+        assert default in train
+    export = isplab_ok("isp", "export", "--help")
+    assert "[MODEL]" in export and "--quantize" in export and "--overwrite" in export
+    assert "[default: onnx]" in export and "Default: float32" in export
+
+
+def test_missing_arguments_are_one_line_errors(isplab_cli, tmp_path):
+    error = one_line_error(isplab_cli("isp", "train", cwd=tmp_path))
+    assert error == "error: missing DATASET: expected the dataset folder as the first argument"
+    error = one_line_error(isplab_cli("isp", "train", "data", cwd=tmp_path))
+    assert error == "error: missing MODEL_DIR: expected the run folder as the second argument"
+    error = one_line_error(isplab_cli("isp", "export", "--quantize", "int4", "nowhere.pt", cwd=tmp_path))
+    assert error == "error: bad --quantize 'int4': expected float16 or int8"
+    error = one_line_error(isplab_cli("isp", "export", "nowhere.pt", cwd=tmp_path))
+    assert error == "error: ISP model file 'nowhere.pt' does not exist"

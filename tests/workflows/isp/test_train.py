@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -148,8 +149,13 @@ def test_train_on_the_challenge_layout_then_resume(tmp_path: Path):
     steps = _val_steps(model_dir)  # the resumed fit logs in a new CSV version, after step 4
     assert len(steps) == 4 and steps[:2] == [1, 3] and min(steps[2:]) > 3
     log = (model_dir / "log.txt").read_text().splitlines()
-    assert [line.split(":")[0] for line in log] == ["step 2", "step 4", "step 6", "step 8"]
-    assert "val_psnr" in log[-1] and "val_ssim" in log[-1] and "train_loss" in log[-1]
+    assert log[0].startswith("=== new run at ") and log[0].endswith(": punet, 4 steps ===")
+    assert [line.split(":")[0] for line in log[1:4]] == ["step 2", "step 4", "finished at step 4"]
+    assert log[4] == "" and log[5].startswith(f"=== resumed from {model_dir / 'checkpoints/last.ckpt'} at ")
+    assert log[5].endswith("training to step 8 ===")
+    assert [line.split(":")[0] for line in log[6:]] == ["step 6", "step 8", "finished at step 8"]
+    assert "val_psnr" in log[7] and "val_ssim" in log[7] and "train_loss" in log[7]
+    assert json.loads((model_dir / "config.json").read_text())["iters"] == 8
 
     other = ISPTrainConfig(arch="punet", num_maps_base=8, patch=32, batch_size=2, iters=10, eval_every=2,
                            patches_per_epoch=6, device="cpu")
@@ -174,3 +180,35 @@ def test_bad_options_are_refused(tmp_path: Path):
         train_isp(tmp_path, tmp_path / "m", ISPTrainConfig(batch_size=4, patches_per_epoch=2))
     with pytest.raises(IsplabError, match="loss weights must be >= 0 and not all zero"):
         train_isp(tmp_path, tmp_path / "m", ISPTrainConfig(mse=0, ssim=0))
+
+
+def test_an_existing_run_is_refused_before_training_and_replaced_with_overwrite(tmp_path: Path):
+    synthesize_dataset(tmp_path / "syn/train", 1, size=(64, 64), progress=False)
+    synthesize_dataset(tmp_path / "syn/val", 1, seed=1, size=(32, 32), progress=False)
+    config = ISPTrainConfig(arch="lfnet", num_maps_base=4, arch_options={"num_blocks": 1}, patch=32, batch_size=1,
+                            iters=1, eval_every=1, patches_per_epoch=1, device="cpu")
+    model_dir = tmp_path / "m"
+    train_isp(tmp_path / "syn", model_dir, config, progress=False)
+    before = {path: path.read_bytes() for path in model_dir.rglob("*") if path.is_file()}
+    assert {model_dir / "model.pt", model_dir / "checkpoints/last.ckpt", model_dir / "log.txt"} <= set(before)
+
+    config.iters = 2
+    with pytest.raises(IsplabError, match=r"^model folder .*m already holds model.pt, config.json, log.txt, \.\.\.: "
+                                          r"pass --overwrite to replace them, or choose another folder$"):
+        train_isp(tmp_path / "syn", model_dir, config, progress=False)
+    # refused before any work: every file is as it was, no new log version
+    assert {path: path.read_bytes() for path in model_dir.rglob("*") if path.is_file()} == before
+
+    train_isp(tmp_path / "syn", model_dir, config, overwrite=True, progress=False)
+    assert torch.load(model_dir / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 2
+    assert [p.parent.name for p in (model_dir / "logs/csv").glob("*/metrics.csv")] == ["version_0"]
+    log = (model_dir / "log.txt").read_text()
+    assert log.count("=== new run") == 1 and ": lfnet, 2 steps ===" in log and "finished at step 1" not in log
+    assert (model_dir / "model.pt").read_bytes() != before[model_dir / "model.pt"]
+
+    # a folder holding other files only is fine
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other/notes.txt").write_text("mine")
+    config.iters = 1
+    train_isp(tmp_path / "syn", tmp_path / "other", config, progress=False)
+    assert (tmp_path / "other/notes.txt").read_text() == "mine" and (tmp_path / "other/model.pt").is_file()

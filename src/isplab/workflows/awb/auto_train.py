@@ -2,16 +2,22 @@
 
 Each run trains a model with the current duplicate counts, evaluates it on the whole dataset, and
 adds ``weight`` to the count of the image with the worst error, so later runs see it more often.
-Each run writes three files named ``<kind>_<worst>_<average>_<run>`` with the worst error rounded
-to whole mireds and the average with ``p`` for the point (``model_12_2p6003_31.pt``):
+Everything goes into the output folder. Each run writes three files named
+``<kind>_<worst>_<average>_<run>`` with the worst error rounded to whole mireds and the average
+with ``p`` for the point (``model_12_2p6003_31.pt``):
 
 - ``verification_...txt``: every image and its error in mireds, worst first;
 - ``duplicates_...txt``: the duplicate counts used by the next run (``<prefix> <count>`` lines);
-- ``model_...pt``: the model (``isplab.models.awb.load_awb_model`` reads it).
+- ``model_...pt``: the model (:func:`isplab.workflows.awb.model.load_awb_model` reads it);
+
+and ``duplicates.txt`` (unless another duplicates file is given) holds the current counts. An
+interrupted loop continues with ``resume=True``: the counts of ``duplicates.txt``, the latest run's
+model, and run numbers after the latest.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +25,15 @@ from pathlib import Path
 import numpy as np
 
 from isplab.errors import IsplabError
-from isplab.models.awb import load_awb_model, save_awb_model
+from isplab.io.paths import prepare_output_dir
 from isplab.workflows.awb.dataset import AWBDataset, mired_error, read_duplicates, repeat_counts, write_duplicates
-from isplab.workflows.awb.train import TrainConfig, predict, train_model
+from isplab.workflows.awb.model import load_awb_model, save_awb_model
+from isplab.workflows.awb.predict import predict
+from isplab.workflows.awb.train import TrainConfig, is_global_zero, train_model
+
+#: The duplicates file kept in the output folder when no other is given.
+DUPLICATES = "duplicates.txt"
+_RUN_FILE = re.compile(r"(model|verification|duplicates)_\d+_[0-9p]+_(\d+)\.(pt|txt)")
 
 
 @dataclass
@@ -52,14 +64,41 @@ def run_name(kind: str, worst: float, mean: float, run: int) -> str:
     return f"{kind}_{round(worst)}_{str(round(mean, 4)).replace('.', 'p')}_{run}"
 
 
+def run_files(output_dir: str | Path) -> list[Path]:
+    """The files earlier runs wrote into ``output_dir`` (models, verifications, duplicates), by name."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if _RUN_FILE.fullmatch(p.name) or p.name == DUPLICATES)
+
+
+def prepare_auto_train_dir(output_dir: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
+    """Check ``output_dir`` before any training: earlier runs' files are refused unless ``resume``
+    (continue them) or ``overwrite`` (they are deleted).
+
+    Raises:
+        IsplabError: earlier runs are there and neither flag was given, both flags were given, or the
+            folder cannot be written.
+    """
+    if overwrite and resume:
+        raise IsplabError("--overwrite starts afresh and --resume continues: choose one")
+    found = [p.name for p in run_files(output_dir)]
+    folder = prepare_output_dir(output_dir, overwrite=overwrite, resume=resume, names=found, what="auto-train folder")
+    if overwrite and is_global_zero():
+        for name in found:
+            (folder / name).unlink()
+    return folder
+
+
 def auto_train(
     dataset: AWBDataset,
     output_dir: str | Path,
     config: TrainConfig,
     *,
-    duplicate_file: str | Path = "duplicates.txt",
+    duplicate_file: str | Path | None = None,
     clear_duplicates: bool = False,
     input_model: str | Path | None = None,
+    resume: bool = False,
     iterations: int = 50,
     weight: int = 4,
     early_stopping: int | None = 10,
@@ -69,12 +108,15 @@ def auto_train(
     """Run the re-weighting loop; see the module docstring for the files each run writes.
 
     Args:
+        output_dir: where every file goes (see :func:`prepare_auto_train_dir` to check it first).
         duplicate_file: the starting duplicate counts (``<user>,<sensor>,<id>`` prefixes and a
-            count); it is updated after every run so an interrupted loop can be resumed.
-        clear_duplicates: start from an empty duplicates file instead.
+            count), updated after every run; default ``output_dir/duplicates.txt``.
+        clear_duplicates: start from empty duplicate counts instead.
         input_model: start the first run from this model instead of from scratch; every later
             run continues from the previous run's model, as the seed's loop does.
-        iterations: number of runs.
+        resume: continue an interrupted loop in ``output_dir``: run numbers go on after the latest
+            run, whose model the next run starts from.
+        iterations: number of runs (this call's).
         weight: how much the worst image's count grows after each run.
         early_stopping: stop after this many runs without a better worst-case error.
         on_run: called with each run's record (the CLI prints a line).
@@ -85,14 +127,22 @@ def auto_train(
         raise IsplabError(f"--weight must be at least 1, got {weight}")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    duplicate_file = Path(duplicate_file)
+    duplicate_file = Path(duplicate_file) if duplicate_file is not None else output_dir / DUPLICATES
     duplicates = {} if clear_duplicates or not duplicate_file.exists() else read_duplicates(duplicate_file)
-    start = load_awb_model(input_model) if input_model else None
+    first_run, start = 0, load_awb_model(input_model) if input_model else None
+    if resume:
+        if input_model:
+            raise IsplabError("resume continues from the latest run's model: do not also give an input model")
+        models = {int(m.group(2)): p for p in run_files(output_dir) if (m := _RUN_FILE.fullmatch(p.name)) and m.group(1) == "model"}
+        if not models:
+            raise IsplabError(f"cannot resume: {output_dir} holds no model_*.pt of an earlier auto-train run")
+        first_run = max(models) + 1
+        start = load_awb_model(models[max(models)])
     names = [sample.path.name for sample in dataset.samples]
 
     result = AutoTrainResult()
     best_worst, since_best = np.inf, 0
-    for run in range(iterations):
+    for run in range(first_run, first_run + iterations):
         weights = repeat_counts(dataset.samples, duplicates)
         model = train_model(dataset, config, weights=weights, input_model=start, progress=progress)
         start = model
@@ -106,10 +156,11 @@ def auto_train(
         model_path = output_dir / f"{run_name('model', worst, mean, run)}.pt"
         verification_path = output_dir / f"{run_name('verification', worst, mean, run)}.txt"
         duplicates_path = output_dir / f"{run_name('duplicates', worst, mean, run)}.txt"
-        save_awb_model(model, model_path)
-        verification_path.write_text("".join(f"{names[i]} {errors[i]:.2f}\n" for i in order))
-        write_duplicates(duplicates_path, duplicates)
-        write_duplicates(duplicate_file, duplicates)
+        if is_global_zero():
+            save_awb_model(model, model_path)
+            verification_path.write_text("".join(f"{names[i]} {errors[i]:.2f}\n" for i in order))
+            write_duplicates(duplicates_path, duplicates)
+            write_duplicates(duplicate_file, duplicates)
 
         record = RunRecord(run, worst, mean, names[worst_index], model_path, verification_path, duplicates_path)
         result.runs.append(record)

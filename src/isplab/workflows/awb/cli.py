@@ -8,53 +8,125 @@ Commands mirror the seed's scripts: ``convert`` (converter.py), ``train`` (train
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from isplab.cli_options import (
+    Device,
+    Devices,
+    NumNodes,
+    Overwrite,
+    Progress,
+    Quantize,
+    Resume,
+    Seed,
+    Strategy,
+    parse_quantize,
+    trainer_options,
+)
 from isplab.errors import IsplabError
+from isplab.workflows.awb.config import LOSSES, TrainConfig
 
 app = typer.Typer(help="Raspberry Pi neural-network auto white balance (libcamera rpi.nn.awb).", no_args_is_help=True)
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 Target = Annotated[str, typer.Option("--target", "-t", help="pisp (Pi 5) or vc4 (Pi 4 and older).")]
 OptionalTarget = Annotated[str | None, typer.Option("--target", "-t", help="pisp or vc4 (default: from the files).")]
-TuningDir = Annotated[Path | None, typer.Option("--tuning-dir", help="Folder searched first for <target>/<sensor>.json tuning files.")]
-# Training options shared by train, auto-train and evaluate --cv.
-Epochs = Annotated[int, typer.Option("--epochs", help="Maximum epochs per model.")]
-BatchSize = Annotated[int, typer.Option("--batch-size", help="Images per step.")]
-LearningRate = Annotated[float, typer.Option("--lr", help="Learning rate.")]
-Arch = Annotated[str, typer.Option("--arch", help="Network: chroma (isplab's, default) or reference (Raspberry Pi's).")]
-Ensemble = Annotated[int, typer.Option("--ensemble", help="Members averaged in one model.")]
-Loss = Annotated[str, typer.Option("--loss", help="mse (reference: squared mireds/1000) or l1 (mireds).")]
-Relight = Annotated[float, typer.Option("--relight", help="Re-lighting augmentation half-width in mireds (0: off).")]
-Patience = Annotated[int, typer.Option("--early-stopping", help="Stop after this many epochs without improvement (0: never).")]
-Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
-Device = Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")]
-Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
+TuningDir = Annotated[
+    Path | None,
+    typer.Option("--tuning-dir", help="Folder searched first for <target>/<sensor>.json tuning files (default: only libcamera's install folders)."),
+]
+StartModel = Annotated[Path | None, typer.Option("--model", "-m", help="Start from this trained model (.pt) (default: from scratch).")]
+OldStartModel = Annotated[Path | None, typer.Option("--input-model", hidden=True, help="Old spelling of --model.")]
+
+_DEFAULTS = TrainConfig()
+#: The training options of train, auto-train and evaluate --cv: parameter -> (annotated type, default).
+_TRAINING_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "epochs": (Annotated[int, typer.Option("--epochs", help="Maximum epochs per model.")], _DEFAULTS.epochs),
+    "batch_size": (Annotated[int, typer.Option("--batch-size", help="Images per step.")], _DEFAULTS.batch_size),
+    "lr": (Annotated[float, typer.Option("--lr", help="Adam learning rate.")], _DEFAULTS.lr),
+    "arch": (
+        Annotated[str, typer.Option("--arch", help="Network: chroma (isplab's), reference (Raspberry Pi's) or histogram.")],
+        _DEFAULTS.arch,
+    ),
+    "ensemble": (Annotated[int, typer.Option("--ensemble", help="Members averaged in one model.")], _DEFAULTS.ensemble),
+    "loss": (Annotated[str, typer.Option("--loss", help="mse (reference: squared mireds/1000) or l1 (mireds).")], _DEFAULTS.loss),
+    "relight": (
+        Annotated[float, typer.Option("--relight", help="Re-lighting augmentation half-width in mireds (0: off).")],
+        _DEFAULTS.relight,
+    ),
+    "early_stopping": (
+        Annotated[int, typer.Option("--early-stopping", help="Stop after this many epochs without improvement (0: never).")],
+        _DEFAULTS.patience or 0,
+    ),
+    "tuning_dir": (TuningDir, None),
+    "seed": (Seed, _DEFAULTS.seed),
+    "device": (Device, "auto"),
+    "devices": (Devices, "1"),
+    "strategy": (Strategy, "auto"),
+    "num_nodes": (NumNodes, 1),
+}
 
 
-def _config(epochs, batch_size, lr, arch, ensemble, loss, relight, patience, seed, device, tuning_dir):
-    from isplab.workflows.awb.train import TrainConfig
+def train_config(values: dict[str, Any]) -> TrainConfig:
+    """The :class:`TrainConfig` of the training options' values (keyed by parameter name).
 
-    defaults = TrainConfig()
+    Raises:
+        IsplabError: a value out of range or unknown (``--devices``, ``--loss``, ``--epochs``...).
+    """
+    trainer = trainer_options(values["device"], values["devices"], values["strategy"], values["num_nodes"])
+    for name in ("epochs", "batch_size", "ensemble"):
+        if values[name] < 1:
+            raise IsplabError(f"bad --{name.replace('_', '-')} {values[name]}: expected 1 or more")
+    if values["loss"] not in LOSSES:
+        raise IsplabError(f"bad --loss {values['loss']!r}: expected one of {', '.join(LOSSES)}")
     return TrainConfig(
-        epochs=epochs if epochs is not None else defaults.epochs,
-        batch_size=batch_size if batch_size is not None else defaults.batch_size,
-        lr=lr if lr is not None else defaults.lr,
-        arch=arch or defaults.arch,
-        ensemble=ensemble if ensemble is not None else defaults.ensemble,
-        loss=loss or defaults.loss,
-        relight=relight if relight is not None else defaults.relight,
-        patience=(patience or None) if patience is not None else defaults.patience,
-        seed=seed,
-        device=device,
-        tuning_dir=str(tuning_dir) if tuning_dir else None,
+        epochs=values["epochs"],
+        batch_size=values["batch_size"],
+        lr=values["lr"],
+        arch=values["arch"],
+        ensemble=values["ensemble"],
+        loss=values["loss"],
+        relight=values["relight"],
+        patience=values["early_stopping"] or None,
+        tuning_dir=str(values["tuning_dir"]) if values["tuning_dir"] else None,
+        seed=values["seed"],
+        device=trainer.device,
+        devices=trainer.devices,
+        strategy=trainer.strategy,
+        num_nodes=trainer.num_nodes,
     )
+
+
+def training_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` the shared training options; it receives them as one ``config: TrainConfig``.
+
+    Typer has no option groups: this adds the options of :data:`_TRAINING_OPTIONS` to the
+    command's signature (after its own), and the wrapper builds the config from their values.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name != "config"]
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind, default=default)
+        for name, (kind, default) in _TRAINING_OPTIONS.items()
+    ]
+
+    @functools.wraps(command)
+    def wrapper(**values: Any) -> None:
+        options = {name: values.pop(name) for name in _TRAINING_OPTIONS}
+        return command(**values, config=train_config(options))
+
+    wrapper.__signature__ = signature.replace(parameters=own + shared)
+    wrapper.__annotations__ = {p.name: p.annotation for p in own + shared}
+    return wrapper
 
 
 def _load(folder: Path, target: str | None):
@@ -74,6 +146,12 @@ def _print_summary(title: str, summaries: dict) -> None:
     console.print(table)
 
 
+def _start_model(model: Path | None, old: Path | None) -> Path | None:
+    if model is not None and old is not None:
+        raise IsplabError("give --model once (--input-model is its old spelling)")
+    return model or old
+
+
 @app.command("convert")
 def convert(
     input_dir: Path = typer.Argument(..., help="Folder of annotated DNGs (<user>,<sensor>,<id>,<red_gain>,<blue_gain>.dng)."),
@@ -82,11 +160,15 @@ def convert(
     split: float = typer.Option(0.0, "--split", help="Proportion of images moved to the test set."),
     resize: str | None = typer.Option(None, "--resize", help="Statistics grid W,H (default 32,32 pisp / 16,12 vc4)."),
     tuning_dir: TuningDir = None,
-    colour_test: bool = typer.Option(False, "--colour-test", help="Also write colour-corrected previews for checking labels."),
+    colour_test: bool = typer.Option(False, "--colour-test", help="Write previews rendered with the labels (lens shading, gains, CCM, gamma) instead of statistics, to check the labels."),
     workers: int | None = typer.Option(None, "--workers", help="Parallel processes (default: all cores)."),
     progress: Progress = True,
+    overwrite: Overwrite = False,
 ) -> None:
-    """Convert annotated DNGs into the 16-bit PNG statistics dataset the networks train on."""
+    """Convert annotated DNGs into the 16-bit PNG statistics dataset the networks train on.
+
+    A folder that already holds a dataset is refused; --overwrite deletes its statistics PNGs
+    (train/ and test/) before converting."""
     from isplab.workflows.awb.convert import convert_folder
 
     size = None
@@ -98,7 +180,7 @@ def convert(
         size = (w, h)
     summary = convert_folder(
         input_dir, output_dir, target, split=split, resize=size, tuning_dir=tuning_dir,
-        colour_test=colour_test, workers=workers, progress=progress,
+        colour_test=colour_test, workers=workers, progress=progress, overwrite=overwrite,
     )
     for path, message in summary.failed:
         err.print(f"[red]failed[/] {path}: {message}", highlight=False)
@@ -108,67 +190,106 @@ def convert(
 
 
 @app.command("train")
+@training_options
 def train(
     dataset: Path = typer.Argument(..., help="Dataset folder of statistics PNGs."),
     output: Path = typer.Argument(..., help="Model file to write (.pt)."),
     target: Target = ...,
-    input_model: Path | None = typer.Option(None, "--input-model", help="Continue training this model."),
-    duplicate_file: Path | None = typer.Option(None, "--duplicate-file", help="Images to include more than once."),
-    run_dir: Path | None = typer.Option(None, "--run-dir", help="Keep Lightning checkpoints and logs here."),
-    epochs: Epochs = None, batch_size: BatchSize = None, lr: LearningRate = None, arch: Arch = None,
-    ensemble: Ensemble = None, loss: Loss = None, relight: Relight = None, patience: Patience = None,
-    seed: Seed = 0, device: Device = "cpu", tuning_dir: TuningDir = None, progress: Progress = True,
+    model: StartModel = None,
+    input_model: OldStartModel = None,
+    duplicate_file: Path | None = typer.Option(None, "--duplicate-file", help="Images to include more than once (default: none)."),
+    run_dir: Path | None = typer.Option(
+        None, "--run-dir", help="Run folder: config.json, log.txt, checkpoints/, logs/ (default: OUTPUT without .pt, plus -run)."
+    ),
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+    progress: Progress = True,
+    *,
+    config: TrainConfig,
 ) -> None:
-    """Train one AWB network (preprocessing inside the model, temperature in kelvin out)."""
-    from isplab.models.awb import save_awb_model
+    """Train one AWB network (preprocessing inside the model, temperature in kelvin out).
+
+    Ctrl-C keeps the last finished epoch in the run folder; the same command with --resume continues (--epochs is the total)."""
+    from isplab.io.paths import prepare_output_file
     from isplab.workflows.awb.dataset import read_duplicates, repeat_counts
     from isplab.workflows.awb.evaluate import evaluate_model
-    from isplab.workflows.awb.train import train_model
+    from isplab.workflows.awb.model import load_awb_model, save_awb_model
+    from isplab.workflows.awb.train import TrainingInterrupted, is_global_zero, prepare_run_dir, train_model
 
-    if output.exists():
-        raise IsplabError(f"{output} already exists: choose another OUTPUT")
+    start = _start_model(model, input_model)
+    if resume and start is not None:
+        raise IsplabError("--resume continues the run's own model: drop --model")
+    output = prepare_output_file(output, overwrite=overwrite or resume, what="model")
+    start = load_awb_model(start) if start is not None else None
+    run_dir = run_dir or output.with_name(f"{output.stem}-run")
     data = _load(dataset, target)
-    config = _config(epochs, batch_size, lr, arch, ensemble, loss, relight, patience, seed, device, tuning_dir)
     weights = repeat_counts(data.samples, read_duplicates(duplicate_file)) if duplicate_file else None
-    model = train_model(data, config, weights=weights, input_model=input_model, run_dir=run_dir, progress=progress)
-    save_awb_model(model, output)
-    result = evaluate_model(model, data)
+    prepare_run_dir(run_dir, overwrite=overwrite, resume=resume)
+    try:
+        net = train_model(data, config, weights=weights, input_model=start, run_dir=run_dir, resume=resume, progress=progress)
+    except TrainingInterrupted as stop:
+        if stop.checkpoint is None:
+            err.print("interrupted before the first epoch finished: nothing to resume")
+        else:
+            err.print(f"interrupted: {stop.checkpoint} holds epoch {stop.epochs_done} of {config.epochs}; "
+                      "the same command with --resume continues from it", highlight=False)
+        raise typer.Exit(130) from None
+    if not is_global_zero():
+        return
+    save_awb_model(net, output)
+    result = evaluate_model(net, data)
     _print_summary(f"{output} on its training images (mireds; held-out: isplab awb evaluate --cv 5)",
                    {"model": result.model, "camera": result.camera})
 
 
 @app.command("auto-train")
+@training_options
 def auto_train_command(
     dataset: Path = typer.Argument(..., help="Dataset folder of statistics PNGs."),
     output_dir: Path = typer.Argument(..., help="Folder for each run's model, verification and duplicates files."),
     target: Target = ...,
-    duplicate_file: Path = typer.Option(Path("duplicates.txt"), "--duplicate-file", help="Duplicate counts, read and updated."),
-    clear_duplicates: bool = typer.Option(False, "--clear-duplicates", help="Start from an empty duplicates file."),
-    input_model: Path | None = typer.Option(None, "--input-model", help="Start from this model instead of scratch."),
+    duplicate_file: Path | None = typer.Option(
+        None, "--duplicate-file", help="Duplicate counts, read and updated (default: OUTPUT_DIR/duplicates.txt)."
+    ),
+    clear_duplicates: bool = typer.Option(False, "--clear-duplicates", help="Start from empty duplicate counts."),
+    model: StartModel = None,
+    input_model: OldStartModel = None,
     iterations: int = typer.Option(50, "--iterations", help="Number of training runs."),
     weight: int = typer.Option(4, "--weight", "-w", help="Extra inclusions of the worst image after each run."),
-    stop_after: int = typer.Option(10, "--stop-after", help="Stop after this many runs without a better worst case."),
-    epochs: Epochs = None, batch_size: BatchSize = None, lr: LearningRate = None, arch: Arch = None,
-    ensemble: Ensemble = None, loss: Loss = None, relight: Relight = None, patience: Patience = None,
-    seed: Seed = 0, device: Device = "cpu", tuning_dir: TuningDir = None, progress: Progress = False,
+    stop_after: int = typer.Option(10, "--stop-after", help="Stop after this many runs without a better worst case (0: never)."),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the runs already in OUTPUT_DIR (from the latest model).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete earlier runs' files in OUTPUT_DIR first.")] = False,
+    progress: Progress = False,
+    *,
+    config: TrainConfig,
 ) -> None:
     """Train repeatedly, each time weighting the worst image more (the seed's auto_train.py)."""
-    from isplab.workflows.awb.auto_train import auto_train
+    from isplab.io.paths import prepare_output_file
+    from isplab.workflows.awb.auto_train import auto_train, prepare_auto_train_dir
+    from isplab.workflows.awb.model import load_awb_model
+    from isplab.workflows.awb.train import is_global_zero
 
+    start = _start_model(model, input_model)
+    prepare_auto_train_dir(output_dir, overwrite=overwrite, resume=resume)
+    if duplicate_file is not None:
+        prepare_output_file(duplicate_file, overwrite=True, what="duplicates file")
+    if start is not None:
+        load_awb_model(start)  # a bad file is an error now, not after the first run
     data = _load(dataset, target)
-    config = _config(epochs, batch_size, lr, arch, ensemble, loss, relight, patience, seed, device, tuning_dir)
 
     def report(record) -> None:
-        console.print(f"run {record.run}: worst {record.worst:.1f} mireds ({record.worst_image}), "
-                      f"mean {record.mean:.3f} -> {record.model_path.name}", highlight=False)
+        if is_global_zero():
+            console.print(f"run {record.run}: worst {record.worst:.1f} mireds ({record.worst_image}), "
+                          f"mean {record.mean:.3f} -> {record.model_path.name}", highlight=False)
 
     result = auto_train(
         data, output_dir, config, duplicate_file=duplicate_file, clear_duplicates=clear_duplicates,
-        input_model=input_model, iterations=iterations, weight=weight, early_stopping=stop_after or None,
+        input_model=start, resume=resume, iterations=iterations, weight=weight, early_stopping=stop_after or None,
         progress=progress, on_run=report,
     )
     best = result.best
-    console.print(f"best run {best.run}: worst {best.worst:.1f}, mean {best.mean:.3f} mireds -> {best.model_path}")
+    if is_global_zero():
+        console.print(f"best run {best.run}: worst {best.worst:.1f}, mean {best.mean:.3f} mireds -> {best.model_path}")
 
 
 @app.command("verify")
@@ -178,13 +299,15 @@ def verify_command(
     target: OptionalTarget = None,
     tuning_dir: TuningDir = None,
 ) -> None:
-    """Predicted vs labelled vs camera temperature for individual images."""
+    """Predicted vs labelled vs camera temperature for individual images.
+
+    Each file that cannot be read is reported on its own line; the command then exits 1."""
     from isplab.workflows.awb.verify import verify
 
     rows = verify(images, model, target=target, tuning_dir=tuning_dir)
     for row in rows:
         if row.failure:
-            err.print(f"[red]{row.path}[/]: {row.failure}", highlight=False)
+            err.print(f"[red]failed[/] {row.path}: {row.failure}", highlight=False, soft_wrap=True)
             continue
         line = f"{row.path.name}: predicted {row.predicted_temp:.0f} K"
         if row.true_temp is not None:
@@ -197,26 +320,34 @@ def verify_command(
 
 
 @app.command("evaluate")
+@training_options
 def evaluate_command(
     dataset: Path = typer.Argument(..., help="Dataset folder of statistics PNGs."),
-    model: Path | None = typer.Option(None, "--model", "-m", help="Model to evaluate (.pt or .tflite)."),
-    cv: int | None = typer.Option(None, "--cv", help="K-fold cross-validation with scenes kept in one fold (trains K models)."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Report folder (default: runs/awb-evaluate)."),
+    model: Path | None = typer.Option(None, "--model", "-m", help="Model to evaluate (.pt or .tflite) (default: none; give --cv)."),
+    cv: int | None = typer.Option(
+        None, "--cv", help="K-fold cross-validation with scenes kept in one fold: trains K models (default: off; give --model)."
+    ),
+    output: Path = typer.Option(Path("runs/awb-evaluate"), "--output", "-o", help="Report folder."),
+    old_output: Path | None = typer.Option(None, "--out", hidden=True, help="Old spelling of --output."),
     target: OptionalTarget = None,
-    epochs: Epochs = None, batch_size: BatchSize = None, lr: LearningRate = None, arch: Arch = None,
-    ensemble: Ensemble = None, loss: Loss = None, relight: Relight = None, patience: Patience = None,
-    seed: Seed = 0, device: Device = "cpu", tuning_dir: TuningDir = None,
+    overwrite: Overwrite = False,
+    progress: Progress = True,
+    *,
+    config: TrainConfig,
 ) -> None:
     """Per-image errors worst first, summaries, the camera's own estimate as baseline; --cv for held-out numbers."""
-    from isplab.workflows.awb.evaluate import cross_validate, evaluate_predictions, write_report
-    from isplab.workflows.awb.verify import load_predictor
+    from isplab.io.paths import prepare_output_dir
+    from isplab.workflows.awb.evaluate import REPORT_FILES, cross_validate, evaluate_predictions, write_report
+    from isplab.workflows.awb.predict import load_predictor
+    from isplab.workflows.awb.train import is_global_zero
 
     if (model is None) == (cv is None):
         raise IsplabError("give either --model M (evaluate a trained model) or --cv K (cross-validate a training recipe)")
+    output = old_output or output
+    prepare_output_dir(output, overwrite=overwrite, names=REPORT_FILES, what="report folder")
     data = _load(dataset, target)
     if cv is not None:
-        config = _config(epochs, batch_size, lr, arch, ensemble, loss, relight, patience, seed, device, tuning_dir)
-        result = cross_validate(data, cv, config, seed=seed, progress=True)
+        result = cross_validate(data, cv, config, seed=config.seed, progress=progress)
         title = f"{cv}-fold grouped cross-validation, {data.target}, arch {config.arch}"
     else:
         predictor = load_predictor(model)
@@ -224,8 +355,9 @@ def evaluate_command(
             raise IsplabError(f"{model} is a {predictor.target} model but {dataset} holds {data.target} images")
         result = evaluate_predictions(data, predictor(data.images, data.lux))
         title = f"{model.name} on {dataset} ({data.target})"
-    out = out or Path("runs/awb-evaluate")
-    report = write_report(result, out, title=title)
+    if not is_global_zero():
+        return
+    report = write_report(result, output, title=title)
     for row in result.rows[:10]:
         console.print(f"{row.file}: predicted {row.predicted_temp:.0f} K, true {row.true_temp:.0f} K, "
                       f"{row.error_mired:.1f} mireds", highlight=False)
@@ -236,26 +368,33 @@ def evaluate_command(
 @app.command("export")
 def export_command(
     model: Path = typer.Argument(..., help="Trained model (.pt)."),
-    quantize: str | None = typer.Option(None, "--quantize", help="float16 or int8 (dynamic range; float I/O)."),
+    quantize: Quantize = None,
     output: Path | None = typer.Option(None, "--output", "-o", help="The .tflite to write (default: next to MODEL)."),
-    dataset: Path | None = typer.Option(None, "--dataset", help="Check agreement on these images (default: random statistics)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+    dataset: Path | None = typer.Option(
+        None, "--dataset", help="Check agreement on these images (default: 200 random statistics)."
+    ),
+    overwrite: Overwrite = False,
 ) -> None:
-    """Export to TFLite with exactly libcamera's contract, checked with the LiteRT interpreter."""
-    from isplab.models.awb import load_awb_model
-    from isplab.workflows.awb.export import export_awb
+    """Export to TFLite with exactly libcamera's contract, checked with the LiteRT interpreter.
 
-    net = load_awb_model(model)
-    target = net.awb_config["target"]
+    float32/float16 must agree with PyTorch within 1 mired on every image (else error, nothing written); int8 is reported."""
+    from isplab.io.paths import prepare_output_file
+    from isplab.workflows.awb.export import export_awb
+    from isplab.workflows.awb.model import load_awb_model, model_target
+
+    quantize = parse_quantize(quantize)
     suffix = f"_{quantize}" if quantize else ""
-    output = output or model.with_name(f"{model.stem}{suffix}.tflite")
+    output = prepare_output_file(output or model.with_name(f"{model.stem}{suffix}.tflite"), overwrite=overwrite,
+                                 what="TFLite model")
+    net = load_awb_model(model)
+    target = model_target(net)
     data = _load(dataset, target) if dataset else None
     result = export_awb(net, target, output, quantize=quantize, dataset=data, overwrite=overwrite)
-    tolerance = "reported only" if result.tolerance_mired is None else f"tolerance {result.tolerance_mired} mired"
+    tolerance = "reported, not enforced" if result.tolerance_mired is None else f"tolerance {result.tolerance_mired} mired"
     console.print(
         f"{result.path} ({result.size_bytes / 1024:.1f} KiB, {target}, {quantize or 'float32'}): "
         f"max {result.max_mired_difference:.3f}, mean {result.mean_mired_difference:.3f} mireds from PyTorch "
-        f"over {result.images_checked} images ({tolerance})", highlight=False,
+        f"over {result.images_checked} images ({tolerance})", highlight=False, soft_wrap=True,
     )
 
 
@@ -265,18 +404,22 @@ def tuning_command(
     target: Target = ...,
     model: Path = typer.Option(..., "--model", "-m", help="The .tflite model libcamera should load."),
     base: Path | None = typer.Option(None, "--base", help="Tuning file to start from (default: the installed one)."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="File to write (default: <sensor>.json here)."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="File to write (default: <sensor>.json next to MODEL)."),
     tuning_dir: TuningDir = None,
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+    overwrite: Overwrite = False,
 ) -> None:
-    """Write a tuning file that runs the network (rpi.nn.awb enabled, rpi.awb disabled)."""
+    """Write a tuning file that runs the network (rpi.nn.awb enabled, rpi.awb disabled).
+
+    MODEL must be a TFLite file with libcamera's AWB contract for TARGET (checked with LiteRT)."""
+    from isplab.io.paths import prepare_output_file
+    from isplab.workflows.awb.export import check_contract
     from isplab.workflows.awb.tuning import generate_tuning, write_tuning
 
-    if not model.is_file():
-        raise IsplabError(f"model file not found: {model}")
+    output = prepare_output_file(output or model.with_name(f"{sensor}.json"), overwrite=overwrite, what="tuning file")
+    check_contract(model, target)
     data = generate_tuning(sensor, target, model.resolve(), base=base, tuning_dir=tuning_dir)
-    path = write_tuning(data, output or Path(f"{sensor}.json"), overwrite=overwrite)
-    console.print(f"wrote {path}: rpi.nn.awb enabled with model {model.resolve()}")
+    path = write_tuning(data, output, overwrite=overwrite)
+    console.print(f"wrote {path}: rpi.nn.awb enabled with model {model.resolve()}", highlight=False, soft_wrap=True)
 
 
 @app.command("annotate")
@@ -284,13 +427,15 @@ def annotate_command(
     folder: Path = typer.Argument(..., help="Folder of DNGs named <user>,<sensor>,<id>.dng to label."),
     target: str = typer.Option("pisp", "--target", "-t", help="pisp (Pi 5) or vc4: which tuning renders previews."),
     tuning_dir: TuningDir = None,
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback: only this machine)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback: only this machine; 0.0.0.0: all networks, with a warning)."),
     port: int = typer.Option(0, "--port", help="Port (0: any free one)."),
+    token: bool = typer.Option(True, "--token/--no-token", help="Require the random token of the printed address on every request."),
+    allow_host: list[str] = typer.Option([], "--allow-host", help="Another host name the page may be opened by (repeatable)."),
 ) -> None:
     """Label DNGs with their white-balance gains in a local web page (annotator.py)."""
     from isplab.workflows.awb.annotate import run
 
-    run(folder, target, tuning_dir, host, port,
+    run(folder, target, tuning_dir, host, port, token=token, allow_hosts=allow_host,
         print=lambda text: console.print(text, highlight=False, soft_wrap=True))
 
 

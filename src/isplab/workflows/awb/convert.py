@@ -1,26 +1,46 @@
-"""Annotated DNGs -> AWB statistics PNGs, as Raspberry Pi's reference ``converter.py`` makes them.
+"""Annotated DNGs -> AWB statistics PNGs, the dataset Raspberry Pi's reference ``converter.py`` makes.
 
 Input names: ``<user>,<sensor>,<id>,<red_gain>,<blue_gain>.dng`` (the white-balance gains that make
 the scene's grey neutral) or ``<user>,<sensor>,<id>,<x1>,<y1>,<x2>,<y2>.dng`` (a grey rectangle in
-raw pixel coordinates; its gains are G/R and G/B of the per-plane medians after black level).
+raw pixel coordinates, rounded down to even).
 
 Per image (``tuning`` is the sensor's libcamera tuning for the target):
 
-1. true temperature: the CT curve inverted at ``1 / gains``; camera temperature: the curve
-   inverted at the as-shot neutral.
+1. label gains: from the name, or G/R and G/B of the grey rectangle (:func:`label_gains`: per-plane
+   medians after black level and lens-shading correction). True temperature: the CT curve inverted
+   at ``1 / gains``; camera temperature: the curve inverted at the as-shot neutral.
 2. half-resolution RGB: Bayer planes, greens averaged, minus black level, / white level, clipped to
    0..1, x65535, truncated to uint16.
 3. lux from that image's mean luma ``0.299 R g_r + 0.587 G + 0.114 B g_b`` (white-balanced by the
-   labelled gains ``g``) and the exposure (:meth:`Tuning.lux`), x1.05 (the reference's correction: its estimate
-   ran 5-10% below the hardware's). On VC4 the lens shading at the true temperature is applied to
-   the mosaic first (black level removed, clipped to the white level) and undone afterwards, because
-   VC4's hardware statistics come after lens shading.
+   label gains ``g``) and the exposure (:meth:`Tuning.lux`), x1.05 (the reference's correction: its
+   estimate ran 5-10% below the hardware's). On VC4, as in the reference, the lens-shading correction
+   at the true temperature is applied to the mosaic first (black level removed, clipped to the white
+   level); the statistics themselves are made from the uncorrected image.
 4. INTER_AREA resize to the zone grid (PiSP 32x32, VC4 16 wide x 12 high) on uint16.
 5. rendering at 5000 K: ALSC gains at 5000 K, clip to 0..65535, the CT curve's 5000 K gains
    ``(1/r, 1, 1/b)``, clip, the CCM interpolated at 5000 K, / 65535, clip to 0..1, x65535, uint16.
 
 Output: ``<user>,<sensor>,<id>,<true_temp>,<lux>,<camera_temp>.png`` (each rounded to an integer)
 in ``OUTPUT/train`` or, for a random ``split`` proportion, ``OUTPUT/test``.
+
+**Agreement with the reference** (``raspberrypi/awb_nn`` ``converter.py``, run on isplab's synthetic
+captures of a lens that shades, in ``tests/workflows/awb/test_convert.py``): for files named by their
+gains the names agree to the kelvin and lux and the statistics to one 16-bit step, on both targets.
+Files named by a grey rectangle differ in two places, on purpose:
+
+* *The rectangle's gains are measured after lens-shading correction.* The reference takes them from
+  the raw mosaic, so the lens's colour shading at the rectangle (red and blue fall off differently
+  towards the corners) enters the label, which then depends on where the annotator drew the box (up
+  to 2 mireds on the tests' synthetic grey cards).
+  The CT curve describes grey *after* lens-shading correction (libcamera's AWB statistics and the
+  network's 5000 K input both come after it), and the colour-test rendering applies lens shading before
+  the label gains, so a grey card only renders grey with gains measured on the corrected image. The
+  correction needs the temperature that the gains give, so the two are iterated to agreement (1 K).
+  With flat (or absent) ``rpi.alsc`` tables both ways give the same gains.
+* *VC4 lux uses the label gains.* The reference recomputes the rectangle's gains for the lux after
+  its lens-shading step, which has already removed the black level, so black is subtracted twice:
+  its VC4 lux for a rectangle-named file is not the lux of the same file named by those gains (5-40%
+  high on the tests' grey cards).
 """
 
 from __future__ import annotations
@@ -42,8 +62,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from isplab.errors import IsplabError
 from isplab.io import RawImage, read_raw, write_image
+from isplab.io.paths import check_writable_dir, prepare_output_dir
 from isplab.isp.bayer import pack, to_half_rgb, unpack
-from isplab.workflows.awb.dataset import TARGET_SIZES
+from isplab.workflows.awb.dataset import TARGET_SIZES, parse_stats_name
 from isplab.workflows.awb.tuning import CANONICAL_CT, TARGETS, Tuning, find_tuning, load_tuning
 
 __all__ = [
@@ -69,6 +90,9 @@ LUX_CORRECTION = 1.05
 # Rec. 601 luma weights, as libcamera's statistics and the reference's lux estimate use.
 _LUMA = np.array([0.299, 0.587, 0.114])
 _UINT16_MAX = 65535.0
+# Lens shading depends on the temperature the rectangle's gains give: rounds of correcting and
+# re-measuring (each moves the temperature far less than the last; 1 K agreement ends it).
+_LABEL_ITERATIONS = 8
 
 
 @dataclass(frozen=True)
@@ -123,11 +147,14 @@ def parse_annotated_name(path: str | Path) -> AnnotatedName:
     return AnnotatedName(path, user, sensor, id_, grey_box=(x1, y1, x2, y2))
 
 
-def label_gains(raw: RawImage, name: AnnotatedName) -> tuple[float, float]:
+def label_gains(raw: RawImage, name: AnnotatedName, tuning: Tuning | None = None) -> tuple[float, float]:
     """``(red_gain, blue_gain)`` of the label: from the name, or G/R and G/B of the grey rectangle.
 
     The rectangle's value per Bayer plane is the median of the raw values inside it, minus black
-    level (a median, as the reference, so specular or dark pixels in the patch do not bias it).
+    level (a median, as the reference, so specular or dark pixels in the patch do not bias it), after
+    the lens-shading correction of ``tuning`` (``rpi.alsc``) at the temperature the gains give,
+    iterated until that temperature moves by less than 1 K (see the module docstring for why).
+    Without ``tuning`` the raw values are used as they are.
 
     Raises:
         IsplabError: the rectangle lies outside the image or its red or blue is not above black.
@@ -135,15 +162,30 @@ def label_gains(raw: RawImage, name: AnnotatedName) -> tuple[float, float]:
     if name.gains is not None:
         return name.gains
     x1, y1, x2, y2 = name.grey_box
-    planes = pack(raw.mosaic, raw.cfa_pattern)[:, y1 // 2 : y2 // 2, x1 // 2 : x2 // 2]
-    if planes[0].size == 0:
+    planes = pack(raw.mosaic, raw.cfa_pattern)
+    box = (slice(None), slice(y1 // 2, y2 // 2), slice(x1 // 2, x2 // 2))
+    values = planes[box].astype(np.float64) - raw.black_level[:, None, None]
+    if values[0].size == 0:
         h, w = raw.mosaic.shape
         raise IsplabError(f"grey rectangle ({x1},{y1})-({x2},{y2}) of {name.path} lies outside its {w}x{h} image")
-    r, gr, gb, b = (np.median(p) - black for p, black in zip(planes, raw.black_level))
-    if r <= 0 or b <= 0:
-        raise IsplabError(f"grey rectangle of {name.path} has no signal above black level in red or blue")
-    g = (gr + gb) / 2
-    return float(g / r), float(g / b)
+
+    def gains(shading: np.ndarray | None) -> tuple[float, float]:
+        patch = values if shading is None else values * shading[[0, 1, 1, 2]][box]  # both greens: G table
+        r, gr, gb, b = (float(np.median(p)) for p in patch)
+        if r <= 0 or b <= 0:
+            raise IsplabError(f"grey rectangle of {name.path} has no signal above black level in red or blue")
+        return (gr + gb) / 2 / r, (gr + gb) / 2 / b
+
+    result = gains(None)
+    if tuning is None:
+        return result
+    ct = tuning.ct_from_rb(1.0 / result[0], 1.0 / result[1])
+    for _ in range(_LABEL_ITERATIONS):
+        result = gains(tuning.alsc_at(ct, planes.shape[-2:]))
+        previous, ct = ct, tuning.ct_from_rb(1.0 / result[0], 1.0 / result[1])
+        if abs(ct - previous) < 1.0:
+            break
+    return result
 
 
 @functools.lru_cache(maxsize=32)
@@ -245,7 +287,7 @@ def convert_dng(
     name = parse_annotated_name(path)
     raw = read_raw(path)
     tuning = _tuning(name.sensor, target, None if tuning_dir is None else str(tuning_dir))
-    gains = label_gains(raw, name)
+    gains = label_gains(raw, name, tuning)
     true_temp = tuning.ct_from_rb(1.0 / gains[0], 1.0 / gains[1])
     # The as-shot neutral is the camera's own R/G, B/G of grey.
     camera_temp = tuning.ct_from_rb(raw.as_shot_neutral[0], raw.as_shot_neutral[2])
@@ -324,23 +366,29 @@ def convert_folder(
     workers: int | None = None,
     progress: bool = True,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> ConvertSummary:
     """Convert every ``*.dng`` under ``input_dir`` (recursively) into ``output_dir/train`` and ``output_dir/test``.
 
     Each file goes to ``test/`` with probability ``split`` (decided from ``seed`` and the sorted file
     list, so a run is reproducible whatever the completion order). Files are converted in parallel;
     a file that fails (misnamed, corrupt, no tuning) is reported and skipped, the others are written.
-    Existing outputs of the same name are replaced.
+
+    A previous dataset in ``output_dir`` (statistics PNGs in ``train/`` or ``test/``) is refused
+    before any conversion unless ``overwrite``; with ``overwrite`` those PNGs are deleted first, so
+    no image of the old split is left in the other folder. Other files there are left alone.
 
     Args:
         workers: processes (default: CPU count); 1 converts in this process.
         progress: show a progress bar and report failures as they happen.
+        overwrite: replace a previous dataset in ``output_dir``.
 
     Returns:
         The summary; ``summary.ok`` is false when any file failed.
 
     Raises:
-        IsplabError: bad arguments, ``input_dir`` missing or holding no DNG.
+        IsplabError: bad arguments, ``input_dir`` missing or holding no DNG, ``output_dir`` holding
+            a dataset without ``overwrite`` or not writable.
     """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     _grid_size(target, resize)
@@ -353,8 +401,13 @@ def convert_folder(
         raise IsplabError(f"no .dng files in {input_dir} (expected annotated DNGs named {NAME_PATTERNS[0]})")
 
     folders = {"train": output_dir / "train", "test": output_dir / "test"}
+    previous = _previous_statistics(folders.values())
+    prepare_output_dir(output_dir, overwrite=overwrite, names=[str(p.relative_to(output_dir)) for p in previous],
+                       what="dataset folder")
+    for path in previous:
+        path.unlink()
     for folder in folders.values():
-        folder.mkdir(parents=True, exist_ok=True)
+        check_writable_dir(folder)
     rng = random.Random(seed)
     destination = {p: "test" if rng.random() < split else "train" for p in paths}
     args = (target, None if tuning_dir is None else str(tuning_dir), resize, colour_test)
@@ -388,6 +441,30 @@ def convert_folder(
         else:
             summary.train += 1
     return summary
+
+
+def _previous_statistics(folders) -> list[Path]:
+    """Files an earlier conversion wrote in ``folders``: statistics PNGs (named as :func:`stats_name`)
+    and partial files of an interrupted run."""
+    found = []
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            if not path.is_file() or path.suffix.lower() != ".png":
+                continue
+            partial = path.name.startswith(".") and ".partial" in path.name
+            if partial or _is_stats_name(path):
+                found.append(path)
+    return found
+
+
+def _is_stats_name(path: Path) -> bool:
+    try:
+        parse_stats_name(path)
+    except IsplabError:
+        return False
+    return True
 
 
 def _attempt(function, path: Path, *args) -> Path | str:

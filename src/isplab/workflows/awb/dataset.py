@@ -20,7 +20,7 @@ import numpy as np
 
 from isplab.errors import IsplabError
 from isplab.io import read_image
-from isplab.models.awb import TARGET_SIZES, TEMPERATURE_RANGE
+from isplab.workflows.awb.constants import TARGET_SIZES, TEMPERATURE_RANGE
 
 __all__ = [
     "NAME_PATTERN", "TARGET_SIZES", "TEMPERATURE_RANGE", "AWBDataset", "AWBSample", "grouped_kfold",

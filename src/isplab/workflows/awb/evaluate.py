@@ -31,12 +31,15 @@ from torch import nn
 
 from isplab.engine import Report
 from isplab.errors import IsplabError
-from isplab.export import TFLiteRunner
-from isplab.workflows.awb.dataset import TARGET_SIZES, TEMPERATURE_RANGE, AWBDataset, grouped_kfold, mired_error
-from isplab.workflows.awb.train import TrainConfig, predict, train_model
+from isplab.workflows.awb.constants import TEMPERATURE_RANGE
+from isplab.workflows.awb.dataset import AWBDataset, grouped_kfold, mired_error
+from isplab.workflows.awb.predict import predict
+from isplab.workflows.awb.train import TrainConfig, train_model
 
 #: Rows of the report's worst-images table.
 WORST_SHOWN = 20
+#: What :func:`write_report` writes into its folder (checked before work by the CLI).
+REPORT_FILES = ("report.html", "errors.csv", "error_histogram.png", "predicted_vs_true.png")
 
 
 @dataclass(frozen=True)
@@ -181,43 +184,18 @@ def evaluate_predictions(
     )
 
 
-def evaluate_model(model: nn.Module, dataset: AWBDataset, batch_size: int = 256) -> EvaluationResult:
-    """Run a PyTorch AWB model over ``dataset`` and score it (see :func:`evaluate_predictions`)."""
+def evaluate_model(model, dataset: AWBDataset, batch_size: int = 256) -> EvaluationResult:
+    """Run an AWB model over ``dataset`` and score it (see :func:`evaluate_predictions`).
+
+    ``model`` is anything :func:`isplab.workflows.awb.predict.predict` runs: an ``nn.Module``, a
+    ``.pt`` or ``.tflite`` file, a loaded TFLite runner or a predictor.
+    """
     return evaluate_predictions(dataset, predict(model, dataset.images, dataset.lux, batch_size=batch_size))
 
 
-def predict_tflite(model: str | PathLike[str] | TFLiteRunner, images: np.ndarray, lux: np.ndarray) -> np.ndarray:
-    """Run a libcamera-contract ``.tflite`` AWB model one image at a time.
-
-    Args:
-        model: a ``.tflite`` file, or one loaded in a :class:`~isplab.export.TFLiteRunner`, with
-            input 0 float32 ``[1, H, W, 3]``, input 1 float32 ``[1]`` lux and output float32
-            ``[1]`` kelvin (ours or Raspberry Pi's reference models).
-        images: ``(N, H, W, 3)`` zone statistics in ``[0, 1]``.
-        lux: ``(N,)``.
-
-    Returns:
-        ``(N,)`` float64 kelvin.
-
-    Raises:
-        IsplabError: the model's image input is not ``[1, H, W, 3]`` of the images' size
-            (a model for the other target), or the file is missing.
-    """
-    images = np.asarray(images, dtype=np.float32)
-    lux = np.asarray(lux, dtype=np.float32).ravel()
-    runner = model if isinstance(model, TFLiteRunner) else TFLiteRunner(model)
-    expected = tuple(int(n) for n in runner.input_details[0]["shape"])
-    if expected != (1, *images.shape[1:]):
-        raise IsplabError(
-            f"TFLite model '{runner.path}' takes images of shape {list(expected)} ({_describe_size(expected[1:3])}), "
-            f"but the images are {list(images.shape[1:])} ({_describe_size(images.shape[1:3])})"
-        )
-    return np.array([float(runner([image[None], lux[i : i + 1]])[0].item()) for i, image in enumerate(images)])
-
-
 def evaluate_tflite(path: str | PathLike[str], dataset: AWBDataset) -> EvaluationResult:
-    """Run a ``.tflite`` AWB model over ``dataset`` (batch 1) and score it."""
-    return evaluate_predictions(dataset, predict_tflite(path, dataset.images, dataset.lux))
+    """Run a ``.tflite`` AWB model over ``dataset`` (batch 1, as libcamera does) and score it."""
+    return evaluate_model(Path(path), dataset)
 
 
 def cross_validate(
@@ -395,9 +373,3 @@ def _predicted_vs_true(result: EvaluationResult) -> Figure:
     ax.grid(alpha=0.3)
     ax.legend()
     return figure
-
-
-def _describe_size(size: Sequence[int]) -> str:
-    height, width = (int(n) for n in size)
-    names = [target for target, hw in TARGET_SIZES.items() if hw == (height, width)]
-    return f"{width} wide x {height} high" + (f", target {names[0]}" if names else "")

@@ -4,7 +4,9 @@ Contract (``../shared/docs/awb-libcamera.md``): input 0 float32 ``[1, H, W, 3]``
 input 1 float32 ``[1]`` lux, output 0 float32 ``[1]`` colour temperature in kelvin; H x W is 32 x 32
 on PiSP and 12 x 16 on VC4; all preprocessing inside the model. The exported file is checked with
 the LiteRT interpreter: exact signature, then agreement with the PyTorch model in mireds over a
-dataset (or random statistics when none is given).
+dataset (or random statistics when none is given). float32 and float16 exports that differ by more
+than :data:`MIRED_TOLERANCE` raise :class:`~isplab.errors.ParityError` and write nothing; int8
+(dynamic range) differences are reported, not enforced.
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ from torch import nn
 
 from isplab.errors import IsplabError, ParityError
 from isplab.export import TFLiteRunner, export_tflite, tflite_signature
-from isplab.workflows.awb.dataset import TARGET_SIZES, AWBDataset
-from isplab.workflows.awb.train import predict
+from isplab.io.paths import prepare_output_file
+from isplab.workflows.awb.constants import TARGET_SIZES
+from isplab.workflows.awb.dataset import AWBDataset
+from isplab.workflows.awb.predict import predict
 
 # CLI spelling (the seed's model_converter.py) -> isplab.export's.
 QUANTIZE = {None: None, "float32": None, "float16": "fp16", "fp16": "fp16", "int8": "int8"}
-# float32 and float16 must agree with PyTorch within this many mireds on every image; int8 is reported.
+#: float32 and float16 must agree with PyTorch within this many mireds on every image; int8 is reported.
 MIRED_TOLERANCE = {None: 1.0, "fp16": 1.0, "int8": None}
+_UNSET = object()
 
 
 @dataclass
@@ -59,6 +64,14 @@ def check_contract(path: str | Path, target: str) -> None:
     expected_in = [(shape, np.dtype(np.float32)) for shape in inputs]
     expected_out = [(shape, np.dtype(np.float32)) for shape in outputs]
     if found_in != expected_in or found_out != expected_out:
+        image = found_in[0][0] if found_in else None
+        other = [t for t, (h, w) in TARGET_SIZES.items() if t != target and image == (1, h, w, 3)]
+        if other:
+            h, w = TARGET_SIZES[target]
+            raise IsplabError(
+                f"{path} is a {other[0]} model (image input {list(image)}) but the target is {target}, "
+                f"whose statistics are [1, {h}, {w}, 3]: use the {target} model or --target {other[0]}"
+            )
         raise IsplabError(
             f"{path}: not libcamera's {target} AWB contract: expected inputs {inputs} and outputs {outputs} "
             f"(float32), found inputs {[s for s, _ in found_in]} and outputs {[s for s, _ in found_out]}"
@@ -89,6 +102,7 @@ def export_awb(
     random_checks: int = 200,
     overwrite: bool = False,
     seed: int = 0,
+    tolerance: float | None | object = _UNSET,
 ) -> AWBExportResult:
     """Convert ``model`` to TFLite with libcamera's AWB contract and check it with LiteRT.
 
@@ -100,34 +114,35 @@ def export_awb(
         quantize: ``None``/``"float32"``, ``"float16"`` or ``"int8"`` (dynamic range: float I/O).
         dataset: images to check agreement on; without one, ``random_checks`` random statistics.
         overwrite: replace an existing ``out_path``.
+        tolerance: largest allowed difference in mireds on any image, ``None`` to only report it;
+            default :data:`MIRED_TOLERANCE` of the precision.
 
     Raises:
-        ParityError: float32/float16 output differs from PyTorch by more than 1 mired on an image.
+        IsplabError: ``out_path`` exists (without ``overwrite``) or cannot be written, checked
+            before converting; check images of another target.
+        ParityError: the export differs from PyTorch by more than the tolerance on an image.
     """
     if quantize not in QUANTIZE:
         raise IsplabError(f"unknown quantisation {quantize!r}: expected one of float16, int8")
     quantize = QUANTIZE[quantize]
-    out_path = Path(out_path)
-    if out_path.exists() and not overwrite:
-        raise IsplabError(f"{out_path} already exists: pass --overwrite or choose another -o")
+    out_path = prepare_output_file(out_path, overwrite=overwrite, what="TFLite model")
     images, lux = _check_inputs(target, dataset, random_checks, seed)
     shapes, _ = contract_shapes(target)
     if tuple(images.shape[1:]) != shapes[0][1:]:
         raise IsplabError(f"check images have shape {images.shape[1:]}, {target} needs {shapes[0][1:]}")
 
     model = model.eval().cpu()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(f".{out_path.name}.partial")
     try:
         example = (torch.from_numpy(images[:1]), torch.from_numpy(lux[:1]))
         # Element-wise parity is judged below in mireds over many images, not on one example.
         export_tflite(model, example, partial, quantize=quantize, check=False)
         check_contract(partial, target)
-        runner = TFLiteRunner(partial)
-        exported = np.array([runner([images[i : i + 1], lux[i : i + 1]])[0][0] for i in range(len(images))])
+        exported = predict(TFLiteRunner(partial), images, lux)
         reference = predict(model, images, lux)
         difference = np.abs(1e6 / exported - 1e6 / reference)  # no clamping: model vs its export
-        tolerance = MIRED_TOLERANCE[quantize]
+        if tolerance is _UNSET:
+            tolerance = MIRED_TOLERANCE[quantize]
         if tolerance is not None and difference.max() > tolerance:
             worst = int(difference.argmax())
             raise ParityError(

@@ -13,15 +13,26 @@ illuminant from T to T' is approximately the per-channel camera gain
 ``CCM5000 . diag(k) . CCM5000^-1 . stats`` (the 5000 K gains commute with ``diag(k)``). It needs
 each sensor's tuning file (:mod:`isplab.workflows.awb.tuning`); images of sensors without one are
 not re-lit.
+
+Training goes through :func:`isplab.engine.build_trainer`: a run folder (``run_dir``) holds
+``config.json``, ``log.txt``, ``checkpoints/{best,last}.ckpt`` and ``logs/``; ``resume=True``
+continues from ``checkpoints/last.ckpt`` (``config.epochs`` is then the total), and Ctrl-C stops
+after Lightning's graceful shutdown with :class:`TrainingInterrupted`, leaving ``last.ckpt`` at the
+last finished epoch. Under DDP (``devices``/``strategy``/``num_nodes``) Lightning's
+``DistributedSampler`` gives each rank its own share of the image indices of every epoch.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
+import shutil
+import signal
 import tempfile
+import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,77 +41,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
-from isplab.engine import build_trainer, configure_optimizer
+from isplab.engine import build_trainer, configure_optimizer, fit, resolve_checkpoint
+from isplab.engine.trainer import LAST_CHECKPOINT
 from isplab.errors import IsplabError
-from isplab.models.awb import TEMPERATURE_RANGE, build_awb_model, load_awb_model, member_mireds
+from isplab.io.paths import prepare_output_dir
+from isplab.models.awb import member_mireds
+from isplab.workflows.awb.config import LOSSES, TrainConfig, reference_config
+from isplab.workflows.awb.constants import TEMPERATURE_RANGE
 from isplab.workflows.awb.dataset import AWBDataset
+from isplab.workflows.awb.model import build_awb_model, load_awb_model
 
-LOSSES = ("mse", "l1")
 #: Mired grid on which each sensor's CT curve is tabulated for re-lighting.
 _RELIGHT_GRID = 256
-
-
-@dataclass
-class TrainConfig:
-    """Training options (names follow the reference ``train.py`` where it has them).
-
-    The defaults are the configuration that measured best on 5-fold grouped cross-validation of
-    Raspberry Pi's data: an ensemble of 3 ``chroma`` networks, 150
-    epochs of batch 64, noise and flip augmentation but no rotation/zoom (they slowed training 3x
-    and did not help a globally pooled network) and no re-lighting (it raised the held-out error).
-    :func:`reference_config` gives the reference recipe.
-
-    Attributes:
-        epochs: maximum epochs.
-        batch_size: images per step.
-        lr: Adam learning rate.
-        patience: early stopping after this many epochs without improvement of the monitored
-            loss (training loss, or validation loss when a validation set is given); ``None`` never.
-        lr_patience, lr_factor: multiply the LR by ``lr_factor`` after ``lr_patience`` epochs without improvement.
-        weight_decay: AdamW weight decay (0: plain Adam).
-        arch, ensemble, arch_options: the model, see :func:`isplab.models.awb.build_awb_model`.
-        loss: ``"mse"`` (mean squared mired error / 1000, the reference) or ``"l1"`` (mean mired error).
-        noise, lux_noise: half-widths of the multiplicative uniform noise on image and lux.
-        flip: random horizontal flips.
-        rotation: maximum rotation as a fraction of a full turn (Keras ``RandomRotation``).
-        zoom: maximum relative zoom in or out.
-        relight: half-width in mireds of the re-lighting shift (0: off); labels stay in 2800..7600 K.
-        tuning_dir: extra folder searched for the sensors' tuning files (re-lighting).
-        seed: seed of initialisation and augmentation.
-        device: ``"cpu"``, ``"cuda"``, ``"auto"``...
-    """
-
-    epochs: int = 150
-    batch_size: int = 64
-    lr: float = 2e-3
-    patience: int | None = 30
-    lr_patience: int = 10
-    lr_factor: float = 0.5
-    weight_decay: float = 0.0
-    arch: str = "chroma"
-    ensemble: int = 3
-    arch_options: dict[str, Any] = field(default_factory=dict)
-    loss: str = "mse"
-    noise: float = 0.1
-    lux_noise: float = 0.2
-    flip: bool = True
-    rotation: float = 0.0
-    zoom: float = 0.0
-    relight: float = 0.0
-    tuning_dir: str | None = None
-    seed: int = 0
-    device: str = "cpu"
-
-
-def reference_config(**overrides: Any) -> TrainConfig:
-    """The reference recipe: reference network, batch 8, Adam 1e-3, up to 200 epochs, no re-lighting."""
-    settings: dict[str, Any] = dict(
-        arch="reference", ensemble=1, epochs=200, batch_size=8, lr=1e-3, rotation=0.1, zoom=0.1, relight=0.0
-    )
-    settings.update(overrides)
-    return TrainConfig(**settings)
 
 
 @dataclass
@@ -200,19 +156,26 @@ def relight(
     return lit, new_mireds
 
 
-def geometric_augment(image: torch.Tensor, flip: bool, rotation: float, zoom: float) -> torch.Tensor:
+def geometric_augment(
+    image: torch.Tensor, flip: bool, rotation: float, zoom: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Random horizontal flip, rotation (fraction of a turn) and zoom of ``(B, H, W, 3)`` images.
 
     Resampling is bilinear with reflected borders, like Keras' ``RandomRotation``/``RandomZoom``.
+    Random numbers come from ``generator`` (default: torch's global one).
     """
     batch = image.shape[0]
     x = image.permute(0, 3, 1, 2)
+
+    def uniform() -> torch.Tensor:
+        return torch.rand(batch, device=image.device, generator=generator)
+
     if flip:
-        flipped = torch.rand(batch, device=image.device) < 0.5
+        flipped = uniform() < 0.5
         x = torch.where(flipped[:, None, None, None], x.flip(-1), x)
     if rotation > 0 or zoom > 0:
-        angle = (torch.rand(batch, device=image.device) * 2 - 1) * rotation * 2 * math.pi
-        scale = 1 + (torch.rand(batch, device=image.device) * 2 - 1) * zoom
+        angle = (uniform() * 2 - 1) * rotation * 2 * math.pi
+        scale = 1 + (uniform() * 2 - 1) * zoom
         cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
         zero = torch.zeros_like(cos)
         theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
@@ -222,7 +185,12 @@ def geometric_augment(image: torch.Tensor, flip: bool, rotation: float, zoom: fl
 
 
 class AWBModule(L.LightningModule):
-    """Lightning wrapper: holds the (small) dataset as buffers and augments whole batches."""
+    """Lightning wrapper: holds the (small) dataset on the training device and augments whole batches.
+
+    Batches are index tensors into the dataset, so a ``DistributedSampler`` splits the images
+    between ranks. The images are plain attributes, not buffers: checkpoints hold only the
+    model, and DDP does not broadcast the dataset at every step.
+    """
 
     def __init__(
         self,
@@ -231,35 +199,56 @@ class AWBModule(L.LightningModule):
         config: TrainConfig,
         tables: RelightTables | None = None,
         monitor: str = "train_loss",
+        log_file: Path | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.config = config
         self.monitor = monitor
-        self.register_buffer("images", torch.from_numpy(dataset.images))
-        self.register_buffer("lux", torch.from_numpy(dataset.lux))
+        self.log_file = log_file
         low, high = TEMPERATURE_RANGE
-        self.register_buffer("mireds", 1e6 / torch.from_numpy(dataset.true_temp).clamp(low, high))
+        self.data = {
+            "images": torch.from_numpy(dataset.images),
+            "lux": torch.from_numpy(dataset.lux),
+            "mireds": 1e6 / torch.from_numpy(dataset.true_temp).clamp(low, high),
+        }
         self.tables = tables
-        if tables is not None:
-            for name in ("sensor", "ccm", "ccm_inv", "rb", "curves", "enabled"):
-                self.register_buffer(f"relight_{name}", getattr(tables, name))
+        self._generator: torch.Generator | None = None
 
-    def _tables(self) -> RelightTables:
-        # Read the buffers so the tables follow the module to its device.
-        return RelightTables(**{n: getattr(self, f"relight_{n}") for n in RelightTables.__dataclass_fields__})
+    def on_train_epoch_start(self) -> None:
+        self.seed_augmentation(self.current_epoch, self.global_rank)
+
+    def seed_augmentation(self, epoch: int, rank: int) -> None:
+        """Draw this epoch's augmentation from ``(seed, epoch, rank)``: ranks differ, and a
+        resumed epoch repeats, whatever torch's global random state."""
+        state = np.random.SeedSequence([self.config.seed, epoch, rank]).generate_state(1)
+        self._generator = torch.Generator(device=self.device)
+        self._generator.manual_seed(int(state[0]))
+
+    def _uniform(self, like: torch.Tensor) -> torch.Tensor:
+        """Uniform ``[-1, 1)`` noise of ``like``'s shape from the epoch's generator."""
+        return torch.rand(like.shape, device=like.device, dtype=like.dtype, generator=self._generator) * 2 - 1
+
+    def _on_device(self) -> tuple[dict[str, torch.Tensor], RelightTables | None]:
+        if self.data["images"].device != self.device:
+            self.data = {name: t.to(self.device) for name, t in self.data.items()}
+            if self.tables is not None:
+                fields = RelightTables.__dataclass_fields__
+                self.tables = RelightTables(**{n: getattr(self.tables, n).to(self.device) for n in fields})
+        return self.data, self.tables
 
     def _batch(self, index: torch.Tensor, augment: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        image, lux, mireds = self.images[index], self.lux[index], self.mireds[index]
+        data, tables = self._on_device()
+        image, lux, mireds = data["images"][index], data["lux"][index], data["mireds"][index]
         if not augment:
             return image, lux, mireds
         cfg = self.config
-        if cfg.relight > 0 and self.tables is not None:
-            shift = (torch.rand_like(mireds) * 2 - 1) * cfg.relight
-            image, mireds = relight(image, mireds, shift, index, self._tables())
-        image = image * (1 + (torch.rand_like(image) * 2 - 1) * cfg.noise)
-        lux = lux * (1 + (torch.rand_like(lux) * 2 - 1) * cfg.lux_noise)
-        image = geometric_augment(image, cfg.flip, cfg.rotation, cfg.zoom)
+        if cfg.relight > 0 and tables is not None:
+            shift = self._uniform(mireds) * cfg.relight
+            image, mireds = relight(image, mireds, shift, index, tables)
+        image = image * (1 + self._uniform(image) * cfg.noise)
+        lux = lux * (1 + self._uniform(lux) * cfg.lux_noise)
+        image = geometric_augment(image, cfg.flip, cfg.rotation, cfg.zoom, self._generator)
         return image, lux, mireds
 
     def _loss(self, index: torch.Tensor, augment: bool) -> torch.Tensor:
@@ -271,11 +260,13 @@ class AWBModule(L.LightningModule):
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch, augment=True)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch))
+        # sync_dist: every rank must see the same monitored value (LR schedule, early stopping).
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch), sync_dist=True)
         return loss
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        self.log("val_loss", self._loss(batch, augment=False), on_epoch=True, batch_size=len(batch))
+        loss = self._loss(batch, augment=False)
+        self.log("val_loss", loss, on_epoch=True, batch_size=len(batch), sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.config
@@ -290,6 +281,77 @@ class AWBModule(L.LightningModule):
             plateau_patience=cfg.lr_patience,
         )
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["awb_config"] = getattr(self.model, "awb_config", None)
+
+
+class _TextLog(Callback):
+    """Appends one line per epoch (losses, learning rate) to the run's ``log.txt``; each fit starts a section."""
+
+    def __init__(self, path: Path, header: str) -> None:
+        self.path, self.header = path, header
+
+    @rank_zero_only
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        with self.path.open("a") as handle:
+            handle.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} {self.header}\n")
+
+    @rank_zero_only
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        values = " ".join(f"{name} {float(metrics[name]):.4f}" for name in ("train_loss", "val_loss") if name in metrics)
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+        with self.path.open("a") as handle:
+            handle.write(f"epoch {trainer.current_epoch}: {values}" + (f" lr {lr:.3g}" if lr is not None else "") + "\n")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C (after Lightning's graceful shutdown).
+
+    Attributes:
+        checkpoint: ``run_dir/checkpoints/last.ckpt`` (the last finished epoch; resume from it),
+            or ``None`` when nothing can be resumed (no epoch finished, or a temporary run folder).
+        epochs_done: epochs finished in the checkpoint.
+    """
+
+    def __init__(self, checkpoint: Path | None, epochs_done: int) -> None:
+        super().__init__(f"training interrupted after {epochs_done} epochs")
+        self.checkpoint = checkpoint
+        self.epochs_done = epochs_done
+
+
+#: What a training run writes into its run folder.
+RUN_FILES = ("checkpoints", "logs", "config.json", "log.txt")
+
+
+def prepare_run_dir(run_dir: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
+    """Check a run folder before training: a folder holding an earlier run is refused unless
+    ``resume`` (it must then hold ``checkpoints/last.ckpt``) or ``overwrite`` (the earlier run's
+    :data:`RUN_FILES` are deleted; other files are left alone).
+
+    Raises:
+        IsplabError: an earlier run and neither flag, both flags, nothing to resume, or a folder
+            that cannot be written.
+    """
+    if overwrite and resume:
+        raise IsplabError("--overwrite starts afresh and --resume continues: choose one")
+    folder = prepare_output_dir(run_dir, overwrite=overwrite, resume=resume, names=RUN_FILES, what="run folder")
+    if resume:
+        resolve_checkpoint(folder, True)
+    if overwrite and is_global_zero():
+        for name in RUN_FILES:
+            path = folder / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    return folder
+
+
+def is_global_zero() -> bool:
+    """Whether this process is rank 0 (always true outside DDP); only rank 0 writes results."""
+    return getattr(rank_zero_only, "rank", 0) == 0
+
 
 def train_model(
     dataset: AWBDataset,
@@ -298,8 +360,10 @@ def train_model(
     weights: np.ndarray | None = None,
     input_model: nn.Module | str | Path | None = None,
     run_dir: str | Path | None = None,
+    resume: bool = False,
     progress: bool = True,
     val_dataset: AWBDataset | None = None,
+    callbacks: list[Callback] | None = None,
 ) -> nn.Module:
     """Train an AWB model on ``dataset`` and return it (CPU, eval mode).
 
@@ -309,59 +373,114 @@ def train_model(
         weights: ``(N,)`` positive integer repeat counts (the duplicates file): image ``i`` appears
             ``weights[i]`` times per epoch.
         input_model: model or ``.pt`` path to continue training from (its arch wins over ``config``'s).
-        run_dir: where Lightning writes checkpoints and logs; ``None``: a temporary folder.
+        run_dir: the run folder (``config.json``, ``log.txt``, checkpoints, logs); ``None``: a
+            temporary folder, deleted afterwards.
+        resume: continue from ``run_dir/checkpoints/last.ckpt`` up to ``config.epochs`` in total.
         progress: show a progress bar.
         val_dataset: optional held-out images; early stopping and LR reduction then watch their loss.
+        callbacks: extra Lightning callbacks.
 
     Raises:
-        IsplabError: empty dataset, bad weights or loss, or an input model of another target.
+        IsplabError: empty dataset, bad weights or loss, an input model of another target, or a
+            resume without a checkpoint or from one of another model.
+        TrainingInterrupted: Ctrl-C; ``run_dir``'s ``last.ckpt`` holds the last finished epoch.
     """
     config = config or TrainConfig()
     if len(dataset) == 0:
         raise IsplabError("cannot train on an empty dataset")
     if config.loss not in LOSSES:
         raise IsplabError(f"unknown AWB loss {config.loss!r}: expected one of {', '.join(LOSSES)}")
+    if config.epochs < 1 or config.batch_size < 1:
+        raise IsplabError(f"epochs and batch_size must be at least 1, got {config.epochs} and {config.batch_size}")
     repeats = np.ones(len(dataset), dtype=np.int64) if weights is None else np.asarray(weights)
     if repeats.shape != (len(dataset),) or (repeats < 1).any() or not np.issubdtype(repeats.dtype, np.integer):
         raise IsplabError(f"weights must be {len(dataset)} positive integer repeat counts, got {repeats!r}")
+    if resume and input_model is not None:
+        raise IsplabError("resume continues the run's own model: do not also give an input model")
     if run_dir is None:
+        if resume:
+            raise IsplabError("resume needs the run folder (run_dir) that holds checkpoints/last.ckpt")
         with tempfile.TemporaryDirectory(prefix="isplab-awb-") as tmp:
             return train_model(
                 dataset, config, weights=weights, input_model=input_model, run_dir=tmp,
-                progress=progress, val_dataset=val_dataset,
+                progress=progress, val_dataset=val_dataset, callbacks=callbacks,
             )
+    run_dir = Path(run_dir)
+    checkpoint = resolve_checkpoint(run_dir, resume or None)
 
     monitor = "val_loss" if val_dataset is not None else "train_loss"
+    header = f"fit: {config.epochs} epochs" + (f", resumed from {checkpoint}" if checkpoint else "")
     trainer = build_trainer(
         run_dir,
         max_epochs=config.epochs,
         device=config.device,
-        devices=1,
+        devices=config.devices,
+        strategy=config.strategy,
+        num_nodes=config.num_nodes,
         monitor=monitor,
         early_stopping_patience=config.patience,
         seed=config.seed,
         progress=progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        callbacks=[_TextLog(run_dir / "log.txt", header), *(callbacks or [])],
     )
     model = _initial_model(dataset.target, config, input_model)
+    if checkpoint is not None:
+        _check_same_model(checkpoint, model)
     tables = relight_tables(dataset, config.tuning_dir) if config.relight > 0 else None
     val_loader = None
     data = dataset
     if val_dataset is not None:
-        # Validation images are appended to the module's buffers (never augmented) so one module serves both.
+        # Validation images are appended to the module's data (never augmented) so one module serves both.
         data = _concat(dataset, val_dataset)
         tables = tables and _pad_tables(tables, len(val_dataset))
         val_loader = DataLoader(torch.arange(len(dataset), len(data)), batch_size=256)
     module = AWBModule(model, data, config, tables, monitor)
     index = torch.from_numpy(np.repeat(np.arange(len(dataset)), repeats))
     loader = DataLoader(index, batch_size=config.batch_size, shuffle=True)
+    if is_global_zero():
+        (run_dir / "config.json").write_text(json.dumps(
+            {**asdict(config), "target": dataset.target, "images": len(dataset), "resumed": bool(checkpoint)}, indent=2
+        ))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*The number of training batches.*")
         warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
-        trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader)
+        warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+        try:
+            fit(trainer, module, loader, val_loader, resume=checkpoint)
+        except SystemExit:
+            # Lightning turns Ctrl-C into a graceful shutdown, then sys.exit(1), ignoring SIGINT after.
+            if not trainer.interrupted:
+                raise
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            last = run_dir / "checkpoints" / LAST_CHECKPOINT
+            raise TrainingInterrupted(last if last.is_file() else None, _epochs_done(last)) from None
     return module.model.cpu().eval()
+
+
+def _epochs_done(checkpoint: Path) -> int:
+    if not checkpoint.is_file():
+        return 0
+    try:
+        return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"]) + 1
+    except Exception:
+        return 0
+
+
+def _check_same_model(checkpoint: Path, model: nn.Module) -> None:
+    try:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except Exception:
+        raise IsplabError(f"cannot resume: {checkpoint} is not a readable training checkpoint") from None
+    config = saved.get("awb_config") if isinstance(saved, dict) else None
+    if config is None:
+        raise IsplabError(f"cannot resume: {checkpoint} is not an AWB training checkpoint")
+    if config != model.awb_config:
+        raise IsplabError(
+            f"cannot resume from {checkpoint}: it was trained as {config} but the options give {model.awb_config}"
+        )
 
 
 def _initial_model(target: str, config: TrainConfig, input_model: nn.Module | str | Path | None) -> nn.Module:
@@ -401,21 +520,3 @@ def _pad_tables(tables: RelightTables, count: int) -> RelightTables:
         curves=tables.curves,
         enabled=pad(tables.enabled, torch.tensor(False)),
     )
-
-
-@torch.no_grad()
-def predict(model: nn.Module, images: np.ndarray, lux: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Predicted colour temperatures ``(N,)`` kelvin (float64) of ``(N, H, W, 3)`` images and ``(N,)`` lux."""
-    was_training = model.training
-    model.eval()
-    try:
-        parameter = next(model.parameters(), None)
-        device = parameter.device if parameter is not None else torch.device("cpu")
-        out = []
-        for start in range(0, len(images), batch_size):
-            image = torch.as_tensor(np.asarray(images[start : start + batch_size], dtype=np.float32), device=device)
-            light = torch.as_tensor(np.asarray(lux[start : start + batch_size], dtype=np.float32), device=device)
-            out.append(model(image, light).double().cpu().numpy())
-    finally:
-        model.train(was_training)
-    return np.concatenate(out) if out else np.zeros(0)

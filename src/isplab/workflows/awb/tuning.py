@@ -30,6 +30,8 @@ import cv2
 import numpy as np
 
 from isplab.errors import IsplabError
+from isplab.io.paths import prepare_output_file
+from isplab.workflows.awb.constants import TARGETS
 
 __all__ = [
     "CANONICAL_CT",
@@ -43,7 +45,6 @@ __all__ = [
     "write_tuning",
 ]
 
-TARGETS = ("pisp", "vc4")
 #: Where libcamera installs Raspberry Pi tuning files (``<dir>/<target>/<sensor>.json``); a local
 #: build in /usr/local shadows the distribution's, as in Raspberry Pi's gen_tuning.py.
 SYSTEM_TUNING_DIRS = (Path("/usr/local/share/libcamera/ipa/rpi"), Path("/usr/share/libcamera/ipa/rpi"))
@@ -420,9 +421,7 @@ def write_tuning(data: dict, path: str | Path, overwrite: bool = False) -> Path:
     Raises:
         IsplabError: ``path`` exists and ``overwrite`` is false, or the file cannot be written.
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise IsplabError(f"{path} already exists; pass overwrite=True to replace it")
+    path = prepare_output_file(path, overwrite=overwrite, what="tuning file")
     text = dumps_tuning(data)
     partial = path.with_name(f".{path.name}.partial")
     try:

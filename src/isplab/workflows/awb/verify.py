@@ -3,7 +3,8 @@
 The counterpart of the seed's ``verify.py``. Inputs are either statistics PNGs named
 ``<user>,<sensor>,<id>,<true_temp>,<lux>,<camera_temp>.png`` or annotated DNGs, which go through
 the same conversion as ``isplab awb convert``. The model is a ``.pt`` (PyTorch) or a ``.tflite``
-(libcamera contract); :func:`load_predictor` hides the difference. Typical use::
+(libcamera contract); :func:`isplab.workflows.awb.predict.load_predictor` hides the difference.
+Typical use::
 
     for row in verify(["a.dng", "b.png"], "model.tflite", tuning_dir="tunings/pisp"):
         print(row.path.name, row.predicted_temp, row.true_temp, row.failure)
@@ -11,7 +12,7 @@ the same conversion as ``isplab awb convert``. The model is a ``.pt`` (PyTorch) 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -19,57 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from isplab.errors import IsplabError
-from isplab.export import TFLiteRunner
 from isplab.io import read_image
-from isplab.models.awb import load_awb_model
+from isplab.workflows.awb.constants import TARGET_SIZES
 from isplab.workflows.awb.convert import convert_dng
-from isplab.workflows.awb.dataset import TARGET_SIZES, mired_error, parse_stats_name
-from isplab.workflows.awb.evaluate import predict_tflite
-from isplab.workflows.awb.train import predict
+from isplab.workflows.awb.dataset import mired_error, parse_stats_name
+from isplab.workflows.awb.predict import Predictor, load_predictor
 
-
-class Predictor:
-    """A loaded AWB model as a function ``(images (N, H, W, 3), lux (N,)) -> (N,)`` kelvin.
-
-    Attributes:
-        target: the target whose zone grid the model takes (``"pisp"``/``"vc4"``).
-        source: the model file.
-    """
-
-    def __init__(self, function: Callable[[np.ndarray, np.ndarray], np.ndarray], target: str, source: Path) -> None:
-        self._function = function
-        self.target = target
-        self.source = source
-
-    def __call__(self, images: np.ndarray, lux: np.ndarray) -> np.ndarray:
-        images = np.asarray(images, dtype=np.float32)
-        if images.shape[1:] != (*TARGET_SIZES[self.target], 3):
-            height, width = TARGET_SIZES[self.target]
-            raise IsplabError(
-                f"model '{self.source}' is for {self.target} ({width} wide x {height} high zones), "
-                f"got images of shape {images.shape[1:]}"
-            )
-        return np.asarray(self._function(images, np.asarray(lux, dtype=np.float32)), dtype=np.float64)
-
-
-def load_predictor(path: str | PathLike[str]) -> Predictor:
-    """Load a ``.tflite`` (run with LiteRT) or an isplab ``.pt`` AWB model (run with PyTorch).
-
-    Raises:
-        IsplabError: missing file, a file that is not an AWB model, or a ``.tflite`` whose image
-            input is not ``[1, H, W, 3]`` of a known target's zone grid.
-    """
-    path = Path(path)
-    if path.suffix.lower() != ".tflite":
-        model = load_awb_model(path)
-        return Predictor(lambda images, lux: predict(model, images, lux), model.awb_config["target"], path)
-    runner = TFLiteRunner(path)
-    shape = tuple(int(n) for n in runner.input_details[0]["shape"])
-    targets = [t for t, (h, w) in TARGET_SIZES.items() if shape == (1, h, w, 3)]
-    if not targets:
-        sizes = ", ".join(f"{t} [1, {h}, {w}, 3]" for t, (h, w) in TARGET_SIZES.items())
-        raise IsplabError(f"TFLite model '{path}' has image input shape {list(shape)}: expected {sizes}")
-    return Predictor(lambda images, lux: predict_tflite(runner, images, lux), targets[0], path)
+__all__ = ["Predictor", "VerifyRow", "load_predictor", "verify"]
 
 
 @dataclass(frozen=True)
@@ -137,6 +94,8 @@ def _load(
     path: Path, target: str, tuning_dir: str | PathLike[str] | None
 ) -> tuple[np.ndarray, float, float, float]:
     """``(image (H, W, 3) float32 in [0, 1], true_temp, lux, camera_temp)`` of a PNG or DNG."""
+    if not path.is_file():
+        raise IsplabError(f"'{path}' not found" if not path.exists() else f"'{path}' is not a file")
     suffix = path.suffix.lower()
     if suffix == ".dng":
         stats, true_temp, lux, camera_temp, _ = convert_dng(path, target, tuning_dir=tuning_dir)

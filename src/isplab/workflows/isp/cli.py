@@ -2,20 +2,41 @@
 
 The seed's scripts map to: ``train_model.py`` -> ``train`` (``--resume`` continues), ``test_model.py``
 -> ``test``, full-resolution inference -> ``run``, latency -> ``bench``, TFLite/ONNX -> ``export``.
+Command shapes follow ``docs/conventions.md``: ``train DATASET MODEL_DIR``, ``test DATASET --model M``,
+``run RAW... --model M -o OUT``, ``export MODEL``. The old spellings ``--data``/``--model-dir`` and
+``--quantize fp16`` are accepted as hidden aliases.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from isplab.cli_options import (
+    Device,
+    Devices,
+    NumNodes,
+    Overwrite,
+    Progress,
+    Quantize,
+    Resume,
+    Seed,
+    Strategy,
+    parse_quantize,
+    trainer_options,
+)
 from isplab.errors import IsplabError
 
 app = typer.Typer(help="Learned smartphone ISP: RAW Bayer to RGB (train, test, run, bench, export).", no_args_is_help=True)
 console = Console()
+
+Model = Annotated[Path, typer.Option("--model", "-m", help="Trained model (model.pt from isplab isp train).")]
+#: hidden alias of the DATASET positional (old spelling)
+DataAlias = Annotated[Path | None, typer.Option("--data", hidden=True)]
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -29,76 +50,112 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _dataset(positional: Path | None, alias: Path | None) -> Path:
+    if positional is not None and alias is not None and positional != alias:
+        raise IsplabError(f"two datasets given ({positional} and --data {alias}): expected one DATASET")
+    dataset = positional or alias
+    if dataset is None:
+        raise IsplabError("missing DATASET: expected the dataset folder as the first argument")
+    return dataset
+
+
 @app.command("train")
 def train(
-    data: Path = typer.Option(..., "--data", help="Dataset root: MAI (train/mediatek_raw + fujifilm), Zurich, or a DNG folder."),
-    model_dir: Path = typer.Option(Path("models"), "--model-dir", help="Checkpoints, logs and model.pt go here."),
-    arch: str = typer.Option("punet", "--arch", help="punet, lfnet or nafnet."),
-    num_maps_base: int = typer.Option(16, "--num-maps-base", help="Base channel count (e.g. 8, 16, 32)."),
-    patch: int = typer.Option(256, "--patch", help="Raw patch size (input patch/2 x patch/2 x 4, output patch x patch x 3)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Patches per step."),
-    lr: float = typer.Option(5e-5, "--lr", help="Adam learning rate."),
-    iters: int = typer.Option(100_000, "--iters", help="Training iterations."),
-    eval_every: int = typer.Option(1000, "--eval-every", help="Validate every this many iterations."),
-    train_size: int = typer.Option(5000, "--train-size", help="Random patches drawn per epoch (re-sampled each epoch)."),
-    mse: float = typer.Option(20.0, "--mse", help="Weight of the MSE term."),
-    l1: float = typer.Option(0.0, "--l1", help="Weight of the L1 term."),
-    ssim: float = typer.Option(20.0, "--ssim", help="Weight of the (1 - SSIM) term."),
-    vgg: float = typer.Option(0.0, "--vgg", help="Weight of the VGG-19 relu5_4 content term (needs weights)."),
-    vgg_weights: Path | None = typer.Option(None, "--vgg-weights", help="Local VGG-19 weights file (torchvision state dict)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from MODEL_DIR's last checkpoint."),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
-    devices: str = typer.Option("auto", "--devices", help="Devices per node (e.g. 4), for DDP."),
-    strategy: str = typer.Option("auto", "--strategy", help="auto or ddp (several GPUs/nodes)."),
-    num_nodes: int = typer.Option(1, "--num-nodes", help="Machines (torchrun/SLURM set the rest)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    dataset: Annotated[Path | None, typer.Argument(metavar="DATASET", help="Dataset root: MAI (train/mediatek_raw + fujifilm), Zurich, or a DNG folder.", show_default=False)] = None,
+    model_dir: Annotated[Path | None, typer.Argument(metavar="MODEL_DIR", help="Run folder: model.pt, config.json, log.txt, checkpoints/ and logs/ go here.", show_default=False)] = None,
+    arch: Annotated[str, typer.Option("--arch", help="punet, lfnet or nafnet.")] = "punet",
+    num_maps_base: Annotated[int, typer.Option("--num-maps-base", help="Base channel count (e.g. 8, 16, 32).")] = 16,
+    patch: Annotated[int, typer.Option("--patch", help="Raw patch size (input patch/2 x patch/2 x 4, output patch x patch x 3).")] = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Patches per step and per device.")] = 32,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 5e-5,
+    iters: Annotated[int, typer.Option("--iters", help="Training iterations (the total, also when resuming).")] = 100_000,
+    eval_every: Annotated[int, typer.Option("--eval-every", help="Validate, log and checkpoint every this many iterations.")] = 1000,
+    train_size: Annotated[int, typer.Option("--train-size", help="Random patches per epoch (re-drawn each epoch).")] = 5000,
+    mse: Annotated[float, typer.Option("--mse", help="Weight of the MSE term.")] = 20.0,
+    l1: Annotated[float, typer.Option("--l1", help="Weight of the L1 term.")] = 0.0,
+    ssim: Annotated[float, typer.Option("--ssim", help="Weight of the (1 - SSIM) term.")] = 20.0,
+    vgg: Annotated[float, typer.Option("--vgg", help="Weight of the VGG-19 relu5_4 content term (needs weights; the challenge recipe uses 1).")] = 0.0,
+    vgg_weights: Annotated[Path | None, typer.Option("--vgg-weights", help="Local VGG-19 weights file (torchvision state dict); default: torch's hub cache.", show_default=False)] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Dataloader worker processes per device.")] = 0,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+    seed: Seed = 0,
+    device: Device = "auto",
+    devices: Devices = "auto",
+    strategy: Strategy = "auto",
+    num_nodes: NumNodes = 1,
+    progress: Progress = True,
+    data: DataAlias = None,
+    model_dir_alias: Annotated[Path | None, typer.Option("--model-dir", hidden=True)] = None,
 ) -> None:
     """Train a RAW-to-RGB network on patches (the seed's train_model.py)."""
     from isplab.workflows.isp.train import ISPTrainConfig, train_isp
 
+    if data is not None and model_dir is None and dataset is not None and dataset != data:
+        dataset, model_dir = None, dataset  # `--data D M`: the one positional is the model folder
+    data_root = _dataset(dataset, data)
+    if model_dir is not None and model_dir_alias is not None and model_dir != model_dir_alias:
+        raise IsplabError(f"two model folders given ({model_dir} and --model-dir {model_dir_alias}): expected one MODEL_DIR")
+    model_dir = model_dir or model_dir_alias
+    if model_dir is None:
+        if data is None:
+            raise IsplabError("missing MODEL_DIR: expected the run folder as the second argument")
+        model_dir = Path("models")  # the old --data/--model-dir spelling's default
+    options = trainer_options(device, devices, strategy, num_nodes)
     config = ISPTrainConfig(
         arch=arch, num_maps_base=num_maps_base, patch=patch, batch_size=batch_size, lr=lr, iters=iters,
         eval_every=eval_every, patches_per_epoch=train_size, mse=mse, l1=l1, ssim=ssim, vgg=vgg,
-        vgg_weights=vgg_weights, seed=seed, device=device, devices=devices, strategy=strategy, num_nodes=num_nodes,
+        vgg_weights=vgg_weights, seed=seed, workers=workers, **options.as_kwargs(),
     )
-    best = train_isp(data, model_dir, config, resume=resume, progress=progress)
+    best = train_isp(data_root, model_dir, config, resume=resume, overwrite=overwrite, progress=progress)
     console.print(f"best checkpoint: {best}; model: {model_dir / 'model.pt'}")
 
 
 @app.command("test")
 def test(
-    data: Path = typer.Option(..., "--data", help="Dataset root."),
-    model: Path = typer.Option(..., "--model", help="Model (.pt from isplab isp train)."),
-    split: str = typer.Option("test", "--split", help="Which split to score (test, val, train)."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Write side-by-side images and a report here."),
-    max_images: int | None = typer.Option(None, "--max-images", help="Score only the first N images."),
+    dataset: Annotated[Path | None, typer.Argument(metavar="DATASET", help="Dataset root (as for train).", show_default=False)] = None,
+    model: Model = ...,
+    split: Annotated[str, typer.Option("--split", help="Which split to score (test, val, train).")] = "test",
+    out: Annotated[Path | None, typer.Option("--output", "-o", help="Write side-by-side images and report.html here.", show_default=False)] = None,
+    max_images: Annotated[int | None, typer.Option("--max-images", help="Score only the first N images (default: all).", show_default=False)] = None,
+    device: Device = "auto",
+    overwrite: Overwrite = False,
+    data: DataAlias = None,
+    out_alias: Annotated[Path | None, typer.Option("--out", hidden=True)] = None,
 ) -> None:
     """PSNR (challenge batch-pooled and per-image mean), SSIM and MS-SSIM on a split."""
+    from isplab.engine.trainer import resolve_accelerator
     from isplab.models.isp import load_isp_model
     from isplab.workflows.isp.data import open_pairs
     from isplab.workflows.isp.evaluate import test_isp
 
-    result = test_isp(load_isp_model(model), open_pairs(data, split), out_dir=out, max_images=max_images)
+    if out is not None and out_alias is not None and out != out_alias:
+        raise IsplabError(f"two output folders given ({out} and --out {out_alias}): expected one --output")
+    out = out or out_alias
+    source = open_pairs(_dataset(dataset, data), split)
+    accelerator = resolve_accelerator(device)
+    result = test_isp(load_isp_model(model), source, out_dir=out, max_images=max_images, device=accelerator,
+                      overwrite=overwrite)
     console.print(result.summary())
 
 
 @app.command("run")
 def run(
-    raws: list[Path] = typer.Argument(..., help="Raw files (DNG, NEF, ... or 16-bit PNG raws with --packing challenge)."),
-    model: Path = typer.Option(..., "--model", help="Model (.pt)."),
-    out: Path = typer.Option(..., "--output", "-o", help="Output folder (<stem>.png per input)."),
-    tile: int = typer.Option(512, "--tile", help="Tile size in packed pixels (memory bound)."),
-    overlap: int = typer.Option(32, "--overlap", help="Overlap between tiles, blended smoothly."),
-    packing: str = typer.Option("dng", "--packing", help="dng (black/white level, R Gr Gb B) or challenge (MAI PNG raws)."),
-    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    raws: Annotated[list[Path], typer.Argument(metavar="RAW", help="Raw files (DNG, NEF, ... or 16-bit PNG raws with --packing challenge).")],
+    model: Model = ...,
+    out: Annotated[Path, typer.Option("--output", "-o", help="Output folder (<stem>.png per input).")] = ...,
+    tile: Annotated[int, typer.Option("--tile", help="Tile size in packed pixels (memory bound).")] = 512,
+    overlap: Annotated[int, typer.Option("--overlap", help="Overlap between tiles, blended smoothly.")] = 32,
+    packing: Annotated[str, typer.Option("--packing", help="dng (black/white level, R Gr Gb B) or challenge (MAI PNG raws).")] = "dng",
+    device: Device = "auto",
+    overwrite: Overwrite = False,
 ) -> None:
     """Full-resolution inference on raw files of any size, in overlapping tiles."""
     from isplab.engine.trainer import resolve_accelerator
     from isplab.models.isp import load_isp_model
-    from isplab.workflows.isp.infer import process_files
+    from isplab.workflows.isp.infer import check_outputs, process_files
 
+    check_outputs(raws, out, overwrite=overwrite)  # before loading anything
     result = process_files(raws, load_isp_model(model), out, tile=tile, overlap=overlap, packing=packing,
                            device=resolve_accelerator(device), overwrite=overwrite)
     for path in result.written:
@@ -111,12 +168,12 @@ def run(
 
 @app.command("bench")
 def bench(
-    size: str = typer.Option("1088x1920", "--size", help="Output frame HEIGHTxWIDTH (input is half size, 4 planes)."),
-    arch: list[str] = typer.Option(["punet", "lfnet", "nafnet"], "--arch", help="Architectures (repeatable)."),
-    num_maps_base: int = typer.Option(16, "--num-maps-base"),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
-    runs: int = typer.Option(5, "--runs", help="Timed runs per backend (median reported)."),
-    backend: list[str] = typer.Option(["eager", "compile", "onnxruntime"], "--backend", help="Backends (repeatable)."),
+    size: Annotated[str, typer.Option("--size", help="Output frame HEIGHTxWIDTH (input is half size, 4 planes).")] = "1088x1920",
+    arch: Annotated[list[str], typer.Option("--arch", help="Architectures (repeatable).")] = ["punet", "lfnet", "nafnet"],  # noqa: B006
+    num_maps_base: Annotated[int, typer.Option("--num-maps-base", help="Base channel count.")] = 16,
+    device: Device = "cpu",
+    runs: Annotated[int, typer.Option("--runs", help="Timed runs per backend (median reported).")] = 5,
+    backend: Annotated[list[str], typer.Option("--backend", help="Backends (repeatable).")] = ["eager", "compile", "onnxruntime"],  # noqa: B006
 ) -> None:
     """Latency of one frame for PyTorch eager, torch.compile and ONNX Runtime."""
     from isplab.engine.trainer import resolve_accelerator
@@ -135,15 +192,25 @@ def bench(
 
 @app.command("export")
 def export(
-    model: Path = typer.Option(..., "--model", help="Model (.pt)."),
-    fmt: str = typer.Option("onnx", "--format", help="onnx (dynamic + fixed 1x544x960x4) or tflite (fixed)."),
-    out: Path | None = typer.Option(None, "--output", "-o", help="Output folder (default: next to the model)."),
-    quantize: str | None = typer.Option(None, "--quantize", help="fp16 or int8."),
+    model: Annotated[Path | None, typer.Argument(metavar="MODEL", help="Model (model.pt from isplab isp train).", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option("--output", "-o", help="Output folder (default: the model's folder).", show_default=False)] = None,
+    fmt: Annotated[str, typer.Option("--format", help="onnx (dynamic + fixed 1x544x960x4) or tflite (fixed).")] = "onnx",
+    quantize: Quantize = None,
+    overwrite: Overwrite = False,
+    model_alias: Annotated[Path | None, typer.Option("--model", hidden=True)] = None,
 ) -> None:
     """Export with preprocessing inside: a dynamic-size model and the challenge's fixed 1x544x960x4 one."""
     from isplab.models.isp import load_isp_model
-    from isplab.workflows.isp.export import export_isp
+    from isplab.workflows.isp.export import export_isp, export_paths
 
-    paths = export_isp(load_isp_model(model), out or model.parent, format=fmt, quantize=quantize)
-    for path in paths:
+    if model is not None and model_alias is not None and model != model_alias:
+        raise IsplabError(f"two models given ({model} and --model {model_alias}): expected one MODEL")
+    model = model or model_alias
+    if model is None:
+        raise IsplabError("missing MODEL: expected the model file (model.pt) as the argument")
+    precision = parse_quantize(quantize)
+    out_dir = out or model.parent
+    network = load_isp_model(model)
+    export_paths(network, out_dir, format=fmt, quantize=precision, overwrite=overwrite)  # refuse before exporting
+    for path in export_isp(network, out_dir, format=fmt, quantize=precision, overwrite=overwrite):
         console.print(f"wrote {path}")

@@ -279,19 +279,29 @@ def phase_offset(pattern: str, k: int, flip: bool) -> tuple[int, int]:
 
 
 class PatchDataset(Dataset):
-    """Random training patches, re-drawn every time an item is read.
+    """Random training patches: item ``i`` of epoch ``e`` is a pure function of ``(seed, e, i)``.
 
     Item: ``(packed (4, patch/2, patch/2), target (3, patch, patch))`` from a random image of
     ``source`` at a random even raw offset, augmented (see the module docstring) when ``augment``.
+    Every random choice of an item comes from ``numpy.random.default_rng([seed, epoch, index])``,
+    never from a global generator, so:
+
+    - under DDP, where Lightning's ``DistributedSampler`` hands each rank different indices, the
+      ranks train on different patches (the same seed on every rank is fine);
+    - dataloader workers need no seeding of their own, and a run is reproducible whatever the
+      number of workers or ranks;
+    - a new epoch (:meth:`set_epoch`) draws new patches. :func:`isplab.engine.build_trainer`'s
+      trainers call it at the start of every epoch (and of every fit, for a resume).
+
+    The epoch lives in shared memory, so dataloader worker processes, persistent ones included,
+    see :meth:`set_epoch` calls made in the main process.
 
     Args:
         source: the pairs.
         patch: raw patch side in raw pixels (even), e.g. 256 -> 128x128x4 input, 256x256x3 target.
         patches_per_epoch: the dataset's length (the seed's ``train_size``).
         augment: random rotations/flips that keep the CFA phase.
-        seed: ``None`` draws from torch's global RNG (Lightning seeds it per worker and epoch, so
-            patches change each epoch); an int makes item ``i`` a function of
-            ``(seed, epoch, i)`` with the epoch set by :meth:`set_epoch`.
+        seed: the run's seed.
 
     Images larger than the patch give every transform (the crop needs one spare raw pixel to
     re-align); an image exactly patch-sized only allows the transforms that need no shift.
@@ -299,7 +309,7 @@ class PatchDataset(Dataset):
 
     def __init__(
         self, source: PairSource, patch: int = 256, patches_per_epoch: int = 5000, augment: bool = True,
-        seed: int | None = None,
+        seed: int = 0,
     ) -> None:
         if patch < 2 or patch % 2:
             raise IsplabError(f"patch must be a positive even number of raw pixels, got {patch}")
@@ -307,22 +317,28 @@ class PatchDataset(Dataset):
             raise IsplabError(f"patches_per_epoch must be at least 1, got {patches_per_epoch}")
         if len(source) == 0:
             raise IsplabError(f"no pairs in {source.root}")
-        self.source, self.patch, self.augment, self.seed = source, patch, augment, seed
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+            raise IsplabError(f"seed must be a non-negative integer, got {seed!r}")
+        self.source, self.patch, self.augment, self.seed = source, patch, augment, int(seed)
         self.patches_per_epoch = patches_per_epoch
-        self.epoch = 0
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose patches the dataset returns (0 until :meth:`set_epoch`)."""
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose patches a seeded dataset returns."""
-        self.epoch = epoch
+        """Select the epoch whose patches the dataset returns (seen by worker processes too)."""
+        self._epoch.fill_(int(epoch))
 
     def __len__(self) -> int:
         return self.patches_per_epoch
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.seed is None:
-            rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
-        else:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
+        if not 0 <= index < self.patches_per_epoch:
+            raise IndexError(f"patch index {index} out of range for {self.patches_per_epoch} patches per epoch")
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
         i = int(rng.integers(len(self.source)))
         mosaic, target, pattern = self.source.load_mosaic(i)
         h, w = mosaic.shape

@@ -24,6 +24,7 @@ from torchmetrics.functional.image import multiscale_structural_similarity_index
 
 from isplab.engine import Report, psnr, psnr_pooled, save_png, ssim
 from isplab.errors import IsplabError
+from isplab.io.paths import prepare_output_dir
 from isplab.workflows.isp.data import PairSource, packed_to_rgb
 
 #: torchmetrics' (and Wang et al.'s) weights of the 5 MS-SSIM scales
@@ -111,6 +112,7 @@ def test_isp(
     max_images: int | None = None,
     batch_size: int = 8,
     device: str | torch.device | None = None,
+    overwrite: bool = False,
 ) -> ISPTestResult:
     """Score ``model`` on every pair of ``source`` (or the first ``max_images``).
 
@@ -122,19 +124,25 @@ def test_isp(
         max_images: score only this many.
         batch_size: images pooled per ``psnr_pooled`` batch (a batch also ends where the image size changes).
         device: where to run; default: the model's device.
+        overwrite: replace ``report.html`` and images already in ``out_dir`` (refused otherwise,
+            before any image is scored).
 
     Raises:
-        IsplabError: empty source or bad ``batch_size``.
+        IsplabError: empty source, bad ``batch_size``, or ``out_dir`` holding outputs (without
+            ``overwrite``) or not writable.
     """
     if batch_size < 1:
         raise IsplabError(f"batch_size must be at least 1, got {batch_size}")
     count = len(source) if max_images is None else min(max_images, len(source))
     if count == 0:
         raise IsplabError(f"no images to test in {source.root}")
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        names = ["report.html", *(f"{name}.png" for name in source.names[:count])]
+        prepare_output_dir(out, overwrite=overwrite, names=names, what="output folder")
     model = model.eval()
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model = model.to(device)
-    out = Path(out_dir) if out_dir is not None else None
 
     rows: list[dict] = []
     pooled: list[float] = []

@@ -21,10 +21,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from isplab.cli_options import parse_quantize
 from isplab.errors import IsplabError
 from isplab.export import NHWCWrapper, export_onnx, export_tflite
+from isplab.export.parity import QUANTIZE_MODES
+from isplab.io.paths import prepare_output_file
 
 FORMATS = ("onnx", "tflite")
+#: ``--quantize`` names -> :mod:`isplab.export`'s, where it still spells float16 ``"fp16"``
+_EXPORT_PRECISION = {"float16": "float16" if "float16" in QUANTIZE_MODES else "fp16"}
 #: The challenge's timed input: a 1088 x 1920 frame packed to 544 x 960 x 4.
 FIXED_SIZE = (544, 960)
 
@@ -40,6 +45,40 @@ class _NHWCISP(NHWCWrapper):
         return super().forward(raw)
 
 
+def export_paths(
+    model: nn.Module,
+    out_dir: str | Path,
+    format: str = "onnx",
+    quantize: str | None = None,
+    *,
+    fixed_size: tuple[int, int] = FIXED_SIZE,
+    overwrite: bool = False,
+) -> list[Path]:
+    """The files :func:`export_isp` writes, checked before any export work.
+
+    Raises:
+        IsplabError: unknown format or precision, ``fixed_size`` not a multiple of the model's
+            ``size_multiple``, an output that exists (without ``overwrite``), or an unwritable folder.
+    """
+    if format not in FORMATS:
+        raise IsplabError(f"unknown export format {format!r}: expected one of {', '.join(FORMATS)}")
+    quantize = parse_quantize(quantize)
+    multiple = int(getattr(model, "size_multiple", 1))
+    h, w = fixed_size
+    if h <= 0 or w <= 0 or h % multiple or w % multiple:
+        raise IsplabError(f"fixed_size {h}x{w} must be positive multiples of the model's size_multiple {multiple}")
+    out_dir = Path(out_dir)
+    arch = getattr(model, "isp_config", {}).get("arch", "isp")
+    suffix = f"_{quantize}" if quantize else ""
+    if format == "tflite":
+        paths = [out_dir / f"{arch}_{h}x{w}{suffix}.tflite"]
+    else:
+        paths = [out_dir / f"{arch}_dynamic{suffix}.onnx", out_dir / f"{arch}_{h}x{w}{suffix}.onnx"]
+    for path in paths:
+        prepare_output_file(path, overwrite=overwrite, what="export")
+    return paths
+
+
 def export_isp(
     model: nn.Module,
     out_dir: str | Path,
@@ -47,8 +86,12 @@ def export_isp(
     quantize: str | None = None,
     *,
     fixed_size: tuple[int, int] = FIXED_SIZE,
+    overwrite: bool = False,
 ) -> list[Path]:
-    """Write the challenge's submission models for ``model`` into ``out_dir`` (existing files are replaced).
+    """Write the challenge's submission models for ``model`` into ``out_dir``.
+
+    Every architecture of :func:`isplab.models.isp.build_isp_model` exports to both formats (a
+    test exports each one and checks it against PyTorch).
 
     Args:
         model: ``(B, 4, h, w) -> (B, 3, 2h, 2w)`` ISP with a ``size_multiple`` attribute (default 1);
@@ -57,42 +100,35 @@ def export_isp(
         format: ``"onnx"``: ``<arch>_dynamic.onnx`` and ``<arch>_<h>x<w>.onnx``; ``"tflite"``:
             ``<arch>_<h>x<w>.tflite`` only — TFLite models have static shapes, so there is no
             dynamic-size TFLite model (needs ``pip install 'isplab[tflite]'``).
-        quantize: ``None``, ``"fp16"`` or ``"int8"`` (see :mod:`isplab.export`); adds a
-            ``_fp16`` / ``_int8`` suffix to the file names.
+        quantize: ``None``, ``"float16"`` (alias ``"fp16"``) or ``"int8"`` (see :mod:`isplab.export`);
+            adds a ``_float16`` / ``_int8`` suffix to the file names.
         fixed_size: packed ``(h, w)`` of the fixed model; the challenge's is 544 x 960, smaller
             sizes make quick tests.
+        overwrite: replace existing files (refused otherwise, before any export).
 
     Returns:
         The written files: for ONNX the dynamic model first, then the fixed one.
 
     Raises:
-        IsplabError: unknown format, or ``fixed_size`` not a multiple of ``size_multiple``.
+        IsplabError: see :func:`export_paths`.
         ParityError: an exported file disagrees with the PyTorch model.
         MissingDependencyError: TFLite requested without the ``tflite`` extra.
     """
-    if format not in FORMATS:
-        raise IsplabError(f"unknown export format {format!r}: expected one of {', '.join(FORMATS)}")
+    paths = export_paths(model, out_dir, format, quantize, fixed_size=fixed_size, overwrite=overwrite)
+    quantize = parse_quantize(quantize)
+    precision = _EXPORT_PRECISION.get(quantize, quantize)
     multiple = int(getattr(model, "size_multiple", 1))
     h, w = fixed_size
-    if h <= 0 or w <= 0 or h % multiple or w % multiple:
-        raise IsplabError(f"fixed_size {h}x{w} must be positive multiples of the model's size_multiple {multiple}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    arch = getattr(model, "isp_config", {}).get("arch", "isp")
-    suffix = f"_{quantize}" if quantize else ""
     wrapped = _NHWCISP(model).cpu()
     fixed_input = (torch.rand(1, h, w, 4, generator=torch.Generator().manual_seed(0)),)
 
     if format == "tflite":
-        return [export_tflite(wrapped, fixed_input, out_dir / f"{arch}_{h}x{w}{suffix}.tflite", quantize=quantize).path]
+        return [export_tflite(wrapped, fixed_input, paths[0], quantize=precision).path]
 
-    names = {"input_names": ["raw"], "output_names": ["rgb"], "quantize": quantize}
+    names = {"input_names": ["raw"], "output_names": ["rgb"], "quantize": precision}
     # Small to trace (export_onnx also checks at twice the size) yet a multiple of size_multiple.
     side = math.lcm(multiple, 32)
     dynamic_input = (torch.rand(1, side, side, 4, generator=torch.Generator().manual_seed(1)),)
-    dynamic = export_onnx(
-        wrapped, dynamic_input, out_dir / f"{arch}_dynamic{suffix}.onnx",
-        dynamic_axes={"raw": {1: "height", 2: "width"}}, **names,
-    )
-    fixed = export_onnx(wrapped, fixed_input, out_dir / f"{arch}_{h}x{w}{suffix}.onnx", **names)
+    dynamic = export_onnx(wrapped, dynamic_input, paths[0], dynamic_axes={"raw": {1: "height", 2: "width"}}, **names)
+    fixed = export_onnx(wrapped, fixed_input, paths[1], **names)
     return [dynamic.path, fixed.path]

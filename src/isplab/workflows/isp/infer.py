@@ -32,6 +32,7 @@ from torch import nn
 from isplab.errors import IsplabError
 from isplab.export import eval_mode
 from isplab.io.image import to_uint8, write_image
+from isplab.io.paths import prepare_output_dir
 from isplab.workflows.isp.data import pack_mosaic, read_mosaic
 
 
@@ -193,6 +194,26 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
 
+def check_outputs(paths: Iterable[str | Path], out_dir: str | Path, *, overwrite: bool = False) -> list[Path]:
+    """The ``out_dir/<stem>.png`` each raw file of ``paths`` will be written to, checked before any work.
+
+    Raises:
+        IsplabError: ``out_dir`` is a file or not writable, two inputs share a stem (their outputs
+            would collide), or (without ``overwrite``) an output already exists.
+    """
+    paths = [Path(p) for p in paths]
+    targets: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in targets:
+            raise IsplabError(
+                f"{targets[path.stem]} and {path} would both be written to {Path(out_dir) / (path.stem + '.png')}: "
+                "expected inputs with different file names"
+            )
+        targets[path.stem] = path
+    prepare_output_dir(out_dir, overwrite=overwrite, names=[f"{stem}.png" for stem in targets], what="output folder")
+    return [Path(out_dir) / f"{stem}.png" for stem in targets]
+
+
 def process_files(
     paths: Iterable[str | Path],
     model: nn.Module,
@@ -207,23 +228,18 @@ def process_files(
 ) -> ProcessResult:
     """Run :func:`run_full_resolution` on each raw file and write ``out_dir/<stem>.png`` (8-bit sRGB).
 
-    A batch job: a file that fails (unreadable, or its output exists and ``overwrite`` is false)
-    is recorded in :attr:`ProcessResult.failed` with the reason, and the others still run.
-    Existing outputs are checked before inference, so refusing costs no compute.
+    Outputs are checked first (:func:`check_outputs`): an existing one without ``overwrite`` is
+    refused before any inference. Then it is a batch job: a file that fails (unreadable, not a
+    raw) is recorded in :attr:`ProcessResult.failed` with the reason, and the others still run.
 
     Raises:
-        IsplabError: ``out_dir`` exists and is not a folder.
+        IsplabError: see :func:`check_outputs`.
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise IsplabError(f"output folder {out_dir} exists and is not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [Path(p) for p in paths]
+    targets = check_outputs(paths, out_dir, overwrite=overwrite)
     result = ProcessResult()
-    for path in map(Path, paths):
-        target = out_dir / f"{path.stem}.png"
+    for path, target in zip(paths, targets):
         try:
-            if target.exists() and not overwrite:
-                raise IsplabError(f"{target} already exists; pass --overwrite (overwrite=True) to replace it")
             rgb = run_full_resolution(
                 model, path, tile=tile, overlap=overlap, device=device, packing=packing, batch_size=batch_size
             )

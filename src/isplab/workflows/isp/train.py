@@ -8,14 +8,26 @@ patches (``patches_per_epoch`` patches make an epoch and are re-drawn every epoc
     mse * MSE + l1 * L1 + ssim * (1 - SSIM) + vgg * VGG-19 relu5_4 content
 
 (the seed's recipe is ``mse=20, ssim=20, vgg=1``). ``model_dir`` receives the engine's
-``checkpoints/{best,last}.ckpt`` (best by validation PSNR), Lightning's logs, a plain ``log.txt``
-line per evaluation, and the final network as ``model.pt`` (:func:`isplab.models.isp.save_isp_model`).
+``checkpoints/{best,last}.ckpt`` (best by validation PSNR), Lightning's logs, ``config.json`` (the
+options), ``log.txt`` (this run's text log: a line per evaluation; a resume appends a new, marked
+section) and the final network as ``model.pt`` (:func:`isplab.models.isp.save_isp_model`).
+
+A ``model_dir`` that already holds any of these is refused before any work unless ``resume``
+(continue that run) or ``overwrite`` (delete them, then start afresh).
+
+Patches are a pure function of ``(seed, epoch, index)`` (:class:`~isplab.workflows.isp.data.PatchDataset`);
+under DDP Lightning's ``DistributedSampler`` gives each rank different indices, hence different
+patches, and the effective batch is ``batch_size x devices x num_nodes``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import json
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +42,7 @@ from torchvision.models.vgg import cfgs, make_layers
 from isplab.engine import build_trainer, configure_optimizer, fit, psnr, ssim, ssim_loss
 from isplab.engine.trainer import LAST_CHECKPOINT, resolve_checkpoint
 from isplab.errors import IsplabError
+from isplab.io.paths import check_writable_dir, existing_outputs, prepare_output_dir
 from isplab.models.isp import build_isp_model, save_isp_model
 from isplab.workflows.isp.data import FullImageDataset, PatchDataset, open_pairs
 
@@ -37,6 +50,8 @@ from isplab.workflows.isp.data import FullImageDataset, PatchDataset, open_pairs
 VGG_RELU5_4 = 36
 VGG_FILE = Path(VGG19_Weights.IMAGENET1K_V1.url).name  # vgg19-dcbb9e9d.pth in torch's hub cache
 MONITOR = "val_psnr"
+#: what a training run writes into its folder (refused without --overwrite/--resume)
+RUN_OUTPUTS = ("model.pt", "config.json", "log.txt", "checkpoints", "logs")
 
 
 @dataclass
@@ -223,31 +238,53 @@ def train_isp(
     config: ISPTrainConfig,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     val_split: str = "val",
     progress: bool = True,
+    callbacks: Sequence[L.Callback] = (),
 ) -> Path:
     """Train ``config.arch`` on ``data_root``'s train split (see the module docstring).
 
     Args:
         data_root: a dataset :func:`isplab.workflows.isp.data.open_pairs` recognises.
-        model_dir: checkpoints, logs, ``log.txt`` and ``model.pt`` go here.
+        model_dir: checkpoints, logs, ``config.json``, ``log.txt`` and ``model.pt`` go here.
         config: the options.
         resume: continue from ``model_dir/checkpoints/last.ckpt`` up to ``config.iters`` steps.
+        overwrite: replace a previous run's outputs in ``model_dir`` (deleted just before
+            training starts, after every other check has passed).
         val_split: the split validated on.
-        progress: show a progress bar.
+        progress: show a progress bar (``step k/N`` with an ETA).
+        callbacks: extra Lightning callbacks.
 
     Returns:
         The best checkpoint by validation PSNR.
 
     Raises:
-        IsplabError: bad options, data problems, VGG weights missing, or a resume checkpoint that is
-            absent or was trained with another architecture.
+        IsplabError: bad options, ``model_dir`` holding a previous run (without ``resume`` or
+            ``overwrite``) or not writable, data problems, VGG weights missing, or a resume
+            checkpoint that is absent or was trained with another architecture.
     """
     _check_config(config)
     model_dir = Path(model_dir)
+    # Under DDP, Lightning re-runs this function in each extra process once rank 0 has started
+    # fitting, i.e. after rank 0 wrote its log: only the launching process checks and cleans up.
+    primary = _is_primary_process()
+    requeued = bool(list(model_dir.glob("hpc_ckpt_*.ckpt"))) if model_dir.is_dir() else False
+    if primary and not requeued:
+        prepare_output_dir(model_dir, overwrite=overwrite, resume=resume, names=RUN_OUTPUTS, what="model folder")
+    elif primary:
+        check_writable_dir(model_dir)  # a SLURM requeue: Lightning restores its hpc checkpoint
     checkpoint = resolve_checkpoint(model_dir, resume or None)
     train_source = open_pairs(data_root, "train")
     val_source = open_pairs(data_root, val_split)
+    model = build_isp_model(config.arch, config.num_maps_base, **config.arch_options)
+    if checkpoint is not None:
+        _check_same_model(checkpoint, model)
+    module_log = model_dir / "log.txt"
+    if primary and not (resume or requeued):
+        for path in existing_outputs(model_dir, RUN_OUTPUTS):  # only with overwrite (checked above)
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
     trainer = build_trainer(
         model_dir,
         max_epochs=-1,
@@ -264,14 +301,17 @@ def train_isp(
         val_check_interval=config.eval_every,
         check_val_every_n_epoch=None,  # count eval_every across epochs: an iteration budget
         num_sanity_val_steps=0,
+        callbacks=list(callbacks),
     )
+    # Built after build_trainer seeded torch: the same seed gives the same initial weights.
     model = build_isp_model(config.arch, config.num_maps_base, **config.arch_options)
-    if checkpoint is not None:
-        _check_same_model(checkpoint, model)
-    module = ISPModule(model, config, log_file=model_dir / "log.txt")
+    module = ISPModule(model, config, log_file=module_log)
+    if primary:
+        _write_run_header(model_dir, config, checkpoint, requeued)
 
-    # seed=None: patches come from torch's RNG, which Lightning seeds per worker and epoch.
-    patches = PatchDataset(train_source, config.patch, config.patches_per_epoch, augment=True)
+    # Patch (seed, epoch, index) -> sample; the trainer's DatasetEpoch callback sets the epoch and,
+    # under DDP, Lightning replaces the sequential sampler by a DistributedSampler.
+    patches = PatchDataset(train_source, config.patch, config.patches_per_epoch, augment=True, seed=config.seed)
     val = FullImageDataset(val_source, multiple=model.size_multiple, crop=config.val_crop)
     if config.val_max_images is not None:
         val = Subset(val, range(min(config.val_max_images, len(val))))
@@ -284,7 +324,35 @@ def train_isp(
     trainer.save_checkpoint(model_dir / "checkpoints" / LAST_CHECKPOINT)
     if trainer.is_global_zero:
         save_isp_model(model, model_dir / "model.pt")
+        with module_log.open("a") as handle:
+            handle.write(f"finished at step {trainer.global_step}: model.pt written\n")
     return best if best is not None else model_dir / "checkpoints" / LAST_CHECKPOINT
+
+
+def _is_primary_process() -> bool:
+    """False in the extra processes of a multi-process launch (Lightning's DDP launcher, torchrun,
+    SLURM), which all set a non-zero rank variable; True in a plain process and in rank 0."""
+    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID"):
+        value = os.environ.get(key, "0")
+        if value.isdigit() and int(value) != 0:
+            return False
+    return True
+
+
+def _write_run_header(model_dir: Path, config: ISPTrainConfig, checkpoint: Path | None, requeued: bool) -> None:
+    """``config.json`` and the start of this run's section of ``log.txt`` (a fresh file for a new run)."""
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+    (model_dir / "config.json").write_text(json.dumps(options, indent=2) + "\n")
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    if checkpoint is not None or requeued:
+        source = checkpoint if checkpoint is not None else "a SLURM requeue checkpoint"
+        header = f"\n=== resumed from {source} at {stamp}: training to step {config.iters} ===\n"
+        mode = "a"
+    else:
+        header = f"=== new run at {stamp}: {config.arch}, {config.iters} steps ===\n"
+        mode = "w"
+    with (model_dir / "log.txt").open(mode) as handle:
+        handle.write(header)
 
 
 def _check_config(config: ISPTrainConfig) -> None:

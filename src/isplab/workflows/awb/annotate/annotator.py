@@ -8,7 +8,9 @@ renamed over it), so every label survives a crash and every original name can be
 renames the most recently saved file back and records that too.
 
 Only regular ``*.dng`` files directly inside the folder are reachable: names holding a path
-separator, and symlinks resolving outside the folder, are refused.
+separator, and symlinks resolving outside the folder, are refused. The names in ``labels.json`` pass
+the same check before undo renames anything: a tampered or corrupt labels file is refused as a whole
+(:class:`LabelsFileError`) and nothing is renamed.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from isplab.workflows.awb.convert import AnnotatedName, camera_rgb, label_gains,
 from isplab.workflows.awb.tuning import TARGETS, Tuning, find_tuning, load_tuning
 
 __all__ = [
-    "GAIN_RANGE", "LABELS_FILE", "METHODS", "PREVIEW_WIDTH", "Annotator", "ConflictError", "NotFoundError", "check_gains",
+    "GAIN_RANGE", "LABELS_FILE", "METHODS", "PREVIEW_WIDTH", "Annotator", "ConflictError", "LabelsFileError",
+    "NotFoundError", "check_gains", "check_name",
 ]
 
 LABELS_FILE = "labels.json"
@@ -55,6 +58,10 @@ class ConflictError(IsplabError):
     """The request clashes with the folder's state (a name already taken, nothing to undo)."""
 
 
+class LabelsFileError(ConflictError):
+    """``labels.json`` is unreadable, not the annotator's format, or names a file outside the folder."""
+
+
 @dataclass
 class _Loaded:
     raw: RawImage
@@ -68,6 +75,17 @@ def _srgb_lut() -> np.ndarray:
     x = np.arange(65536) / 65535.0
     y = np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1 / 2.4) - 0.055)
     return np.round(y * 65535).astype(np.uint16)
+
+
+def check_name(name) -> str | None:
+    """Why ``name`` is not a plain DNG file name (no separator, not ``.``/``..``, ends in ``.dng``), else None."""
+    if not isinstance(name, str) or not name:
+        return f"expected a file name, got {name!r}"
+    if any(c in name for c in "/\\\0") or name in (".", ".."):
+        return f"{name!r} is not a plain file name (no folders, no '..')"
+    if not name.lower().endswith(".dng"):
+        return f"{name!r} is not a .dng file name"
+    return None
 
 
 def check_gains(gains) -> tuple[float, float]:
@@ -130,10 +148,7 @@ class Annotator:
         Raises:
             NotFoundError: ``name`` is not a plain file name of a DNG inside the folder.
         """
-        if (
-            not isinstance(name, str) or not name or "/" in name or "\\" in name or "\0" in name
-            or name in (".", "..") or not name.lower().endswith(".dng")
-        ):
+        if check_name(name) is not None:
             raise NotFoundError(f"not a DNG name in the folder: {name!r}")
         path = self.folder / name
         if not self._inside(path):
@@ -260,16 +275,41 @@ class Annotator:
     # --- labels --------------------------------------------------------------------------------
 
     def labels(self) -> list[dict]:
-        """Every record of the labels file, oldest first (empty when there is none yet)."""
+        """Every record of the labels file, oldest first (empty when there is none yet).
+
+        Raises:
+            LabelsFileError: the file is unreadable or not JSON, or a record is not a ``save`` with
+                plain DNG names ``original`` and ``name`` or an ``undo`` with plain DNG names ``name``
+                and ``labelled`` (see :func:`check_name`).
+        """
+        path = self.labels_path
         try:
-            data = json.loads(self.labels_path.read_text())
+            data = json.loads(path.read_text())
         except FileNotFoundError:
             return []
         except (OSError, ValueError) as e:
-            raise IsplabError(f"cannot read labels file {self.labels_path}: {e}") from e
+            message = " ".join(str(e).split())
+            raise LabelsFileError(f"cannot read labels file {path}: {message}") from e
         if not isinstance(data, dict) or not isinstance(data.get("records"), list):
-            raise IsplabError(f"malformed labels file {self.labels_path}: expected {{\"records\": [...]}}")
+            raise LabelsFileError(f"malformed labels file {path}: expected an object {{\"records\": [...]}}")
+        for index, record in enumerate(data["records"]):
+            problem = self._check_record(record)
+            if problem:
+                raise LabelsFileError(f"malformed labels file {path}: record {index} {problem}; nothing was renamed")
         return data["records"]
+
+    @staticmethod
+    def _check_record(record) -> str | None:
+        if not isinstance(record, dict):
+            return f"is {type(record).__name__}, expected an object"
+        keys = {"save": ("original", "name"), "undo": ("name", "labelled")}.get(record.get("action"))
+        if keys is None:
+            return f"has action {record.get('action')!r}, expected 'save' or 'undo'"
+        for key in keys:
+            problem = check_name(record.get(key))
+            if problem:
+                return f"{key!r}: {problem}"
+        return None
 
     def _write_labels(self, records: list[dict]) -> None:
         partial = self.folder / f".{LABELS_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
@@ -297,6 +337,7 @@ class Annotator:
         Raises:
             NotFoundError: no such DNG.
             ConflictError: a file of the new name exists already (nothing is overwritten).
+            LabelsFileError: the labels file is corrupt (nothing is renamed).
             IsplabError: bad gains, method or rectangle, unparseable name.
         """
         gains = tuple(round(g, _GAIN_DECIMALS) for g in check_gains(gains))
@@ -335,6 +376,8 @@ class Annotator:
         Raises:
             ConflictError: nothing to undo, or the files changed since (the labelled file is gone
                 or the original name is taken).
+            LabelsFileError: the labels file is corrupt or names a file outside the folder (nothing
+                is renamed).
         """
         with self._write_lock:
             records = self.labels()

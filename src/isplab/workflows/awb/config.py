@@ -1,0 +1,79 @@
+"""Options of AWB training: one dataclass shared by ``train``, ``auto-train`` and ``evaluate --cv``.
+
+Kept free of torch imports so the command line can show its defaults without loading them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["LOSSES", "TrainConfig", "reference_config"]
+
+LOSSES = ("mse", "l1")
+
+
+@dataclass
+class TrainConfig:
+    """Training options (names follow the reference ``train.py`` where it has them).
+
+    The defaults: an ensemble of 3 ``chroma`` networks, up to 150 epochs of batch 64, Adam at
+    2e-3 halved after 10 epochs without improvement, early stopping after 30, multiplicative
+    noise and horizontal flips but no rotation, zoom or re-lighting.
+    :func:`reference_config` gives the reference recipe.
+
+    Attributes:
+        epochs: maximum epochs.
+        batch_size: images per step.
+        lr: Adam learning rate.
+        patience: early stopping after this many epochs without improvement of the monitored
+            loss (training loss, or validation loss when a validation set is given); ``None`` never.
+        lr_patience, lr_factor: multiply the LR by ``lr_factor`` after ``lr_patience`` epochs without improvement.
+        weight_decay: AdamW weight decay (0: plain Adam).
+        arch, ensemble, arch_options: the model, see :func:`isplab.workflows.awb.model.build_awb_model`.
+        loss: ``"mse"`` (mean squared mired error / 1000, the reference) or ``"l1"`` (mean mired error).
+        noise, lux_noise: half-widths of the multiplicative uniform noise on image and lux.
+        flip: random horizontal flips.
+        rotation: maximum rotation as a fraction of a full turn (Keras ``RandomRotation``).
+        zoom: maximum relative zoom in or out.
+        relight: half-width in mireds of the re-lighting shift (0: off); labels stay in 2800..7600 K.
+        tuning_dir: extra folder searched for the sensors' tuning files (re-lighting).
+        seed: seed of initialisation and augmentation (whose random numbers are drawn from
+            ``(seed, epoch, rank)``).
+        device: ``"cpu"``, ``"cuda"``, ``"auto"``... (:func:`isplab.engine.resolve_accelerator`).
+        devices, strategy, num_nodes: Lightning's multi-device settings (e.g. ``devices=2,
+            strategy="ddp"``); each rank then trains on its own share of every epoch's images.
+    """
+
+    epochs: int = 150
+    batch_size: int = 64
+    lr: float = 2e-3
+    patience: int | None = 30
+    lr_patience: int = 10
+    lr_factor: float = 0.5
+    weight_decay: float = 0.0
+    arch: str = "chroma"
+    ensemble: int = 3
+    arch_options: dict[str, Any] = field(default_factory=dict)
+    loss: str = "mse"
+    noise: float = 0.1
+    lux_noise: float = 0.2
+    flip: bool = True
+    rotation: float = 0.0
+    zoom: float = 0.0
+    relight: float = 0.0
+    tuning_dir: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    devices: int | str | list[int] = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+
+
+def reference_config(**overrides: Any) -> TrainConfig:
+    """The reference recipe: reference network, batch 8, Adam 1e-3, up to 200 epochs, no re-lighting."""
+    settings: dict[str, Any] = dict(
+        arch="reference", ensemble=1, epochs=200, batch_size=8, lr=1e-3, rotation=0.1, zoom=0.1, relight=0.0
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)

@@ -1,0 +1,112 @@
+"""AWB export: libcamera's contract, parity enforced for float32/float16 and reported for int8,
+nothing written on failure, one predict for .pt and .tflite, and tuning files only for models that fit."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from isplab.cli import main
+from isplab.errors import ParityError
+from isplab.workflows.awb.export import export_awb
+from isplab.workflows.awb.model import build_awb_model, load_awb_model, save_awb_model
+from isplab.workflows.awb.predict import load_predictor, predict
+
+pytest.importorskip("litert_torch")
+pytestmark = pytest.mark.slow
+
+
+def _cli(monkeypatch, capsys, cwd: Path, *args: str) -> tuple[int, str, str]:
+    monkeypatch.chdir(cwd)
+    for handler in logging.getLogger("lightning.pytorch").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            monkeypatch.setattr(handler, "stream", sys.stderr)
+    monkeypatch.setattr(sys, "argv", ["isplab", "awb", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def vc4(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("awbexport")
+    torch.manual_seed(0)
+    save_awb_model(build_awb_model("vc4", "chroma", ensemble=2), folder / "vc4.pt")
+    return folder
+
+
+def _statistics(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0.02, 0.9, (n, 12, 16, 3)).astype(np.float32), rng.uniform(5, 3000, n).astype(np.float32)
+
+
+def test_float32_export_matches_pytorch_through_one_predict(vc4, monkeypatch, capsys):
+    code, out, err = _cli(monkeypatch, capsys, vc4, "export", "vc4.pt", "-o", "vc4.tflite")
+    assert code == 0, err
+    match = re.search(r"max ([\d.]+), mean ([\d.]+) mireds from PyTorch over 200 images \(tolerance 1.0 mired\)", out)
+    assert match and float(match.group(1)) < 1.0, out
+    images, lux = _statistics(12)
+    model = load_awb_model(vc4 / "vc4.pt")
+    torch_kelvin = predict(model, images, lux)
+    with torch.no_grad():
+        direct = model(torch.from_numpy(images), torch.from_numpy(lux)).double().numpy()
+    np.testing.assert_allclose(torch_kelvin, direct, rtol=1e-6)
+    np.testing.assert_allclose(predict(vc4 / "vc4.pt", images, lux), torch_kelvin, rtol=1e-6)
+    tflite = load_predictor(vc4 / "vc4.tflite")
+    assert tflite.target == "vc4"
+    assert np.abs(1e6 / tflite(images, lux) - 1e6 / torch_kelvin).max() < 1.0
+    # Exporting again is refused without --overwrite, and the file is kept.
+    before = (vc4 / "vc4.tflite").read_bytes()
+    code, _, err = _cli(monkeypatch, capsys, vc4, "export", "vc4.pt", "-o", "vc4.tflite")
+    assert code == 1 and "already exists: pass --overwrite" in err and (vc4 / "vc4.tflite").read_bytes() == before
+
+
+def test_parity_failure_raises_and_writes_nothing(vc4):
+    out = vc4 / "strict.tflite"
+    with pytest.raises(ParityError, match=r"strict\.tflite: TFLite \(fp16\) differs from PyTorch by [\d.]+ mireds on image \d+ "
+                                          r"\(tolerance 1e-06 mired\)"):
+        export_awb(load_awb_model(vc4 / "vc4.pt"), "vc4", out, quantize="float16", random_checks=20, tolerance=1e-6)
+    assert not out.exists() and not list(vc4.glob(".strict*"))
+
+
+def test_int8_differences_are_reported_not_enforced(vc4, monkeypatch, capsys):
+    code, out, err = _cli(monkeypatch, capsys, vc4, "export", "vc4.pt", "--quantize", "int8")
+    assert code == 0, err
+    match = re.search(r"vc4_int8\.tflite .*int8\): max ([\d.]+), .* over 200 images \(reported, not enforced\)", out)
+    assert match and float(match.group(1)) > 0, out
+    assert load_predictor(vc4 / "vc4_int8.tflite").target == "vc4"
+
+
+def _base_tuning(path: Path) -> Path:
+    path.write_text(json.dumps({"version": 2.0, "target": "bcm2835", "algorithms": [
+        {"rpi.awb": {"ct_curve": [2800, 0.9, 0.4, 7600, 0.4, 0.9]}},
+        {"rpi.ccm": {"ccms": [{"ct": 5000, "ccm": [1.5, -0.3, -0.2, -0.2, 1.4, -0.2, 0.0, -0.5, 1.5]}]}},
+    ]}))
+    return path
+
+
+def test_tuning_checks_the_model_against_the_target(vc4, monkeypatch, capsys):
+    if not (vc4 / "vc4.tflite").is_file():
+        export_awb(load_awb_model(vc4 / "vc4.pt"), "vc4", vc4 / "vc4.tflite", random_checks=5)
+    base = _base_tuning(vc4 / "base.json")
+    code, _, err = _cli(monkeypatch, capsys, vc4, "tuning", "-s", "imx708", "-t", "pisp", "-m", "vc4.tflite", "--base", str(base))
+    assert code == 1 and err.count("error:") == 1
+    assert "vc4.tflite is a vc4 model (image input [1, 12, 16, 3]) but the target is pisp" in err
+    assert not (vc4 / "imx708.json").exists()
+    code, out, err = _cli(monkeypatch, capsys, vc4, "tuning", "-s", "imx708", "-t", "vc4", "-m", "vc4.tflite", "--base", str(base))
+    assert code == 0, err
+    tuned = json.loads((vc4 / "imx708.json").read_text())  # next to the model by default
+    block = next(a["rpi.nn.awb"] for a in tuned["algorithms"] if "rpi.nn.awb" in a)
+    assert block["model"] == str((vc4 / "vc4.tflite").resolve())
+    assert block["ccm"] == [1.5, -0.3, -0.2, -0.2, 1.4, -0.2, 0, -0.5, 1.5]
