@@ -474,7 +474,8 @@ def _cli(folder, *options):
 def _stop(process) -> None:
     process.send_signal(signal.SIGINT)
     try:
-        assert process.wait(timeout=30) == 0
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode == 0, stderr[-3000:]
     finally:
         if process.poll() is None:
             process.kill()

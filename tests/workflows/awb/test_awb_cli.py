@@ -177,7 +177,7 @@ def test_ctrl_c_keeps_the_last_epoch_and_resume_continues(root, tmp_path):
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err[-2000:]
-    assert "the same command with --resume continues from it" in err and "m-run/checkpoints/last.ckpt holds epoch" in err
+    assert "the same command with --resume (not --overwrite) continues from it" in err and "m-run/checkpoints/last.ckpt holds epoch" in err
     assert "Traceback" not in err and not (tmp_path / "m.pt").exists()
     saved = torch.load(last, map_location="cpu", weights_only=False)
     done = saved["epoch"] + 1

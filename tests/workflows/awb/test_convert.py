@@ -2,7 +2,8 @@
 
 The scene is lit at a known colour temperature T: after black level, a grey's R/G and B/G equal the
 test tuning's CT curve at T, and the file is named with the gains 1/r, 1/b. Expected statistics are
-recomputed here with plain numpy/OpenCV from the documented steps.
+recomputed here with plain numpy/OpenCV from the documented steps; at the end, isplab's converter is
+compared with the numbers Raspberry Pi's own converter.py gave on isplab's synthetic Pi-like captures.
 """
 
 from __future__ import annotations

@@ -6,8 +6,11 @@ import re
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from isplab.cli import app
 from isplab.data.synth import synthesize_dataset
+from isplab.errors import IsplabError
 from isplab.io import read_image
 
 TINY = ["--arch", "lfnet", "--num-maps-base", "4", "--patch", "64", "--batch-size", "2", "--eval-every", "2",
@@ -22,12 +25,29 @@ def one_line_error(result) -> str:
     return lines[0]
 
 
+def refused(*args: str, cwd) -> str:
+    """Run ``isplab ARGS`` in this process (cheaper than a subprocess); return the IsplabError's message.
+
+    (How the CLI prints it, one ``error:`` line and exit 1, is checked once in a subprocess below.)
+    """
+    import os
+
+    previous = os.getcwd()
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(app, list(args))
+    finally:
+        os.chdir(previous)
+    assert isinstance(result.exception, IsplabError), (result.exception, result.output)
+    return str(result.exception)
+
+
 def snapshot(folder) -> dict:
     return {str(path.relative_to(folder)): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
 
 
 @pytest.mark.slow
-def test_train_resume_test_run_export(tmp_path, isplab_ok, isplab_cli):
+def test_train_resume_test_run_export(tmp_path, isplab_ok, isplab_cli, monkeypatch):
     for split, seed in (("train", 0), ("val", 1), ("test", 2)):
         synthesize_dataset(tmp_path / "data" / split, 2, seed=seed, size=(128, 96), progress=False)
     isplab_ok("isp", "train", "data", "m", *TINY, "--iters", "2", cwd=tmp_path)
@@ -47,10 +67,13 @@ def test_train_resume_test_run_export(tmp_path, isplab_ok, isplab_cli):
     out = isplab_ok("isp", "test", "data", "--model", "m/model.pt", "-o", "res", cwd=tmp_path)
     assert "psnr_pooled (challenge" in out and "psnr_mean (per-image)" in out
     report = (tmp_path / "res/report.html").read_bytes()
-    error = one_line_error(isplab_cli("isp", "test", "data", "--model", "m/model.pt", "-o", "res", cwd=tmp_path))
-    assert error.startswith("error: output folder res already holds report.html, synth_00000.png")
+    error = refused("isp", "test", "data", "--model", "m/model.pt", "-o", "res", cwd=tmp_path)
+    assert error.startswith("output folder res already holds report.html, synth_00000.png")
     assert (tmp_path / "res/report.html").read_bytes() == report
-    isplab_ok("isp", "test", "data", "-m", "m/model.pt", "-o", "res", "--overwrite", cwd=tmp_path)
+    mtime = (tmp_path / "res/report.html").stat().st_mtime_ns
+    monkeypatch.chdir(tmp_path)
+    CliRunner().invoke(app, ["isp", "test", "data", "-m", "m/model.pt", "-o", "res", "--overwrite"], catch_exceptions=False)
+    assert (tmp_path / "res/report.html").stat().st_mtime_ns != mtime
 
     # run -o
     isplab_ok("isp", "run", "data/test/synth_00000.dng", "--model", "m/model.pt", "-o", "out", "--device", "cpu",
@@ -58,9 +81,9 @@ def test_train_resume_test_run_export(tmp_path, isplab_ok, isplab_cli):
     rendered = read_image(tmp_path / "out" / "synth_00000.png")
     assert rendered.shape == (96, 128, 3) and rendered.dtype == np.uint8
     png = (tmp_path / "out/synth_00000.png").read_bytes()
-    error = one_line_error(isplab_cli("isp", "run", "data/test/synth_00001.dng", "data/test/synth_00000.dng",
-                                      "--model", "m/model.pt", "-o", "out", cwd=tmp_path))
-    assert error == ("error: output folder out already holds synth_00000.png: pass --overwrite to replace it, "
+    error = refused("isp", "run", "data/test/synth_00001.dng", "data/test/synth_00000.dng", "--model", "m/model.pt",
+                    "-o", "out", cwd=tmp_path)
+    assert error == ("output folder out already holds synth_00000.png: pass --overwrite to replace it, "
                      "or choose another folder")
     assert (tmp_path / "out/synth_00000.png").read_bytes() == png
     assert not (tmp_path / "out/synth_00001.png").exists()  # refused before the first file
@@ -69,23 +92,25 @@ def test_train_resume_test_run_export(tmp_path, isplab_ok, isplab_cli):
     out = isplab_ok("isp", "export", "m/model.pt", "--format", "onnx", cwd=tmp_path)
     assert "lfnet_dynamic.onnx" in out and "lfnet_544x960.onnx" in out
     onnx = (tmp_path / "m/lfnet_dynamic.onnx").read_bytes()
-    error = one_line_error(isplab_cli("isp", "export", "m/model.pt", cwd=tmp_path))
-    assert error == ("error: export m/lfnet_dynamic.onnx already exists: pass --overwrite to replace it, "
-                     "or choose another path")
+    error = refused("isp", "export", "m/model.pt", cwd=tmp_path)
+    assert error == "export m/lfnet_dynamic.onnx already exists: pass --overwrite to replace it, or choose another path"
     assert (tmp_path / "m/lfnet_dynamic.onnx").read_bytes() == onnx
 
 
 @pytest.mark.slow
-def test_old_spellings_still_work(tmp_path, isplab_ok):
+def test_old_spellings_still_work(tmp_path, monkeypatch):
     synthesize_dataset(tmp_path / "data" / "train", 1, seed=0, size=(64, 64), progress=False)
     synthesize_dataset(tmp_path / "data" / "val", 1, seed=1, size=(64, 64), progress=False)
-    isplab_ok("isp", "train", "--data", "data", "--model-dir", "old", *TINY, "--patch", "32", "--iters", "1",
-              "--train-size", "2", cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    runner.invoke(app, ["isp", "train", "--data", "data", "--model-dir", "old", *TINY, "--patch", "32", "--iters", "1",
+                        "--train-size", "2"], catch_exceptions=False)
     assert (tmp_path / "old/model.pt").is_file()
-    out = isplab_ok("isp", "test", "--data", "data", "--model", "old/model.pt", "--split", "val", "--out", "res",
-                    cwd=tmp_path)
+    out = runner.invoke(app, ["isp", "test", "--data", "data", "--model", "old/model.pt", "--split", "val", "--out",
+                              "res"], catch_exceptions=False).output
     assert "1 images" in out and (tmp_path / "res/report.html").is_file()
-    out = isplab_ok("isp", "export", "--model", "old/model.pt", "-o", "x", "--quantize", "fp16", cwd=tmp_path)
+    out = runner.invoke(app, ["isp", "export", "--model", "old/model.pt", "-o", "x", "--quantize", "fp16"],
+                        catch_exceptions=False).output
     assert "lfnet_dynamic_float16.onnx" in out and (tmp_path / "x/lfnet_544x960_float16.onnx").is_file()
 
 
@@ -104,12 +129,10 @@ def test_help_shows_the_new_shapes_and_every_default(isplab_ok, monkeypatch):
     assert "[default: onnx]" in export and "Default: float32" in export
 
 
-def test_missing_arguments_are_one_line_errors(isplab_cli, tmp_path):
-    error = one_line_error(isplab_cli("isp", "train", cwd=tmp_path))
-    assert error == "error: missing DATASET: expected the dataset folder as the first argument"
-    error = one_line_error(isplab_cli("isp", "train", "data", cwd=tmp_path))
-    assert error == "error: missing MODEL_DIR: expected the run folder as the second argument"
-    error = one_line_error(isplab_cli("isp", "export", "--quantize", "int4", "nowhere.pt", cwd=tmp_path))
-    assert error == "error: bad --quantize 'int4': expected float16 or int8"
-    error = one_line_error(isplab_cli("isp", "export", "nowhere.pt", cwd=tmp_path))
-    assert error == "error: ISP model file 'nowhere.pt' does not exist"
+def test_missing_arguments_and_bad_values_are_refused(tmp_path):
+    assert refused("isp", "train", cwd=tmp_path) == "missing DATASET: expected the dataset folder as the first argument"
+    assert refused("isp", "train", "data", cwd=tmp_path) == (
+        "missing MODEL_DIR: expected the run folder as the second argument")
+    assert refused("isp", "export", "--quantize", "int4", "nowhere.pt", cwd=tmp_path) == (
+        "bad --quantize 'int4': expected float16 or int8")
+    assert refused("isp", "export", "nowhere.pt", cwd=tmp_path) == "ISP model file 'nowhere.pt' does not exist"

@@ -82,9 +82,11 @@ def prepare_auto_train_dir(output_dir: str | Path, *, overwrite: bool = False, r
     """
     if overwrite and resume:
         raise IsplabError("--overwrite starts afresh and --resume continues: choose one")
+    if not is_global_zero():  # DDP: rank 0 checked (and may already be writing) the folder
+        return Path(output_dir)
     found = [p.name for p in run_files(output_dir)]
     folder = prepare_output_dir(output_dir, overwrite=overwrite, resume=resume, names=found, what="auto-train folder")
-    if overwrite and is_global_zero():
+    if overwrite:
         for name in found:
             (folder / name).unlink()
     return folder

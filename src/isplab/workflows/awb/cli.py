@@ -219,7 +219,8 @@ def train(
     start = _start_model(model, input_model)
     if resume and start is not None:
         raise IsplabError("--resume continues the run's own model: drop --model")
-    output = prepare_output_file(output, overwrite=overwrite or resume, what="model")
+    if is_global_zero():  # under DDP the other ranks start once rank 0 is training
+        prepare_output_file(output, overwrite=overwrite or resume, what="model")
     start = load_awb_model(start) if start is not None else None
     run_dir = run_dir or output.with_name(f"{output.stem}-run")
     data = _load(dataset, target)
@@ -232,7 +233,7 @@ def train(
             err.print("interrupted before the first epoch finished: nothing to resume")
         else:
             err.print(f"interrupted: {stop.checkpoint} holds epoch {stop.epochs_done} of {config.epochs}; "
-                      "the same command with --resume continues from it", highlight=False)
+                      "the same command with --resume (not --overwrite) continues from it", highlight=False)
         raise typer.Exit(130) from None
     if not is_global_zero():
         return
@@ -344,7 +345,8 @@ def evaluate_command(
     if (model is None) == (cv is None):
         raise IsplabError("give either --model M (evaluate a trained model) or --cv K (cross-validate a training recipe)")
     output = old_output or output
-    prepare_output_dir(output, overwrite=overwrite, names=REPORT_FILES, what="report folder")
+    if is_global_zero():
+        prepare_output_dir(output, overwrite=overwrite, names=REPORT_FILES, what="report folder")
     data = _load(dataset, target)
     if cv is not None:
         result = cross_validate(data, cv, config, seed=config.seed, progress=progress)

@@ -32,7 +32,8 @@ def section(out: Path, report: Report, *, seed: int, device: str, captures: int 
     tunings = synthetic.write_tuning_dir(folder / "tunings")
     synthetic.write_captures(folder / "dng", captures, seed=seed)
     stage("converting them to 32x32 PiSP statistics with the camera's tuning file")
-    summary = convert_folder(folder / "dng", folder / "dataset", "pisp", tuning_dir=tunings, workers=1, progress=False)
+    summary = convert_folder(folder / "dng", folder / "dataset", "pisp", tuning_dir=tunings, workers=1, progress=False,
+                             overwrite=True)
     dataset = load_dataset(folder / "dataset", "pisp")
     config = TrainConfig(epochs=epochs, ensemble=1, seed=seed, device=device)  # short: the demo takes minutes
     stage(f"{folds}-fold grouped cross-validation, {epochs} epochs per fold")

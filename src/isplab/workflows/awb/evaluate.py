@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from torch import nn
 
 from isplab.engine import Report
 from isplab.errors import IsplabError

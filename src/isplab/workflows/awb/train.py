@@ -40,9 +40,9 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
+from torch import nn
 from torch.utils.data import DataLoader
 
 from isplab.engine import build_trainer, configure_optimizer, fit, resolve_checkpoint
@@ -54,6 +54,11 @@ from isplab.workflows.awb.config import LOSSES, TrainConfig, reference_config
 from isplab.workflows.awb.constants import TEMPERATURE_RANGE
 from isplab.workflows.awb.dataset import AWBDataset
 from isplab.workflows.awb.model import build_awb_model, load_awb_model
+
+__all__ = [
+    "AWBModule", "RUN_FILES", "RelightTables", "TrainConfig", "TrainingInterrupted", "geometric_augment",
+    "is_global_zero", "prepare_run_dir", "reference_config", "relight", "relight_tables", "train_model",
+]
 
 #: Mired grid on which each sensor's CT curve is tabulated for re-lighting.
 _RELIGHT_GRID = 256
@@ -335,10 +340,12 @@ def prepare_run_dir(run_dir: str | Path, *, overwrite: bool = False, resume: boo
     """
     if overwrite and resume:
         raise IsplabError("--overwrite starts afresh and --resume continues: choose one")
+    if not is_global_zero():  # DDP: rank 0 checked (and may already be writing) the folder
+        return Path(run_dir)
     folder = prepare_output_dir(run_dir, overwrite=overwrite, resume=resume, names=RUN_FILES, what="run folder")
     if resume:
         resolve_checkpoint(folder, True)
-    if overwrite and is_global_zero():
+    if overwrite:
         for name in RUN_FILES:
             path = folder / name
             if path.is_dir():

@@ -226,9 +226,10 @@ class Annotator:
         loaded = self._load(name)
         parsed = loaded.name
         labelled = parsed.gains is not None or parsed.grey_box is not None
-        gains = label_gains(loaded.raw, parsed) if labelled else tuple(float(g) for g in loaded.raw.wb_gains[[0, 2]])
-        height, width = loaded.raw.mosaic.shape
         tuning = self.tuning(parsed.sensor)
+        gains = (label_gains(loaded.raw, parsed, tuning) if labelled
+                 else tuple(float(g) for g in loaded.raw.wb_gains[[0, 2]]))
+        height, width = loaded.raw.mosaic.shape
         return {
             "name": name, "sensor": parsed.sensor, "width": width, "height": height, "labelled": labelled,
             "gains": list(gains), "temperature": self._temperature(parsed.sensor, gains),
@@ -257,7 +258,8 @@ class Annotator:
         loaded = self._load(name)
         x1, y1, x2, y2 = self._check_rectangle(rectangle, loaded.raw)
         return label_gains(loaded.raw, AnnotatedName(loaded.name.path, loaded.name.user, loaded.name.sensor,
-                                                     loaded.name.id, grey_box=(x1, y1, x2, y2)))
+                                                     loaded.name.id, grey_box=(x1, y1, x2, y2)),
+                           self.tuning(loaded.name.sensor))
 
     @staticmethod
     def _check_rectangle(rectangle, raw: RawImage) -> tuple[int, int, int, int]:
