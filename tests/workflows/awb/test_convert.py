@@ -427,13 +427,14 @@ def test_convert_folder_argument_errors(tmp_path):
 
 # --- Raspberry Pi's converter.py on isplab's synthetic Pi-like camera ---------------------------
 #
-# REFERENCE: numbers from Raspberry Pi's converter.py (github.com/raspberrypi/awb_nn, commit a21e142,
+# REFERENCE: numbers from Raspberry Pi's converter.py (repository raspberrypi/awb_nn, commit a21e142,
 # unmodified) run outside this repository on the captures of `pi_like_captures` and on the files of
 # test_vc4_lux_of_a_grey_rectangle_is_the_lux_of_its_gains: `process_folder(dng, out, "PISP"|"VC4",
 # (32, 32)|(16, 12), 0.0, False)` with the tuning files in its search path. Its `pyexiv2` (py3exiv2,
 # a C++ extension not installable here) was replaced by a stand-in answering the same three calls
 # (ExposureTime, ISOSpeedRatings, aperture) from `exiftool -n`, i.e. with the exact tag values.
-# To regenerate after the synthetic camera changes, repeat that run and copy its PNG names and values.
+# To regenerate after the synthetic camera changes: benchmarks/awb_reference_converter.py runs it; copy
+# the PNG names and values it writes.
 
 #: (target, "<user>,<id>") -> ((true_temp, lux, camera_temp) of its PNG name, per-channel mean of the
 #: statistics, the statistics at zones (0, 0), (H/2, W/2) and (H-1, W-1)).
