@@ -91,6 +91,10 @@ def test_vgg_weights_missing_or_wrong(tmp_path: Path, monkeypatch: pytest.Monkey
     # from a local file, as --vgg-weights passes it
     torch.save(random_vgg_state(), tmp_path / "vgg.pth")
     assert VGGLoss(tmp_path / "vgg.pth")(torch.zeros(1, 3, 16, 16), torch.zeros(1, 3, 16, 16)) == 0
+    # or from torch's hub cache, under torchvision's file name
+    (tmp_path / "hub/checkpoints").mkdir(parents=True)
+    torch.save(random_vgg_state(3), tmp_path / "hub/checkpoints/vgg19-dcbb9e9d.pth")
+    assert torch.equal(VGGLoss().features[0].weight, random_vgg_state(3)["features.0.weight"])
 
 
 def test_train_refuses_vgg_without_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -212,3 +216,28 @@ def test_an_existing_run_is_refused_before_training_and_replaced_with_overwrite(
     config.iters = 1
     train_isp(tmp_path / "syn", tmp_path / "other", config, progress=False)
     assert (tmp_path / "other/notes.txt").read_text() == "mine" and (tmp_path / "other/model.pt").is_file()
+
+
+def test_a_slurm_requeue_continues_the_run_in_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A requeued job re-runs the same command (no --resume): Lightning restores its hpc checkpoint."""
+    synthesize_dataset(tmp_path / "syn/train", 1, size=(64, 64), progress=False)
+    synthesize_dataset(tmp_path / "syn/val", 1, seed=1, size=(32, 32), progress=False)
+    config = ISPTrainConfig(arch="lfnet", num_maps_base=4, arch_options={"num_blocks": 1}, patch=32, batch_size=1,
+                            iters=2, eval_every=1, patches_per_epoch=1, device="cpu")
+    model_dir = tmp_path / "m"
+    train_isp(tmp_path / "syn", model_dir, config, progress=False)
+    # what Lightning writes on SIGUSR1 before `scontrol requeue`
+    (model_dir / "hpc_ckpt_1.ckpt").write_bytes((model_dir / "checkpoints/last.ckpt").read_bytes())
+    config.iters = 3
+    with pytest.raises(IsplabError, match="already holds"):  # outside SLURM a leftover file changes nothing
+        train_isp(tmp_path / "syn", model_dir, config, progress=False)
+    for key, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "isp", "SLURM_JOB_ID": "1234", "SLURM_PROCID": "0",
+                       "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}.items():
+        monkeypatch.setenv(key, value)
+    train_isp(tmp_path / "syn", model_dir, config, progress=False)
+    assert torch.load(model_dir / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 3
+    log = (model_dir / "log.txt").read_text()
+    assert "=== resumed from a SLURM requeue checkpoint" in log and log.count("=== new run") == 1
+    section = log.split("=== resumed from a SLURM requeue checkpoint")[1].splitlines()[1:]
+    # only step 3 was trained: Lightning restored the step-2 state instead of starting afresh
+    assert [line.split(":")[0] for line in section] == ["step 3", "finished at step 3"]

@@ -33,6 +33,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
@@ -269,7 +270,8 @@ def train_isp(
     # Under DDP, Lightning re-runs this function in each extra process once rank 0 has started
     # fitting, i.e. after rank 0 wrote its log: only the launching process checks and cleans up.
     primary = _is_primary_process()
-    requeued = bool(list(model_dir.glob("hpc_ckpt_*.ckpt"))) if model_dir.is_dir() else False
+    # A SLURM requeue re-runs the same command; Lightning then restores its hpc_ckpt_N.ckpt itself.
+    requeued = SLURMEnvironment.detect() and model_dir.is_dir() and any(model_dir.glob("hpc_ckpt_*.ckpt"))
     if primary and not requeued:
         prepare_output_dir(model_dir, overwrite=overwrite, resume=resume, names=RUN_OUTPUTS, what="model folder")
     elif primary:

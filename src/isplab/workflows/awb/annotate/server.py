@@ -412,11 +412,11 @@ def run(
 ) -> None:
     """Serve ``folder`` until Ctrl-C, printing the page's address (what ``isplab awb annotate`` runs)."""
     server = serve(folder, target, tuning_dir, host, port, token=token, allow_hosts=allow_hosts, verbose=True)
-    for line in server.warnings():
-        print(line)
-    count = len(server.annotator.names())
-    print(f"labelling {count} DNGs in {server.annotator.folder}: open {server.url} (Ctrl-C to stop)")
-    try:
+    try:  # Ctrl-C from here on, even while the address is being printed, stops the server cleanly
+        for line in server.warnings():
+            print(line)
+        count = len(server.annotator.names())
+        print(f"labelling {count} DNGs in {server.annotator.folder}: open {server.url} (Ctrl-C to stop)")
         threading.Event().wait()
     except KeyboardInterrupt:
         pass
