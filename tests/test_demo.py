@@ -45,6 +45,7 @@ class Page(HTMLParser):
         return self.cells[self.cells.index(label) + 1]
 
 
+@pytest.mark.slow
 def test_data_section_through_the_cli(tmp_path, isplab_cli):
     out = tmp_path / "demo"
     args = ("demo", "-o", str(out), "--section", "data", "-n", "2", "--size", "64x48", "--device", "cpu")
