@@ -136,8 +136,11 @@ from isplab.workflows.isp.cli import app as isp_app  # noqa: E402
 
 app.add_typer(isp_app, name="isp")
 
+from isplab.workflows.proxy.cli import app as proxy_app  # noqa: E402
+
+app.add_typer(proxy_app, name="proxy")
+
 for _name, _issue, _what in [
-    ("proxy", None, "Neural proxies of darktable's processing blocks"),
     ("genisp", None, "GenISP: minimal neural ISP for low-light detection"),
     ("sky", None, "Sky segmentation of HDR images"),
 ]:

@@ -49,8 +49,8 @@ Strategy = Annotated[
     str, typer.Option("--strategy", help="auto, or ddp for several GPUs/nodes (see docs/training.md).", show_default=True)
 ]
 NumNodes = Annotated[int, typer.Option("--num-nodes", help="Machines (torchrun/SLURM set the rest).", show_default=True)]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (refused otherwise).")]
-Resume = Annotated[bool, typer.Option("--resume", help="Continue the training run already in the output folder.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (default: off; an existing output is refused).")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the training run already in the output folder (default: off).")]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same result.", show_default=True)]
 Workers = Annotated[int | None, typer.Option("--workers", help="Parallel worker processes (default: all cores).")]

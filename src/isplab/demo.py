@@ -15,6 +15,7 @@ device)``, which writes under ``out/<name>/`` and adds one headed section to the
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import shutil
 import sys
@@ -81,29 +82,49 @@ def stage(text: str) -> None:
 
 @contextmanager
 def redirected_output(log_path: Path | None) -> Iterator[None]:
-    """Send everything written to stdout and stderr — by Python code and by C/C++ libraries
-    alike (file descriptors 1 and 2) — to ``log_path`` for the duration; ``None`` changes nothing."""
+    """Send everything written to stdout and stderr to ``log_path`` for the duration: by C/C++
+    libraries (file descriptors 1 and 2), by Python code (``sys.stdout``/``sys.stderr``) and by
+    logging handlers that already hold a console stream (Lightning's). ``None`` changes nothing."""
     if log_path is None:
         yield
         return
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
+    consoles = {id(stream) for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__) if stream}
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved_fds = [os.dup(1), os.dup(2)]
+    saved_streams = sys.stdout, sys.stderr
+    handlers = [h for h in _stream_handlers() if id(h.stream) in consoles]
+    saved_handler_streams = [h.stream for h in handlers]
     try:
-        with open(log_path, "ab", buffering=0) as log:
+        with open(log_path, "a", buffering=1, encoding="utf-8", errors="replace") as log:
             os.dup2(log.fileno(), 1)
             os.dup2(log.fileno(), 2)
+            sys.stdout = sys.stderr = log
+            for handler in handlers:
+                handler.setStream(log)
             try:
                 yield
             finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os.dup2(saved[0], 1)
-                os.dup2(saved[1], 2)
+                log.flush()
+                for handler, stream in zip(handlers, saved_handler_streams):
+                    handler.setStream(stream)
+                sys.stdout, sys.stderr = saved_streams
+                os.dup2(saved_fds[0], 1)
+                os.dup2(saved_fds[1], 2)
     finally:
-        for fd in saved:
+        for fd in saved_fds:
             os.close(fd)
+
+
+def _stream_handlers() -> list[logging.StreamHandler]:
+    loggers = [logging.getLogger(), *(x for x in logging.Logger.manager.loggerDict.values() if isinstance(x, logging.Logger))]
+    return [
+        handler
+        for logger in loggers
+        for handler in logger.handlers
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+    ]
 
 
 def run_demo(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -15,7 +17,7 @@ from isplab.data.synth import synthesize_dataset
 from isplab.engine.metrics import ssim
 from isplab.errors import IsplabError
 from isplab.models.isp import build_isp_model, load_isp_model
-from isplab.workflows.isp.train import ISPModule, ISPTrainConfig, VGGLoss, train_isp
+from isplab.workflows.isp.train import ISPModule, ISPTrainConfig, TrainingInterrupted, VGGLoss, train_isp
 
 
 def write_mai_folder(root: Path, sizes: dict[str, int], side: int) -> None:
@@ -241,3 +243,39 @@ def test_a_slurm_requeue_continues_the_run_in_its_folder(tmp_path: Path, monkeyp
     section = log.split("=== resumed from a SLURM requeue checkpoint")[1].splitlines()[1:]
     # only step 3 was trained: Lightning restored the step-2 state instead of starting afresh
     assert [line.split(":")[0] for line in section] == ["step 3", "finished at step 3"]
+
+
+class CtrlC(L.Callback):
+    """Ctrl-C as Lightning sees it: a KeyboardInterrupt in the middle of the training loop."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step == self.at_step:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_saves_the_steps_done_and_resume_finishes_the_run(tmp_path: Path):
+    synthesize_dataset(tmp_path / "syn/train", 1, size=(64, 64), progress=False)
+    synthesize_dataset(tmp_path / "syn/val", 1, seed=1, size=(32, 32), progress=False)
+    config = ISPTrainConfig(arch="lfnet", num_maps_base=4, arch_options={"num_blocks": 1}, patch=32, batch_size=1,
+                            iters=6, eval_every=5, patches_per_epoch=2, device="cpu")
+    model_dir = tmp_path / "m"
+    with pytest.raises(TrainingInterrupted) as stop:
+        train_isp(tmp_path / "syn", model_dir, config, progress=False, callbacks=[CtrlC(3)])
+    assert (stop.value.checkpoint, stop.value.step, stop.value.iters) == (model_dir / "checkpoints/last.ckpt", 3, 6)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again
+    assert not (model_dir / "model.pt").exists()
+    assert (model_dir / "log.txt").read_text().splitlines()[-1] == (
+        f"interrupted at step 3; {model_dir / 'checkpoints/last.ckpt'} holds step 3")
+    start = StartStep()
+    train_isp(tmp_path / "syn", model_dir, config, resume=True, progress=False, callbacks=[start])
+    assert start.step == 3  # continued where Ctrl-C stopped it
+    assert torch.load(model_dir / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 6
+    assert (model_dir / "model.pt").is_file()
+
+
+class StartStep(L.Callback):
+    def on_train_start(self, trainer, module):
+        self.step = trainer.global_step

@@ -89,7 +89,7 @@ def train(
     model_dir_alias: Annotated[Path | None, typer.Option("--model-dir", hidden=True)] = None,
 ) -> None:
     """Train a RAW-to-RGB network on patches (the seed's train_model.py)."""
-    from isplab.workflows.isp.train import ISPTrainConfig, train_isp
+    from isplab.workflows.isp.train import ISPTrainConfig, TrainingInterrupted, train_isp
 
     if data is not None and model_dir is None and dataset is not None and dataset != data:
         dataset, model_dir = None, dataset  # `--data D M`: the one positional is the model folder
@@ -107,7 +107,15 @@ def train(
         eval_every=eval_every, patches_per_epoch=train_size, mse=mse, l1=l1, ssim=ssim, vgg=vgg,
         vgg_weights=vgg_weights, seed=seed, workers=workers, **options.as_kwargs(),
     )
-    best = train_isp(data_root, model_dir, config, resume=resume, overwrite=overwrite, progress=progress)
+    try:
+        best = train_isp(data_root, model_dir, config, resume=resume, overwrite=overwrite, progress=progress)
+    except TrainingInterrupted as stop:
+        if stop.checkpoint is None:
+            console.print("interrupted before the first step finished: nothing to resume", highlight=False)
+        else:
+            console.print(f"interrupted: {stop.checkpoint} holds step {stop.step} of {stop.iters}; the same command "
+                          "with --resume (not --overwrite) continues from it", highlight=False)
+        raise typer.Exit(130) from None
     console.print(f"best checkpoint: {best}; model: {model_dir / 'model.pt'}")
 
 

@@ -21,7 +21,7 @@ from isplab.engine.report import Report, plot_curves  # noqa: E402
 NAME = "isp"
 
 
-def section(out: Path, report: Report, *, seed: int, device: str, iters: int = 300, arch: str = "nafnet",
+def section(out: Path, report: Report, *, seed: int, device: str, iters: int = 200, arch: str = "nafnet", patch: int = 96,
             train_pairs: int = 24, val_pairs: int = 4) -> None:
     """Train ``arch`` for ``iters`` iterations on ``train_pairs`` synthetic pairs, test on ``val_pairs``."""
     from isplab.data.synth import synthesize_dataset
@@ -35,8 +35,8 @@ def section(out: Path, report: Report, *, seed: int, device: str, iters: int = 3
     for split, count, split_seed in (("train", train_pairs, seed), ("val", val_pairs, seed + 1)):
         synthesize_dataset(folder / "data" / split, count, seed=split_seed, size=(256, 192), overwrite=True,
                            progress=False)
-    eval_every = max(1, iters // 3)
-    config = ISPTrainConfig(arch=arch, num_maps_base=8, patch=128, batch_size=8, lr=1e-3, iters=iters,
+    eval_every = max(1, iters // 4)
+    config = ISPTrainConfig(arch=arch, num_maps_base=8, patch=patch, batch_size=8, lr=1e-3, iters=iters,
                             eval_every=eval_every, patches_per_epoch=200, val_max_images=val_pairs, seed=seed,
                             device=device)
     torch.manual_seed(seed)

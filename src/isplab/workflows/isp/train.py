@@ -13,7 +13,9 @@ options), ``log.txt`` (this run's text log: a line per evaluation; a resume appe
 section) and the final network as ``model.pt`` (:func:`isplab.models.isp.save_isp_model`).
 
 A ``model_dir`` that already holds any of these is refused before any work unless ``resume``
-(continue that run) or ``overwrite`` (delete them, then start afresh).
+(continue that run) or ``overwrite`` (delete them, then start afresh). Ctrl-C saves the steps done
+as ``last.ckpt`` (one process; under DDP it keeps the last validation's) and raises
+:class:`TrainingInterrupted`; ``resume`` continues from there.
 
 Patches are a pure function of ``(seed, epoch, index)`` (:class:`~isplab.workflows.isp.data.PatchDataset`);
 under DDP Lightning's ``DistributedSampler`` gives each rank different indices, hence different
@@ -25,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,15 +36,15 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.plugins.environments import SLURMEnvironment
 import torch.nn.functional as F
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision.models import VGG19_Weights
 from torchvision.models.vgg import cfgs, make_layers
 
 from isplab.engine import build_trainer, configure_optimizer, fit, psnr, ssim, ssim_loss
-from isplab.engine.trainer import LAST_CHECKPOINT, resolve_checkpoint
+from isplab.engine.trainer import LAST_CHECKPOINT, resolve_accelerator, resolve_checkpoint
 from isplab.errors import IsplabError
 from isplab.io.paths import check_writable_dir, existing_outputs, prepare_output_dir
 from isplab.models.isp import build_isp_model, save_isp_model
@@ -203,8 +206,9 @@ class ISPModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         packed, target = batch
         terms = self.loss_terms(self.model(packed), target)
-        self.log("train_loss", terms["loss"], prog_bar=True)
-        self.log_dict({f"train_{name}": value for name, value in terms.items() if name != "loss"})
+        # sync_dist: under DDP the logged loss is the mean over all ranks' patches, not rank 0's.
+        self.log("train_loss", terms["loss"], prog_bar=True, sync_dist=True)
+        self.log_dict({f"train_{name}": value for name, value in terms.items() if name != "loss"}, sync_dist=True)
         return terms["loss"]
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -264,6 +268,8 @@ def train_isp(
         IsplabError: bad options, ``model_dir`` holding a previous run (without ``resume`` or
             ``overwrite``) or not writable, data problems, VGG weights missing, or a resume
             checkpoint that is absent or was trained with another architecture.
+        TrainingInterrupted: Ctrl-C; ``last.ckpt`` then holds the steps done (one process) or the
+            last validation (DDP), and ``resume=True`` continues from it.
     """
     _check_config(config)
     model_dir = Path(model_dir)
@@ -282,10 +288,14 @@ def train_isp(
     model = build_isp_model(config.arch, config.num_maps_base, **config.arch_options)
     if checkpoint is not None:
         _check_same_model(checkpoint, model)
+    resolve_accelerator(config.device)  # an absent device is refused before anything is deleted
     module_log = model_dir / "log.txt"
     if primary and not (resume or requeued):
         for path in existing_outputs(model_dir, RUN_OUTPUTS):  # only with overwrite (checked above)
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
     trainer = build_trainer(
         model_dir,
@@ -303,7 +313,7 @@ def train_isp(
         val_check_interval=config.eval_every,
         check_val_every_n_epoch=None,  # count eval_every across epochs: an iteration budget
         num_sanity_val_steps=0,
-        callbacks=list(callbacks),
+        callbacks=[SaveOnInterrupt(model_dir / "checkpoints" / LAST_CHECKPOINT), *callbacks],
     )
     # Built after build_trainer seeded torch: the same seed gives the same initial weights.
     model = build_isp_model(config.arch, config.num_maps_base, **config.arch_options)
@@ -321,7 +331,20 @@ def train_isp(
     train_loader = DataLoader(patches, config.batch_size, shuffle=False, drop_last=True, **loader_options)
     val_loader = DataLoader(val, batch_size=1, **loader_options)  # full images differ in size
 
-    best = fit(trainer, module, train_loader, val_loader, resume=checkpoint)
+    try:
+        best = fit(trainer, module, train_loader, val_loader, resume=checkpoint)
+    except SystemExit:
+        # Lightning turns Ctrl-C into a graceful shutdown (our callback saved last.ckpt), then
+        # sys.exit(1) with SIGINT ignored: restore Ctrl-C and say what can be resumed.
+        if not trainer.interrupted:
+            raise
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        last = model_dir / "checkpoints" / LAST_CHECKPOINT
+        step = _saved_step(last)
+        if primary:
+            with module_log.open("a") as handle:
+                handle.write(f"interrupted at step {trainer.global_step}; {last} holds step {step}\n")
+        raise TrainingInterrupted(last if step else None, step, config.iters) from None
     # The last validation may precede the last step: save the final state for --resume too.
     trainer.save_checkpoint(model_dir / "checkpoints" / LAST_CHECKPOINT)
     if trainer.is_global_zero:
@@ -329,6 +352,42 @@ def train_isp(
         with module_log.open("a") as handle:
             handle.write(f"finished at step {trainer.global_step}: model.pt written\n")
     return best if best is not None else model_dir / "checkpoints" / LAST_CHECKPOINT
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C, after Lightning's graceful shutdown.
+
+    Attributes:
+        checkpoint: ``model_dir/checkpoints/last.ckpt`` to resume from, or ``None`` when no step finished.
+        step: the optimiser steps it holds.
+        iters: the run's budget.
+    """
+
+    def __init__(self, checkpoint: Path | None, step: int, iters: int) -> None:
+        super().__init__(f"training interrupted at step {step} of {iters}")
+        self.checkpoint, self.step, self.iters = checkpoint, step, iters
+
+
+class SaveOnInterrupt(L.Callback):
+    """On Ctrl-C, save the state reached so far as ``last.ckpt`` (one process only: under DDP the
+    ranks cannot be relied on to meet for a collective save, so ``last.ckpt`` stays at the last
+    validation)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt) and trainer.world_size == 1 and trainer.global_step > 0:
+            trainer.save_checkpoint(self.path)
+
+
+def _saved_step(checkpoint: Path) -> int:
+    if not checkpoint.is_file():
+        return 0
+    try:
+        return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"])
+    except Exception:  # an unreadable checkpoint is nothing to resume from
+        return 0
 
 
 def _is_primary_process() -> bool:
