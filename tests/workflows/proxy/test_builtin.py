@@ -113,3 +113,15 @@ def test_render_builtin_applies_the_block_to_the_off_render(texture_dng):
     small = builtin.render_builtin(exposure, texture_dng, None, size=(64, 64))
     assert small.shape == (48, 64, 3)  # fits in the box, aspect kept
     assert small.mean() == pytest.approx(float(off.mean()), rel=1e-3)
+
+
+def test_spatial_parameters_are_in_full_resolution_pixels():
+    """At half size a 4 px radius acts as 2 px."""
+    x = _image()
+    sharpen = get_block("sharpen")
+    values = {"radius": 4.0, "amount": 1.0, "threshold": 0.0}
+    assert torch.allclose(builtin.apply_block(sharpen, x, values, scale=0.5), builtin.sharpen(x, 2.0, 1.0, 0.0))
+    lowpass = get_block("lowpass")
+    assert torch.allclose(
+        builtin.apply_block(lowpass, x, {**lowpass.defaults(), "radius": 6.0}, scale=0.5), builtin.lowpass(x, 3.0)
+    )

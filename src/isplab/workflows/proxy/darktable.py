@@ -194,9 +194,15 @@ def check_layouts(info: DarktableInfo, blocks: list[Block]) -> bool:
     Raises:
         IsplabError: a mismatch, naming the module, both versions and both sizes.
     """
-    found = introspect(info, [b.operation for b in blocks])
+    found = introspect(info, [b.operation for b in blocks] + [_HIGHLIGHTS[0]])
     if found is None:
         return False
+    highlights = found.get(_HIGHLIGHTS[0], {})
+    if (highlights.get("version"), highlights.get("size")) != _HIGHLIGHTS[1:]:
+        raise IsplabError(
+            f"darktable {info.version} ({info.cli}) has highlights params version {highlights.get('version')} of "
+            f"{highlights.get('size')} bytes; isplab writes version {_HIGHLIGHTS[1]} of {_HIGHLIGHTS[2]} bytes: unsupported struct layout"
+        )
     for block in blocks:
         actual = found.get(block.operation, {})
         where = f"darktable {info.version} ({info.cli})"

@@ -41,7 +41,6 @@ from isplab.workflows.proxy.dataset import (
     ENTRIES,
     FORMAT,
     FORMAT_VERSION,
-    manifest_names,
     sample_id,
     write_json,
     write_manifest,

@@ -1,0 +1,133 @@
+"""Sky prediction at any size: overlapping tiles blended with a smooth window, bounded memory.
+
+:func:`predict_alpha` is the one inference function (training validation, the CLI and tests use
+it). The image is reflect-padded to a multiple of the network's ``size_multiple``; tiles of side
+``tile`` start every ``tile - overlap`` pixels (multiples of ``size_multiple``, so every tile sees
+the same pixel grid as the whole image would) and the last one is flush with the far edge. Each
+tile's sigmoid output is weighted by a window that is 0 for ``margin`` pixels at the tile's inner
+edges (where the tile's own zero padding changes the output), rises as a raised cosine over the rest
+of the overlap and is 1 in the middle; edges on the image border keep weight 1. The result is the
+weighted mean. Memory: the image, two ``H x W`` float32 accumulators and one batch of tiles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from isplab.errors import IsplabError
+from isplab.workflows.sky.hdr import LogEncoding, network_input
+
+
+@dataclass(frozen=True)
+class TileOptions:
+    """``tile``: tile side (a multiple of the model's ``size_multiple``); ``overlap``: pixels shared by
+    neighbouring tiles; ``margin``: pixels of each inner tile edge given weight 0 (< overlap / 2);
+    ``batch``: tiles per forward pass. ``tile=0`` runs the whole image at once."""
+
+    tile: int = 512
+    overlap: int = 128
+    margin: int = 32
+    batch: int = 4
+
+
+def _ramp(length: int, overlap: int, margin: int, start_edge: bool, end_edge: bool) -> np.ndarray:
+    w = np.ones(length, np.float64)
+    rise = max(1, overlap - 2 * margin)
+    t = (np.arange(overlap) - margin + 0.5) / rise
+    ramp = np.where(t <= 0, 0.0, np.where(t >= 1, 1.0, 0.5 - 0.5 * np.cos(np.pi * np.clip(t, 0, 1))))
+    if not start_edge:
+        w[:overlap] = np.minimum(w[:overlap], ramp)
+    if not end_edge:
+        w[length - overlap :] = np.minimum(w[length - overlap :], ramp[::-1])
+    return w
+
+
+def _starts(size: int, tile: int, step: int) -> list[int]:
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile, step))
+    starts.append(size - tile)
+    return sorted(set(starts))
+
+
+@torch.no_grad()
+def predict_alpha(
+    model: nn.Module,
+    pixels: np.ndarray,
+    hdr: bool,
+    options: TileOptions = TileOptions(),
+    *,
+    encoding: LogEncoding | None = None,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Soft sky probability ``(H, W)`` float32 in [0, 1] for ``pixels`` ``(H, W, 3)``.
+
+    Raises:
+        IsplabError: a tile size that is not a multiple of the model's ``size_multiple``, or an
+            overlap/margin that does not fit the tile.
+    """
+    from isplab.workflows.sky.model import model_encoding
+
+    encoding = encoding or model_encoding(model)
+    mult = int(getattr(model, "size_multiple", 32))
+    h, w = pixels.shape[:2]
+    ph, pw = -(-h // mult) * mult, -(-w // mult) * mult
+    model = model.eval().to(device)
+    tile, overlap, margin = options.tile, options.overlap, options.margin
+    if tile <= 0 or (tile >= ph and tile >= pw):
+        x = _encode(pixels, hdr, encoding, ph, pw)
+        out = torch.sigmoid(model(torch.from_numpy(x).permute(2, 0, 1)[None].to(device)))[0, 0]
+        return out[:h, :w].float().cpu().numpy()
+    if tile % mult:
+        raise IsplabError(f"tile {tile} must be a multiple of {mult} (the model's size multiple)")
+    if not (0 <= 2 * margin < overlap < tile) or (tile - overlap) % mult:
+        raise IsplabError(f"bad tiling: need 0 <= 2*margin < overlap < tile and tile - overlap a multiple of {mult}, got tile {tile}, overlap {overlap}, margin {margin}")
+    padded = _encode(pixels, hdr, encoding, max(ph, tile), max(pw, tile), lazy=True)
+    H, W = max(ph, tile), max(pw, tile)
+    acc = np.zeros((H, W), np.float32)
+    weight = np.zeros((H, W), np.float32)
+    ys, xs = _starts(H, tile, tile - overlap), _starts(W, tile, tile - overlap)
+    boxes = [(y, x) for y in ys for x in xs]
+    for k in range(0, len(boxes), max(1, options.batch)):
+        chunk = boxes[k : k + max(1, options.batch)]
+        batch = np.stack([padded(y, x, tile) for y, x in chunk])
+        probs = torch.sigmoid(model(torch.from_numpy(batch).permute(0, 3, 1, 2).to(device)))[:, 0].float().cpu().numpy()
+        for (y, x), p in zip(chunk, probs):
+            wy = _ramp(tile, overlap, margin, y == 0, y + tile >= H)
+            wx = _ramp(tile, overlap, margin, x == 0, x + tile >= W)
+            win = np.outer(wy, wx).astype(np.float32)
+            acc[y : y + tile, x : x + tile] += win * p
+            weight[y : y + tile, x : x + tile] += win
+    return (acc / np.maximum(weight, 1e-12))[:h, :w]
+
+
+def _encode(pixels: np.ndarray, hdr: bool, encoding: LogEncoding, H: int, W: int, lazy: bool = False):
+    """Network input padded (reflect) to ``H x W``; ``lazy`` returns ``tile(y, x, size)`` that
+    encodes one tile at a time instead of the whole image (bounded memory)."""
+    h, w = pixels.shape[:2]
+
+    def crop(y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+        rows = _reflect(np.arange(y0, y1), h)
+        cols = _reflect(np.arange(x0, x1), w)
+        if y1 <= h and x1 <= w:
+            part = pixels[y0:y1, x0:x1]
+        else:
+            part = pixels[np.ix_(rows, cols)]
+        return network_input(part, hdr, encoding)
+
+    if lazy:
+        return lambda y, x, size: crop(y, x, y + size, x + size)
+    return crop(0, 0, H, W)
+
+
+def _reflect(index: np.ndarray, size: int) -> np.ndarray:
+    if size == 1:
+        return np.zeros_like(index)
+    period = 2 * (size - 1)
+    i = np.mod(index, period)
+    return np.where(i < size, i, period - i)
