@@ -40,7 +40,7 @@ def test_debug_shows_the_traceback(tmp_path, isplab_cli):
 
 
 def test_unfinished_workflows_say_so(isplab_cli):
-    result = isplab_cli("sky")
+    result = isplab_cli("genisp")
     assert result.returncode == 1 and "not yet available" in result.stderr
 
 

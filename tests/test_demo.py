@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from isplab import __version__
-from isplab.demo import SECTIONS, run_demo
+from isplab.demo import SECTIONS, available_cpus, run_demo
 from isplab.errors import IsplabError
 
 STAGE_LINE = re.compile(r"^\[ ?\d+:\d\d\] ")
@@ -84,6 +84,20 @@ def test_bad_arguments_are_refused_before_anything_runs(tmp_path):
     with pytest.raises(IsplabError, match="demo folder .*file is a file: expected a folder"):
         run_demo(blocker)
     assert not (tmp_path / "a").exists()
+
+
+def test_a_failing_section_names_its_log_and_the_cli_prints_one_line(tmp_path, capfd):
+    with pytest.raises(IsplabError, match="bad size|at least"):
+        run_demo(tmp_path / "demo", sections=["data"], device="cpu", options={"data": {"count": 0}})
+    err = capfd.readouterr().err.splitlines()
+    assert re.fullmatch(rf"\[ ?\d+:\d\d\] data: failed after \d+\.\d s; its console output is in "
+                        rf"{re.escape(str(tmp_path / 'demo/data/console.log'))}", err[-1]), err
+
+
+def test_threads_never_exceed_the_usable_cpus():
+    import os
+
+    assert 1 <= available_cpus() <= len(os.sched_getaffinity(0))
 
 
 @pytest.mark.slow

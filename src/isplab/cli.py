@@ -140,9 +140,12 @@ from isplab.workflows.proxy.cli import app as proxy_app  # noqa: E402
 
 app.add_typer(proxy_app, name="proxy")
 
+from isplab.workflows.sky.cli import app as sky_app  # noqa: E402
+
+app.add_typer(sky_app, name="sky")
+
 for _name, _issue, _what in [
     ("genisp", None, "GenISP: minimal neural ISP for low-light detection"),
-    ("sky", None, "Sky segmentation of HDR images"),
 ]:
     app.add_typer(_not_yet(_name, _issue, _what), name=_name)
 

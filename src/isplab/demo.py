@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import os
 import shutil
 import sys
@@ -168,6 +169,8 @@ def run_demo(
         if (out / name).is_dir():
             shutil.rmtree(out / name)  # --overwrite: a section always starts from an empty folder
 
+    threads_before = _torch_threads()
+    threads = _fit_threads_to_cpus()
     global _active
     console = _active = _Console()
     started = datetime.now().astimezone()
@@ -181,7 +184,7 @@ def run_demo(
     links: dict[str, list] = {}
     try:
         console.line(
-            f"isplab {__version__} demo -> {out} (sections: {', '.join(names)}; device {accelerator})"
+            f"isplab {__version__} demo -> {out} (sections: {', '.join(names)}; device {accelerator}, {threads})"
             + ("" if debug else f"; third-party output goes to {out}/<section>/{CONSOLE_LOG}")
         )
         for name in names:
@@ -193,9 +196,10 @@ def run_demo(
                 with redirected_output(None if debug else folder / CONSOLE_LOG):
                     module = importlib.import_module(SECTIONS[name])
                     module.section(out, report, seed=seed, device=accelerator, **options.get(name, {}))
-            except BaseException:
+            except BaseException as error:
+                what = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
                 log = "" if debug else f"; its console output is in {folder / CONSOLE_LOG}"
-                console.line(f"failed after {format_duration(time.perf_counter() - start)}{log}")
+                console.line(f"{what} after {format_duration(time.perf_counter() - start)}{log}")
                 raise
             durations[name] = time.perf_counter() - start
             console.line(f"done in {format_duration(durations[name])}")
@@ -211,7 +215,7 @@ def run_demo(
                 extra={
                     "started": started.strftime("%Y-%m-%d %H:%M:%S %Z"),
                     "seed": seed,
-                    "CPU threads (torch)": _torch_threads(),
+                    "CPU threads": threads,
                 },
             )
         path = report.write()
@@ -220,9 +224,60 @@ def run_demo(
     finally:
         _active = None
         console.close()
+        _set_torch_threads(threads_before)
 
 
 def _torch_threads() -> int:
     import torch
 
     return torch.get_num_threads()
+
+
+def _set_torch_threads(count: int) -> None:
+    import torch
+
+    torch.set_num_threads(count)
+
+
+def available_cpus() -> int:
+    """CPUs this process may actually use: its CPU affinity, capped by a cgroup CPU quota (a
+    container limited to 2 CPUs on a 64-core host sees 64 cores but gets 2)."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    for quota_file, period_file in (("/sys/fs/cgroup/cpu.max", None),
+                                    ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")):
+        try:
+            if period_file is None:
+                quota, period = Path(quota_file).read_text().split()[:2]
+            else:
+                quota, period = Path(quota_file).read_text().strip(), Path(period_file).read_text().strip()
+            if quota not in ("max", "-1"):
+                count = min(count, max(1, math.ceil(int(quota) / int(period))))
+            break
+        except (OSError, ValueError):
+            continue
+    return max(1, count)
+
+
+def _fit_threads_to_cpus() -> str:
+    """Use as many torch threads as there are idle CPUs, and say so.
+
+    More threads than free CPUs can make training many times slower, not a little: the threads
+    spin waiting for each other while other processes hold the CPUs. So the demo takes the CPUs it may use
+    (:func:`available_cpus`) minus the 1-minute load average, at least 1 — unless the user chose
+    (``OMP_NUM_THREADS``).
+    """
+    import torch
+
+    if "OMP_NUM_THREADS" in os.environ:
+        return f"{torch.get_num_threads()} torch threads (OMP_NUM_THREADS)"
+    cpus = available_cpus()
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    threads = max(1, min(cpus, torch.get_num_threads(), round(cpus - load)))
+    torch.set_num_threads(threads)
+    return f"{threads} torch thread{'s' if threads > 1 else ''} (load {load:.1f} on {cpus} CPUs)"

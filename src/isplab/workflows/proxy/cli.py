@@ -9,9 +9,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from isplab.cli_options import Overwrite, Progress, Seed, Workers
+from isplab.cli_options import Device, Devices, NumNodes, Overwrite, Progress, Resume, Seed, Strategy, Workers, trainer_options
 
-app = typer.Typer(help="Neural proxies of darktable's processing blocks: datasets (generate).", no_args_is_help=True)
+app = typer.Typer(help="Neural proxies of darktable's processing blocks: datasets (generate), training (train), scores (test), slider regression (regress), sweeps (sweep).", no_args_is_help=True)
 console = Console(stderr=True, soft_wrap=True)
 
 
@@ -73,3 +73,143 @@ def generate_command(
         console.print(f"[red]failed[/] sample {failure['id']} ({failure['image']}): {escape(failure['error'])}", highlight=False)
     if result.failures:
         raise typer.Exit(1)
+
+
+Model = Annotated[Path, typer.Option("--model", "-m", help="Trained proxy (model.pt from isplab proxy train).", show_default=False)]
+
+
+@app.command("train")
+def train_command(
+    block: Annotated[str, typer.Argument(help="The block the dataset holds (exposure, temperature, ...).", show_default=False)],
+    dataset: Annotated[Path, typer.Argument(metavar="DATASET", help="Dataset folder of isplab proxy generate.", show_default=False)],
+    model_dir: Annotated[Path, typer.Argument(metavar="MODEL_DIR", help="Run folder: model.pt, config.json, log.txt, checkpoints/, logs/, report.html.", show_default=False)],
+    param: Annotated[list[str] | None, typer.Option("-p", "--param", help="The parameters the proxy takes (comma-separated or repeated); must be the dataset's varied ones. Default: those.", show_default=False)] = None,
+    width: Annotated[int, typer.Option("--width", help="U-Net width: channels width ... 16 width.")] = 32,
+    depth: Annotated[int, typer.Option("--depth", help="Down-sampling steps of the U-Net.")] = 4,
+    iters: Annotated[int, typer.Option("--iters", help="Training iterations (the total, also when resuming).")] = 20_000,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Budget in epochs of --patches-per-epoch patches instead of --iters.", show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Patches per step and per device.")] = 8,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-4,
+    patch: Annotated[int, typer.Option("--patch", help="Square crop side in pixels.")] = 128,
+    patches_per_epoch: Annotated[int, typer.Option("--patches-per-epoch", help="Random crops per epoch (re-drawn each epoch).")] = 2000,
+    eval_every: Annotated[int, typer.Option("--eval-every", help="Validate and checkpoint every this many iterations.")] = 1000,
+    loss: Annotated[str | None, typer.Option("--loss", help="l1, mse or l1+grad (default: l1+grad for sharpen, l1 otherwise).", show_default=False)] = None,
+    holdout_params: Annotated[float, typer.Option("--holdout-params", help="Share of samples held out by parameter value (a central band of each parameter's range).")] = 0.1,
+    workers: Annotated[int, typer.Option("--workers", help="Dataloader worker processes per device.")] = 0,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+    seed: Seed = 0,
+    device: Device = "auto",
+    devices: Devices = "auto",
+    strategy: Strategy = "auto",
+    num_nodes: NumNodes = 1,
+    progress: Progress = True,
+) -> None:
+    """Train a proxy (the seed's U-Net) of one block; writes the run folder and report.html."""
+    from isplab.workflows.proxy.train import ProxyTrainConfig, TrainingInterrupted, train_proxy
+
+    options = trainer_options(device, devices, strategy, num_nodes)
+    if epochs is not None:
+        iters = max(1, epochs * (patches_per_epoch // max(1, batch_size)))
+    config = ProxyTrainConfig(
+        params=param, width=width, depth=depth, patch=patch, batch_size=batch_size, lr=lr, iters=iters,
+        eval_every=eval_every, patches_per_epoch=patches_per_epoch, loss=loss, holdout_params=holdout_params,
+        seed=seed, workers=workers, **options.as_kwargs(),
+    )  # fmt: skip
+    try:
+        path = train_proxy(block, dataset, model_dir, config, resume=resume, overwrite=overwrite, progress=progress)
+    except TrainingInterrupted as stop:
+        if stop.checkpoint is None:
+            console.print("interrupted before the first step finished: nothing to resume", highlight=False)
+        else:
+            console.print(f"interrupted: {stop.checkpoint} holds step {stop.step} of {stop.iters}; the same command "
+                          "with --resume (not --overwrite) continues from it", highlight=False)
+        raise typer.Exit(130) from None
+    console.print(f"model: {path}; report: {model_dir / 'report.html'}", highlight=False)
+
+
+@app.command("test")
+def test_command(
+    dataset: Annotated[Path, typer.Argument(metavar="DATASET", help="Dataset folder of isplab proxy generate.", show_default=False)],
+    model: Model,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Report folder (report.html, report_grid.png, report_metrics.json).", show_default=False)],
+    overwrite: Overwrite = False,
+) -> None:
+    """Score a proxy on a dataset's held-out images and parameter values (PSNR, SSIM, worst samples, grid)."""
+    from isplab.workflows.proxy.evaluate import test_proxy
+
+    result = test_proxy(dataset, model, output, overwrite=overwrite)
+    for group, scores in result.groups.items():
+        console.print(f"{group}: {scores['n']} samples, PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.4f}", highlight=False)
+    console.print(f"report: {result.report}", highlight=False)
+
+
+@app.command("regress")
+def regress_command(
+    block: Annotated[str, typer.Argument(help="The block the proxy models.", show_default=False)],
+    model: Model,
+    target: Annotated[Path | None, typer.Option("--target", help="Target image (TIFF, linear RGB, the block on).", show_default=False)] = None,
+    input: Annotated[Path | None, typer.Option("--input", help="The block-off image (TIFF).", show_default=False)] = None,
+    sample: Annotated[str | None, typer.Option("--sample", help="A dataset sample id: its input, output, raw and true parameters.", show_default=False)] = None,
+    dataset: Annotated[Path | None, typer.Option("--dataset", help="Dataset of --sample and of the raws (default: the model's training set).", show_default=False)] = None,
+    raw: Annotated[Path | None, typer.Option("--raw", help="Raw to render the recovered parameters from (render-back check) without --sample.", show_default=False)] = None,
+    iters: Annotated[int, typer.Option("--iters", help="Adam steps on the parameters.")] = 100,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (unit parameter range).")] = 0.05,
+    search: Annotated[bool, typer.Option("--search/--no-search", help="Also run Nelder-Mead directly on the renderer.")] = True,
+    search_renders: Annotated[int, typer.Option("--search-renders", help="Render budget of the Nelder-Mead search.")] = 60,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder for regress.json and the render-back TIFF/XMP.", show_default=False)] = None,
+    overwrite: Overwrite = False,
+    seed: Seed = 0,
+    darktable_cli: Annotated[str | None, typer.Option("--darktable-cli", help="darktable-cli to run (default: the one on PATH).", show_default=False)] = None,
+) -> None:
+    """Recover a block's slider values from a target image through the frozen proxy; render them back and compare with a derivative-free search on the renderer."""
+    from isplab.workflows.proxy.regress import RegressOptions, regress
+
+    r = regress(RegressOptions(
+        block=block, model=model, target=target, input=input, sample=sample, dataset=dataset, raw=raw, iters=iters,
+        lr=lr, seed=seed, search=search, search_renders=search_renders, output=output, overwrite=overwrite,
+        darktable_cli=darktable_cli,
+    ))  # fmt: skip
+    for name in r.params:
+        line = f"{name}: recovered {r.recovered[name]:.4g} (start {r.start[name]:.4g})"
+        if r.truth is not None:
+            line += f", truth {r.truth[name]:.4g}, error {r.error_percent[name]:.2f}% of range"
+        console.print(line, highlight=False)
+    console.print(f"proxy: {r.proxy_seconds:.2f} s, proxy PSNR {r.proxy_psnr:.2f} dB", highlight=False)
+    if r.render_back_psnr is not None:
+        console.print(f"render-back ({r.backend}): PSNR {r.render_back_psnr:.2f} dB against the target", highlight=False)
+    if r.search is not None:
+        s = r.search
+        line = f"Nelder-Mead on the renderer: {s['renders']} renders, {s['seconds']:.2f} s, PSNR {s['psnr']:.2f} dB"
+        if "error_percent" in s:
+            line += ", errors " + ", ".join(f"{n} {e:.2f}%" for n, e in s["error_percent"].items())
+        console.print(line, highlight=False)
+    for path in r.written:
+        console.print(f"wrote {path}", highlight=False)
+
+
+@app.command("sweep")
+def sweep_command(
+    block: Annotated[str, typer.Argument(help="The block the proxy models.", show_default=False)],
+    param: Annotated[str, typer.Argument(metavar="PARAM", help="The parameter to sweep across its trained range.", show_default=False)],
+    model: Model,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder: frames/frame_0000.png..., sweep.mp4, sweep.gif, sweep.json.", show_default=False)],
+    image: Annotated[Path | None, typer.Option("--image", help="Raw (DNG) to sweep on.", show_default=False)] = None,
+    sample: Annotated[str | None, typer.Option("--sample", help="A dataset sample: its image and other parameter values.", show_default=False)] = None,
+    dataset: Annotated[Path | None, typer.Option("--dataset", help="Dataset (default: the model's training set): renderer, size, fixed values.", show_default=False)] = None,
+    steps: Annotated[int, typer.Option("--steps", help="Frames.")] = 100,
+    fps: Annotated[int, typer.Option("--fps", help="Frames per second of the MP4 and GIF.")] = 25,
+    render: Annotated[bool, typer.Option("--render/--no-render", help="Render each frame with darktable (or the builtin ops) beside the proxy.")] = True,
+    overwrite: Overwrite = False,
+    darktable_cli: Annotated[str | None, typer.Option("--darktable-cli", help="darktable-cli to run (default: the one on PATH).", show_default=False)] = None,
+) -> None:
+    """Frames across one parameter's range, proxy beside the renderer, as PNGs, an MP4 and a GIF."""
+    from isplab.workflows.proxy.sweep import SweepOptions, sweep
+
+    r = sweep(SweepOptions(block=block, param=param, model=model, output=output, image=image, sample=sample,
+                           dataset=dataset, steps=steps, fps=fps, render=render, overwrite=overwrite,
+                           darktable_cli=darktable_cli))  # fmt: skip
+    scores = [p for p in r.psnr if p is not None]
+    if scores:
+        console.print(f"proxy vs renderer: PSNR {min(scores):.2f} to {max(scores):.2f} dB over {len(scores)} frames", highlight=False)
+    console.print(f"wrote {len(r.frames)} frames, {r.mp4} and {r.gif}", highlight=False)

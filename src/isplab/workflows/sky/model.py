@@ -84,7 +84,17 @@ def load_encoder_weights(model: nn.Module, path: str | Path) -> None:
             f"{path} does not fit the encoder: {len(missing)} of its {len(own)} weights are missing or of another shape "
             f"(e.g. {missing[0]}); expected weights of the same encoder architecture"
         )
+    extra = sorted(k for k in state if k not in own and not k.startswith(_HEADS))
+    if extra:
+        raise IsplabError(
+            f"{path} does not fit the encoder: it holds {len(extra)} weights the encoder lacks (e.g. {extra[0]}); "
+            "expected weights of the same encoder architecture"
+        )
     model.encoder.load_state_dict(usable)
+
+
+#: classifier heads in encoder weight files, ignored
+_HEADS = ("fc.", "classifier.", "head.", "last_linear.")
 
 
 def save_sky_model(model: nn.Module, path: str | Path) -> Path:

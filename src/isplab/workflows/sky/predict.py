@@ -29,9 +29,9 @@ class TileOptions:
     neighbouring tiles; ``margin``: pixels of each inner tile edge given weight 0 (< overlap / 2);
     ``batch``: tiles per forward pass. ``tile=0`` runs the whole image at once."""
 
-    tile: int = 512
-    overlap: int = 128
-    margin: int = 32
+    tile: int = 1024
+    overlap: int = 512
+    margin: int = 192
     batch: int = 4
 
 
@@ -131,3 +131,89 @@ def _reflect(index: np.ndarray, size: int) -> np.ndarray:
     period = 2 * (size - 1)
     i = np.mod(index, period)
     return np.where(i < size, i, period - i)
+
+
+#: the files :func:`predict_files` writes per image, by suffix
+OUTPUT_SUFFIXES = ("_mask.png", "_alpha.png", "_overlay.png")
+#: overlay tint of the predicted sky (RGB) and its opacity
+OVERLAY_COLOUR, OVERLAY_OPACITY = (0, 160, 255), 0.5
+
+
+def overlay(preview: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """``preview`` (uint8 RGB) with the sky tinted by ``alpha`` at ``OVERLAY_OPACITY`` and the
+    0.5-contour of ``alpha`` drawn in red (what the seed did by hand in Photoshop)."""
+    import cv2
+
+    a = (np.clip(alpha, 0, 1) * OVERLAY_OPACITY)[..., None]
+    out = preview.astype(np.float32) * (1 - a) + np.array(OVERLAY_COLOUR, np.float32) * a
+    out = np.rint(out).astype(np.uint8)
+    binary = (alpha >= 0.5).astype(np.uint8)
+    edge = binary ^ cv2.erode(binary, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_REPLICATE)
+    out[edge.astype(bool)] = (255, 0, 0)
+    return out
+
+
+@dataclass
+class PredictResult:
+    written: list[Path]
+    failures: list[tuple[Path, str]]
+
+
+def output_paths(image: Path, out_dir: Path) -> list[Path]:
+    return [out_dir / f"{image.stem}{suffix}" for suffix in OUTPUT_SUFFIXES]
+
+
+def predict_files(
+    images: list[Path],
+    model_path: str | Path,
+    out_dir: str | Path,
+    options: TileOptions = TileOptions(),
+    *,
+    overwrite: bool = False,
+    device: str = "auto",
+    on_file=None,
+) -> PredictResult:
+    """For each image: ``<stem>_mask.png`` (uint8, 255 = sky, alpha >= 0.5), ``<stem>_alpha.png``
+    (uint16 soft probability) and ``<stem>_overlay.png`` under ``out_dir``.
+
+    Every output is checked before any work (existing ones refused without ``overwrite``); a file
+    that fails is reported in ``failures`` and the others carry on.
+
+    Raises:
+        IsplabError: unusable model, existing outputs, two inputs with the same stem, or an
+            unwritable ``out_dir``.
+    """
+    from isplab.engine.trainer import resolve_accelerator
+    from isplab.io.image import to_uint16, write_image
+    from isplab.io.paths import check_writable_dir, prepare_output_file
+    from isplab.workflows.sky.hdr import read_sky_image, tone_map
+    from isplab.workflows.sky.model import load_sky_model
+
+    out_dir = check_writable_dir(out_dir)
+    stems = [Path(p).stem for p in images]
+    duplicate = next((s for s in stems if stems.count(s) > 1), None)
+    if duplicate:
+        raise IsplabError(f"two inputs are named {duplicate}.*: their outputs would collide in {out_dir}")
+    for image in images:
+        for path in output_paths(Path(image), out_dir):
+            prepare_output_file(path, overwrite=overwrite)
+    model = load_sky_model(model_path)
+    accelerator = resolve_accelerator(device)
+    torch_device = "cuda" if accelerator == "cuda" else accelerator
+    written, failures = [], []
+    for image_path in map(Path, images):
+        try:
+            image = read_sky_image(image_path)
+            alpha = predict_alpha(model, image.pixels, image.hdr, options, device=torch_device)
+            mask_path, alpha_path, overlay_path = output_paths(image_path, out_dir)
+            write_image(mask_path, np.where(alpha >= 0.5, 255, 0).astype(np.uint8), overwrite=overwrite)
+            write_image(alpha_path, to_uint16(alpha), overwrite=overwrite)
+            write_image(overlay_path, overlay(tone_map(image.pixels, image.hdr), alpha), overwrite=overwrite)
+            written += [mask_path, alpha_path, overlay_path]
+            if on_file:
+                on_file(image_path, None)
+        except IsplabError as error:
+            failures.append((image_path, str(error)))
+            if on_file:
+                on_file(image_path, str(error))
+    return PredictResult(written, failures)

@@ -1,0 +1,166 @@
+"""Parameter-conditioned U-Net: a differentiable stand-in ("proxy") for one image-processing block.
+
+The architecture of the DarkProxies seed: a U-Net whose encoder levels have ``width``,
+``2 width``, ... ``2^depth width`` channels (default ``width=32, depth=4``: 32, 64, 128, 256,
+512), with the block's parameters broadcast as constant channels and concatenated to the input
+and to the input of every encoder level, and the network's output added to its input
+(``out = x + unet(x, p)``). The last layer is zero-initialised, so an untrained proxy is the
+identity.
+
+Parameters enter **normalised to [0, 1]**: ``u = (value - low) / (high - low)`` over the ranges
+the model was built with (``ranges``); :meth:`ProxyUNet.to_unit` and :meth:`ProxyUNet.from_unit`
+convert. What the ranges and parameter names mean is the caller's business (the proxy workflow
+stores its block and dataset description in ``meta``); this module holds no workflow logic.
+
+Shapes: ``x`` ``(B, C, H, W)`` (any ``H, W``: padded internally to a multiple of ``2^depth`` by
+reflection and cropped back), ``unit`` ``(B, P)``; output ``(B, C, H, W)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from isplab.errors import IsplabError
+from isplab.models.checkpoint import load_model, save_model
+
+__all__ = ["PROXY_ARCHS", "ProxyUNet", "build_proxy_model", "save_proxy_model", "load_proxy_model"]
+
+PROXY_ARCHS = ("unet",)
+CONFIG_KEY = "proxy_config"
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1),
+        nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1),
+        nn.LeakyReLU(0.2, inplace=True),
+    )
+
+
+class ProxyUNet(nn.Module):
+    """The seed's U-Net with parameter channels (see the module docstring).
+
+    Args:
+        ranges: ``[(low, high), ...]``, one per parameter, ``low < high``.
+        channels: image channels ``C`` (3 for RGB).
+        width: channels of the first level.
+        depth: down-sampling steps (``depth + 1`` levels, the deepest ``2^depth * width`` wide).
+    """
+
+    def __init__(self, ranges: list[tuple[float, float]], channels: int = 3, width: int = 32, depth: int = 4) -> None:
+        super().__init__()
+        if not ranges:
+            raise IsplabError("a proxy needs at least one parameter (ranges is empty)")
+        for low, high in ranges:
+            if not float(high) > float(low):
+                raise IsplabError(f"bad parameter range [{low}, {high}]: expected low < high")
+        if width < 1 or depth < 0 or channels < 1:
+            raise IsplabError(f"bad proxy size: width {width}, depth {depth}, channels {channels} (expected >= 1, >= 0, >= 1)")
+        self.n_params, self.channels, self.width, self.depth = len(ranges), channels, width, depth
+        self.register_buffer("low", torch.tensor([float(r[0]) for r in ranges]), persistent=False)
+        self.register_buffer("high", torch.tensor([float(r[1]) for r in ranges]), persistent=False)
+        p = self.n_params
+        widths = [width * 2**level for level in range(depth + 1)]
+        self.encoders = nn.ModuleList()
+        cin = channels
+        for w in widths:
+            self.encoders.append(_block(cin + p, w))
+            cin = w
+        self.ups = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for level in range(depth, 0, -1):
+            self.ups.append(nn.ConvTranspose2d(widths[level], widths[level - 1], 2, stride=2))
+            self.decoders.append(_block(2 * widths[level - 1], widths[level - 1]))
+        self.head = nn.Conv2d(widths[0], channels, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def size_multiple(self) -> int:
+        return 2**self.depth
+
+    def to_unit(self, values: torch.Tensor) -> torch.Tensor:
+        """Parameter values ``(B, P)`` -> ``(values - low) / (high - low)``."""
+        return (values - self.low) / (self.high - self.low)
+
+    def from_unit(self, unit: torch.Tensor) -> torch.Tensor:
+        """Unit values ``(B, P)`` -> ``low + unit * (high - low)``."""
+        return self.low + unit * (self.high - self.low)
+
+    def forward(self, x: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(B, C, H, W)``, ``unit`` ``(B, P)`` in [0, 1] -> ``(B, C, H, W)``."""
+        if x.ndim != 4 or x.shape[1] != self.channels:
+            raise IsplabError(f"proxy expects images (B, {self.channels}, H, W), got {tuple(x.shape)}")
+        if unit.ndim != 2 or unit.shape != (x.shape[0], self.n_params):
+            raise IsplabError(f"proxy expects parameters ({x.shape[0]}, {self.n_params}), got {tuple(unit.shape)}")
+        h, w = x.shape[-2:]
+        m = self.size_multiple
+        ph, pw = (-h) % m, (-w) % m
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        y = F.pad(x, (0, pw, 0, ph), mode=mode) if ph or pw else x
+        u = unit.to(x.dtype)[:, :, None, None]
+        skips = []
+        for level, encoder in enumerate(self.encoders):
+            if level:
+                y = F.max_pool2d(y, 2)
+            y = encoder(torch.cat([y, u.expand(-1, -1, *y.shape[-2:])], dim=1))
+            skips.append(y)
+        for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips[:-1])):
+            y = decoder(torch.cat([up(y), skip], dim=1))
+        return x + self.head(y)[..., :h, :w]
+
+
+def build_proxy_model(
+    ranges: list[tuple[float, float]] | list[list[float]],
+    *,
+    arch: str = "unet",
+    channels: int = 3,
+    width: int = 32,
+    depth: int = 4,
+    meta: dict[str, Any] | None = None,
+) -> ProxyUNet:
+    """Build a proxy by architecture name; ``meta`` (JSON-like: what the proxy models) is stored
+    with the weights and available as ``model.proxy_config["meta"]``.
+
+    Raises:
+        IsplabError: unknown ``arch``, empty or inverted ranges, or a bad size.
+    """
+    if arch not in PROXY_ARCHS:
+        raise IsplabError(f"unknown proxy arch {arch!r}: expected one of {', '.join(PROXY_ARCHS)}")
+    ranges = [(float(lo), float(hi)) for lo, hi in ranges]
+    model = ProxyUNet(ranges, channels=channels, width=width, depth=depth)
+    model.proxy_config = {
+        "arch": arch,
+        "ranges": [list(r) for r in ranges],
+        "channels": channels,
+        "width": width,
+        "depth": depth,
+        "meta": dict(meta or {}),
+    }
+    return model
+
+
+def save_proxy_model(model: nn.Module, path: str | Path) -> Path:
+    """Save a model built by :func:`build_proxy_model` (state dict + build config + meta)."""
+    return save_model(model, path, CONFIG_KEY, "build_proxy_model")
+
+
+def load_proxy_model(path: str | Path) -> ProxyUNet:
+    """Load a model written by :func:`save_proxy_model` (CPU, eval mode).
+
+    Raises:
+        IsplabError: missing file, or not an isplab proxy model.
+    """
+
+    def build(c: dict) -> ProxyUNet:
+        return build_proxy_model(
+            c["ranges"], arch=c["arch"], channels=c["channels"], width=c["width"], depth=c["depth"], meta=c.get("meta")
+        )
+
+    return load_model(path, CONFIG_KEY, build, "proxy model")

@@ -1,0 +1,311 @@
+"""Slider regression through a frozen proxy, checked by rendering the answer (``isplab proxy regress``).
+
+1. **Proxy regression** (the seed's): the proxy is frozen; the parameters, as unit values, start
+   at a random point of ``[0, 1]^P`` (``seed``) and Adam minimises the MSE between the proxy's
+   render of the input and the target for ``iters`` steps, clamping to ``[0, 1]`` (the trained
+   range) after each step.
+2. **Render-back check**: the recovered values (with the dataset's fixed parameters) are
+   rendered by the black box that made the dataset (darktable-cli with an XMP written by
+   :mod:`.xmp` via :func:`.darktable.write_job_xmp`, or the builtin backend) from the raw, and
+   the render is compared with the target (PSNR, linear values, peak 1).
+3. **Derivative-free search** (``search``): scipy's Nelder-Mead on the same unit parameters
+   straight on the black box (each function evaluation one render), from the same start,
+   stopping after ``search_renders`` renders.
+
+Parameter errors are ``|recovered - truth|`` in percent of each parameter's trained range,
+reported when the truth is known (a dataset sample: ``--sample ID``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from isplab.engine import psnr
+from isplab.errors import IsplabError
+from isplab.io.paths import prepare_output_dir
+from isplab.models.proxy import ProxyUNet
+from isplab.workflows.proxy.blocks import get_block
+from isplab.workflows.proxy.dataset import ProxyDataset, load_dataset
+from isplab.workflows.proxy.evaluate import load_proxy
+
+__all__ = ["RegressOptions", "RegressResult", "regress_params", "BlackBox", "regress"]
+
+OUTPUTS = ("regress.json", "render_back.tif", "render_back.xmp")
+
+
+@dataclass
+class RegressOptions:
+    """What ``isplab proxy regress`` was asked.
+
+    Attributes:
+        block, model: the block and the trained proxy (``model.pt``).
+        target, input: TIFFs (linear RGB, as in a dataset); with ``sample`` they default to the
+            sample's output and input.
+        sample: a sample id of ``dataset`` (default: the model's training set): gives the input,
+            target, raw and true parameters.
+        dataset: the dataset holding ``sample`` and the raws.
+        raw: the raw file to render back from when not using ``sample``.
+        iters, lr, seed: the proxy regression.
+        search, search_renders: run the derivative-free search on the black box, at most this
+            many renders.
+        output: folder for ``regress.json`` and the render-back TIFF/XMP (``None``: nothing kept).
+    """
+
+    block: str
+    model: Path
+    target: Path | None = None
+    input: Path | None = None
+    sample: str | None = None
+    dataset: Path | None = None
+    raw: Path | None = None
+    iters: int = 100
+    lr: float = 0.05
+    seed: int = 0
+    search: bool = True
+    search_renders: int = 60
+    output: Path | None = None
+    overwrite: bool = False
+    darktable_cli: str | None = None
+
+
+@dataclass
+class RegressResult:
+    params: list[str]
+    start: dict[str, float]
+    recovered: dict[str, float]
+    proxy_seconds: float
+    truth: dict[str, float] | None = None
+    error_percent: dict[str, float] | None = None
+    proxy_psnr: float | None = None  # proxy(input, recovered) vs target
+    render_back_psnr: float | None = None
+    backend: str | None = None
+    search: dict | None = None
+    written: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def regress_params(
+    model: ProxyUNet, x: torch.Tensor, target: torch.Tensor, *, iters: int = 100, lr: float = 0.05, start: torch.Tensor | None = None, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fit unit parameters ``(1, P)`` so that ``model(x, u)`` matches ``target`` (both ``(1, 3, H, W)``).
+
+    Returns:
+        ``(start, recovered)`` unit values. The model is left unchanged (frozen).
+    """
+    model = model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if start is None:
+        start = torch.from_numpy(np.random.default_rng(seed).random((1, model.n_params))).float()
+    u = start.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([u], lr=lr)
+    for _ in range(iters):
+        optimizer.zero_grad()
+        F.mse_loss(model(x, u), target).backward()
+        optimizer.step()
+        with torch.no_grad():
+            u.clamp_(0.0, 1.0)
+    return start, u.detach()
+
+
+class BlackBox:
+    """Renders one raw of a dataset with given parameters, as the dataset's backend did."""
+
+    def __init__(self, data: ProxyDataset, raw: Path, workdir: Path, darktable_cli: str | None = None) -> None:
+        self.block = get_block(data.block)
+        self.backend = data.info.get("backend", "builtin")
+        self.raw = Path(raw)
+        if not self.raw.is_file():
+            raise IsplabError(f"raw file {self.raw} does not exist: the render-back check needs the raw the target came from")
+        synthetic = (data.info.get("settings", {}).get("images") or {}).get("kind") == "synthetic"
+        self.size = None if synthetic or not data.info.get("size") else tuple(data.info["size"])
+        self.fixed = {p["name"]: float(p["range"][0]) for p in data.info["params"] if not p["varied"]}
+        self.workdir = Path(workdir)
+        self.renders = 0
+        self.info = None
+        if self.backend == "darktable":
+            from isplab.workflows.proxy.darktable import find_darktable
+            from isplab.workflows.proxy.generate import _wb_gains
+
+            self.info = find_darktable(darktable_cli)
+            self.wb = np.asarray(_wb_gains(self.raw))
+
+    def render_off(self) -> np.ndarray:
+        """``(H, W, 3)`` float32 render with the block disabled: the proxy's input."""
+        if self.backend == "darktable":
+            import tifffile
+
+            from isplab.workflows.proxy.darktable import RenderJob, render, write_job_xmp
+
+            xmp, tif = self.workdir / "off.xmp", self.workdir / "off.tif"
+            write_job_xmp(xmp, self.block, None, self.wb)
+            render(self.info, RenderJob(self.raw, xmp, tif, self.size), self.workdir / "config")
+            return tifffile.imread(tif).astype(np.float32)
+        from isplab.workflows.proxy.builtin import render_builtin
+
+        return render_builtin(self.block, self.raw, None, self.size)
+
+    def render(self, values: dict[str, float], tif: Path | None = None, xmp: Path | None = None) -> np.ndarray:
+        """``(H, W, 3)`` float32 render with ``values`` (varied parameters; fixed ones added)."""
+        full = {**self.fixed, **{k: float(v) for k, v in values.items()}}
+        self.renders += 1
+        if self.backend == "darktable":
+            import tifffile
+
+            from isplab.workflows.proxy.darktable import RenderJob, render, write_job_xmp
+
+            xmp = xmp or self.workdir / f"render_{self.renders}.xmp"
+            tif = tif or self.workdir / f"render_{self.renders}.tif"
+            write_job_xmp(xmp, self.block, full, self.wb)
+            render(self.info, RenderJob(self.raw, xmp, tif, self.size), self.workdir / "config")
+            return tifffile.imread(tif).astype(np.float32)
+        from isplab.workflows.proxy.builtin import render_builtin
+
+        image = render_builtin(self.block, self.raw, full, self.size)
+        if tif is not None:
+            import tifffile
+
+            tifffile.imwrite(tif, image)
+        return image
+
+
+def _image(path: Path) -> torch.Tensor:
+    from isplab.workflows.proxy.train import _read_tiff
+
+    if not Path(path).is_file():
+        raise IsplabError(f"image {path} does not exist")
+    return _read_tiff(Path(path))[None]
+
+
+def _psnr(a: np.ndarray | torch.Tensor, b: torch.Tensor) -> float:
+    if isinstance(a, np.ndarray):
+        a = torch.from_numpy(a).permute(2, 0, 1)[None]
+    if a.shape != b.shape:
+        raise IsplabError(f"the render is {tuple(a.shape[-2:])} but the target is {tuple(b.shape[-2:])}: expected the same size")
+    return float(psnr(a, b))
+
+
+def regress(opts: RegressOptions) -> RegressResult:
+    """Run the proxy regression, the render-back check and (``opts.search``) the derivative-free
+    search (see the module docstring)."""
+    if opts.iters < 1 or opts.search_renders < 1:
+        raise IsplabError(f"--iters and --search-renders must be at least 1, got {opts.iters} and {opts.search_renders}")
+    get_block(opts.block)
+    model = load_proxy(opts.model, opts.block)
+    meta = model.proxy_config["meta"]
+    names = list(meta["params"])
+    if opts.output is not None:
+        prepare_output_dir(opts.output, overwrite=opts.overwrite, names=OUTPUTS, what="regression folder")
+    data = None
+    truth = None
+    raw = opts.raw
+    x_path, t_path = opts.input, opts.target
+    if opts.sample is not None or opts.raw is None and opts.dataset is not None:
+        data = load_dataset(opts.dataset or meta.get("dataset") or "")
+        if data.block != opts.block:
+            raise IsplabError(f"dataset {data.root} holds {data.block!r} samples, not {opts.block!r}")
+    if opts.sample is not None:
+        wanted = opts.sample.zfill(6) if opts.sample.isdigit() else opts.sample
+        match = [s for s in data.samples if s["id"] == wanted]
+        if not match:
+            raise IsplabError(f"sample {opts.sample!r} is not in dataset {data.root}: expected an id such as {data.samples[0]['id'] if data.samples else '000000'}")
+        s = match[0]
+        x_path = x_path or data.path(s["input"])
+        t_path = t_path or data.path(s["output"])
+        truth = {n: float(s["params"][n]) for n in names}
+        image = next(im for im in data.info["images"] if im["id"] == s["image"])
+        raw = raw or (data.root / image["file"] if not Path(image["file"]).is_absolute() else Path(image["file"]))
+    if t_path is None or x_path is None:
+        raise IsplabError("regress needs --target IMAGE and --input IMAGE (the block-off render), or --sample ID of a dataset")
+    x, target = _image(x_path), _image(t_path)
+    if x.shape != target.shape:
+        raise IsplabError(f"{x_path} is {tuple(x.shape[-2:])} but {t_path} is {tuple(target.shape[-2:])}: expected the same size")
+
+    t0 = time.perf_counter()
+    start, u = regress_params(model, x, target, iters=opts.iters, lr=opts.lr, seed=opts.seed)
+    seconds = time.perf_counter() - t0
+    values = model.from_unit(u)[0]
+    to_dict = lambda v: {n: float(v[i]) for i, n in enumerate(names)}  # noqa: E731
+    result = RegressResult(names, to_dict(model.from_unit(start)[0]), to_dict(values), seconds, truth=truth)
+    with torch.no_grad():
+        result.proxy_psnr = float(psnr(model(x, u), target))
+    lo, hi = model.low.numpy(), model.high.numpy()
+    if truth is not None:
+        result.error_percent = _errors(result.recovered, truth, names, lo, hi)
+
+    if raw is not None:
+        if data is None:
+            data = load_dataset(opts.dataset or meta.get("dataset") or "")
+        keep = Path(opts.output) if opts.output is not None else None
+        workdir = Path(tempfile.mkdtemp(prefix="isplab-regress-"))
+        try:
+            box = BlackBox(data, raw, workdir, opts.darktable_cli)
+            result.backend = box.backend if box.info is None else f"darktable {box.info.version}"
+            tif = keep / "render_back.tif" if keep else None
+            xmp = (keep / "render_back.xmp" if keep else None) if box.backend == "darktable" else None
+            result.render_back_psnr = _psnr(box.render(result.recovered, tif, xmp), target)
+            if keep:
+                result.written += [str(p) for p in (tif, xmp) if p is not None]
+            if opts.search:
+                result.search = _search(box, target, start[0].numpy(), names, lo, hi, opts.search_renders, truth)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if opts.output is not None:
+        path = Path(opts.output) / "regress.json"
+        path.write_text(json.dumps(result.as_dict() | {"written": result.written + [str(path)]}, indent=2) + "\n")
+        result.written.append(str(path))
+    return result
+
+
+def _errors(values: dict, truth: dict, names, lo, hi) -> dict[str, float]:
+    return {n: 100.0 * abs(values[n] - truth[n]) / float(hi[i] - lo[i]) for i, n in enumerate(names)}
+
+
+def _search(box: BlackBox, target: torch.Tensor, start: np.ndarray, names, lo, hi, budget: int, truth) -> dict:
+    """Nelder-Mead on unit parameters straight on the black box, ``budget`` renders at most."""
+    from scipy.optimize import minimize
+
+    best = {"loss": np.inf, "u": start.copy()}
+    first = box.renders
+
+    def objective(u: np.ndarray) -> float:
+        u = np.clip(u, 0.0, 1.0)
+        values = {n: float(lo[i] + u[i] * (hi[i] - lo[i])) for i, n in enumerate(names)}
+        image = torch.from_numpy(box.render(values)).permute(2, 0, 1)[None]
+        loss = float(F.mse_loss(image, target))
+        if loss < best["loss"]:
+            best.update(loss=loss, u=u.copy())
+        return loss
+
+    t0 = time.perf_counter()
+    minimize(objective, start.astype(np.float64), method="Nelder-Mead", options={"maxfev": budget, "xatol": 1e-4, "fatol": 1e-12, "initial_simplex": _simplex(start)})
+    seconds = time.perf_counter() - t0
+    u = best["u"]
+    values = {n: float(lo[i] + u[i] * (hi[i] - lo[i])) for i, n in enumerate(names)}
+    mse = best["loss"]
+    out = {"method": "Nelder-Mead", "renders": box.renders - first, "seconds": seconds, "recovered": values,
+           "psnr": float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))}  # fmt: skip
+    if truth is not None:
+        out["error_percent"] = _errors(values, truth, names, lo, hi)
+    return out
+
+
+def _simplex(start: np.ndarray) -> np.ndarray:
+    """A simplex of side 0.25 (unit range) around ``start``, stepping inward from the bounds."""
+    points = [start.astype(np.float64)]
+    for i in range(len(start)):
+        p = start.astype(np.float64).copy()
+        p[i] += 0.25 if p[i] <= 0.5 else -0.25
+        points.append(p)
+    return np.array(points)

@@ -1,0 +1,490 @@
+"""Train a proxy of one darktable block on a dataset of ``isplab proxy generate`` (``docs/proxy.md``).
+
+* **Model**: :class:`isplab.models.proxy.ProxyUNet` (the seed's U-Net, ``width`` ... ``16 width``
+  channels), one input channel per varied parameter of the dataset, normalised to [0, 1] by its
+  sampled range (the samples' ``unit`` values). Every block, ``temperature`` included, maps RGB to
+  RGB: part 1 renders the ``temperature`` input demosaiced without white balance (darktable's
+  output of the pipeline with the block off), not as a packed mosaic, so there is no mosaic
+  input to take.
+* **Splits**: the dataset's train/val split is by image. On top of it, a band of each varied
+  parameter's unit range is held out (``holdout_params``: the band ``[0.5 - b/2, 0.5 + b/2)`` with
+  ``b = holdout_params / P`` for ``P`` varied parameters, so that about that fraction of samples
+  falls in some band): samples with a value in a band are never trained on. Evaluation reports
+  held-out images, held-out parameter values and both (:mod:`.evaluate`).
+* **Patches**: item ``i`` of epoch ``e`` is a pure function of ``(seed, e, i)``: a training
+  sample, a random crop (the same for input and output) and a random flip; under DDP each rank
+  gets other indices from Lightning's ``DistributedSampler``.
+* **Loss**: L1 (``l1``), MSE (``mse``) or L1 plus the L1 of the image gradients (``l1+grad``, the
+  default for ``sharpen``, whose effect is in the edges).
+* **Run folder** (``docs/conventions.md`` section 5): ``model.pt`` (the proxy and what it models:
+  block, parameters, ranges, fixed values, dataset), ``config.json``, ``checkpoints/``,
+  ``logs/``, ``log.txt`` and ``report.html`` (:func:`.evaluate.evaluate_proxy`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from torch.utils.data import DataLoader, Dataset
+
+from isplab.engine import build_trainer, configure_optimizer, fit, psnr
+from isplab.engine.trainer import LAST_CHECKPOINT, resolve_accelerator, resolve_checkpoint
+from isplab.errors import IsplabError
+from isplab.io.paths import check_writable_dir, existing_outputs, prepare_output_dir
+from isplab.models.proxy import build_proxy_model, save_proxy_model
+from isplab.workflows.isp.train import SaveOnInterrupt, TrainingInterrupted, _is_primary_process, _saved_step
+from isplab.workflows.proxy.blocks import get_block
+from isplab.workflows.proxy.dataset import ProxyDataset, load_dataset
+
+__all__ = [
+    "LOSSES",
+    "DEFAULT_LOSS",
+    "ProxyTrainConfig",
+    "ProxyPatchDataset",
+    "ProxyImageDataset",
+    "ProxyModule",
+    "holdout_mask",
+    "proxy_loss",
+    "train_proxy",
+    "TrainingInterrupted",
+]
+
+LOSSES = ("l1", "mse", "l1+grad")
+#: The loss of each block unless ``--loss`` says otherwise.
+DEFAULT_LOSS = {"sharpen": "l1+grad"}
+MONITOR = "val_psnr"
+RUN_OUTPUTS = ("model.pt", "config.json", "log.txt", "checkpoints", "logs", "report.html", "report_grid.png", "report_curves.png", "report_metrics.json")
+
+
+@dataclass
+class ProxyTrainConfig:
+    """Training options.
+
+    Attributes:
+        params: the varied parameters, in channel order (``None``: the dataset's, in table order).
+        width, depth: the U-Net (:func:`isplab.models.proxy.build_proxy_model`).
+        patch: square crop side in pixels (at most the images' smaller side).
+        batch_size, lr, iters: Adam on ``iters`` steps (the total, also when resuming).
+        eval_every: validate and checkpoint every this many steps.
+        patches_per_epoch: crops drawn per epoch (re-drawn each epoch).
+        loss: ``l1``, ``mse``, ``l1+grad`` or ``None`` (the block's default, :data:`DEFAULT_LOSS`).
+        grad_weight: weight of the gradient term of ``l1+grad``.
+        holdout_params: share of samples held out by parameter value (see the module docstring).
+        val_max: validate on at most this many held-out-image samples.
+        seed, device, devices, strategy, num_nodes, workers: as every train command.
+    """
+
+    params: list[str] | None = None
+    width: int = 32
+    depth: int = 4
+    patch: int = 128
+    batch_size: int = 8
+    lr: float = 1e-4
+    iters: int = 20_000
+    eval_every: int = 1000
+    patches_per_epoch: int = 2000
+    loss: str | None = None
+    grad_weight: float = 1.0
+    holdout_params: float = 0.1
+    val_max: int = 16
+    seed: int = 0
+    device: str = "auto"
+    devices: int | str | list[int] = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    workers: int = 0
+
+
+# ------------------------------------------------------------------------------------------- data
+
+
+def holdout_mask(units: np.ndarray, fraction: float) -> np.ndarray:
+    """Which samples (rows of ``units``, ``(N, P)`` in [0, 1]) have a value in the held-out band
+    ``[0.5 - b/2, 0.5 + b/2)`` of some parameter, ``b = fraction / P``. ``fraction = 0``: none."""
+    units = np.asarray(units, dtype=np.float64).reshape(len(units), -1)
+    if fraction <= 0 or units.size == 0:
+        return np.zeros(len(units), dtype=bool)
+    band = fraction / units.shape[1]
+    inside = (units >= 0.5 - band / 2) & (units < 0.5 + band / 2)
+    return inside.any(axis=1)
+
+
+def _read_tiff(path: Path) -> torch.Tensor:
+    import tifffile
+
+    try:
+        array = tifffile.imread(path)
+    except Exception as error:
+        raise IsplabError(f"cannot read {path}: {error} (expected a float32 TIFF of a proxy dataset)") from None
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise IsplabError(f"{path} has shape {array.shape}: expected (H, W, 3) as proxy datasets hold")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1).contiguous()
+
+
+class _Samples:
+    """Samples of a dataset as tensors: ``(input (3, H, W), output (3, H, W), unit (P,))``,
+    images read once per process."""
+
+    def __init__(self, data: ProxyDataset, samples: list[dict], params: list[str]) -> None:
+        self.data, self.samples, self.params = data, samples, params
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def image(self, relative: str) -> torch.Tensor:
+        if relative not in self._cache:
+            self._cache[relative] = _read_tiff(self.data.path(relative))
+        return self._cache[relative]
+
+    def get(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        s = self.samples[i]
+        x, y = self.image(s["input"]), self.image(s["output"])
+        if x.shape != y.shape:
+            raise IsplabError(f"{s['input']} is {tuple(x.shape)} but {s['output']} is {tuple(y.shape)}: expected equal sizes")
+        unit = torch.tensor([float(s["unit"][name]) for name in self.params], dtype=torch.float32)
+        return x, y, unit
+
+
+class ProxyPatchDataset(Dataset):
+    """Random training crops: item ``i`` of epoch ``e`` is a pure function of ``(seed, e, i)``.
+
+    Item: ``(input (3, patch, patch), output (3, patch, patch), unit (P,))`` from a random
+    sample, the same crop of input and output, flipped left-right with probability 1/2 (every
+    block is mirror-symmetric). The epoch is in shared memory, seen by worker processes.
+    """
+
+    def __init__(self, samples: _Samples, patch: int, patches_per_epoch: int, seed: int = 0) -> None:
+        if len(samples) == 0:
+            raise IsplabError("no training samples (every sample is held out or the dataset is empty)")
+        self.samples, self.patch, self.length, self.seed = samples, int(patch), int(patches_per_epoch), int(seed)
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(int(epoch))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not 0 <= index < self.length:
+            raise IndexError(f"patch index {index} out of range for {self.length} patches per epoch")
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        x, y, unit = self.samples.get(int(rng.integers(len(self.samples))))
+        h, w = x.shape[-2:]
+        p = self.patch
+        if min(h, w) < p:
+            raise IsplabError(f"images of {h}x{w} pixels are smaller than the {p}x{p} patch: pass a smaller --patch")
+        top, left = int(rng.integers(h - p + 1)), int(rng.integers(w - p + 1))
+        x, y = x[:, top : top + p, left : left + p], y[:, top : top + p, left : left + p]
+        if rng.random() < 0.5:
+            x, y = x.flip(-1), y.flip(-1)
+        return x.contiguous(), y.contiguous(), unit
+
+
+class ProxyImageDataset(Dataset):
+    """Whole images of given samples: ``(input, output, unit)``, plus the sample's index in
+    ``samples.samples`` for reports."""
+
+    def __init__(self, samples: _Samples) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.samples.get(index)
+
+
+# ----------------------------------------------------------------------------------------- module
+
+
+def _gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
+
+
+def proxy_loss(pred: torch.Tensor, target: torch.Tensor, loss: str, grad_weight: float = 1.0) -> torch.Tensor:
+    """``l1``, ``mse`` or ``l1+grad`` (L1 + ``grad_weight`` x L1 of horizontal and vertical differences)."""
+    if loss == "l1":
+        return F.l1_loss(pred, target)
+    if loss == "mse":
+        return F.mse_loss(pred, target)
+    if loss == "l1+grad":
+        (pdx, pdy), (tdx, tdy) = _gradients(pred), _gradients(target)
+        return F.l1_loss(pred, target) + grad_weight * (F.l1_loss(pdx, tdx) + F.l1_loss(pdy, tdy))
+    raise IsplabError(f"unknown loss {loss!r}: expected one of {', '.join(LOSSES)}")
+
+
+class ProxyModule(L.LightningModule):
+    """Lightning wrapper: the block's loss, validation PSNR (linear values, peak 1), Adam."""
+
+    def __init__(self, model: torch.nn.Module, config: ProxyTrainConfig, loss: str, log_file: Path | None = None) -> None:
+        super().__init__()
+        self.model, self.config, self.loss_name, self.log_file = model, config, loss, log_file
+
+    def forward(self, x: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+        return self.model(x, unit)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y, unit = batch
+        loss = proxy_loss(self.model(x, unit), y, self.loss_name, self.config.grad_weight)
+        self.log("train_loss", loss, prog_bar=True, sync_dist=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y, unit = batch
+        pred = self.model(x, unit)
+        self.log(MONITOR, psnr(pred, y), prog_bar=True, batch_size=x.shape[0], sync_dist=True)
+        self.log("val_loss", proxy_loss(pred, y, self.loss_name, self.config.grad_weight), batch_size=x.shape[0], sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.log_file is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        metrics = self.trainer.callback_metrics
+        values = " ".join(f"{n} {float(metrics[n]):.4f}" for n in ("train_loss", MONITOR, "val_loss") if n in metrics)
+        with self.log_file.open("a") as handle:
+            handle.write(f"step {self.global_step}: {values}\n")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        return configure_optimizer(self.model.parameters(), lr=self.config.lr)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["proxy_config"] = getattr(self.model, "proxy_config", None)
+
+
+# ------------------------------------------------------------------------------------------ train
+
+
+@dataclass
+class Splits:
+    """The samples of each role (see the module docstring)."""
+
+    params: list[str]
+    train: list[dict]
+    val_images: list[dict]  # held-out images, parameters outside the bands
+    val_params: list[dict]  # training images, parameters in a band
+    val_both: list[dict]  # held-out images and parameters in a band
+
+
+def make_splits(data: ProxyDataset, params: list[str], holdout_params: float) -> Splits:
+    """Split ``data``'s samples by image (the dataset's split) and by parameter band."""
+    units = np.array([[float(s["unit"][n]) for n in params] for s in data.samples]).reshape(len(data.samples), len(params))
+    banded = holdout_mask(units, holdout_params)
+    groups: dict[tuple[str, bool], list[dict]] = {(split, b): [] for split in ("train", "val") for b in (False, True)}
+    for s, b in zip(data.samples, banded):
+        groups[("val" if s["split"] == "val" else "train", bool(b))].append(s)
+    return Splits(params, groups[("train", False)], groups[("val", False)], groups[("train", True)], groups[("val", True)])
+
+
+def resolve_params(data: ProxyDataset, requested: list[str] | None) -> list[str]:
+    """The proxy's parameters: the dataset's varied ones, in table order, checked against ``-p``.
+
+    Raises:
+        IsplabError: ``-p`` names an unknown or fixed parameter, or leaves out a varied one (the
+            proxy must see everything that changes the output).
+    """
+    block = get_block(data.block)
+    varied = data.varied
+    if not varied:
+        raise IsplabError(f"dataset {data.root} varies no parameter of {data.block}: nothing to learn")
+    if not requested:
+        return varied
+    names = [n.strip() for text in requested for n in text.split(",") if n.strip()]
+    for name in names:
+        block.param(name)  # unknown -> IsplabError
+        if name not in varied:
+            raise IsplabError(
+                f"parameter {name!r} is fixed in dataset {data.root}: expected one of its varied parameters ({', '.join(varied)})"
+            )
+    missing = [n for n in varied if n not in names]
+    if missing:
+        raise IsplabError(
+            f"dataset {data.root} also varies {', '.join(missing)}: a proxy must take every varied parameter "
+            f"(generate a dataset with those fixed, or add them to -p)"
+        )
+    return [n for n in varied if n in names]
+
+
+def proxy_meta(data: ProxyDataset, params: list[str]) -> dict:
+    """What a trained proxy models (stored in ``model.pt``)."""
+    by_name = {p["name"]: p for p in data.info["params"]}
+    return {
+        "block": data.block,
+        "operation": data.info.get("operation"),
+        "modversion": data.info.get("modversion"),
+        "params": params,
+        "units": [by_name[n].get("unit", "") for n in params],
+        "fixed": {p["name"]: float(p["range"][0]) for p in data.info["params"] if not p["varied"]},
+        "backend": data.info.get("backend"),
+        "darktable": data.info.get("darktable"),
+        "dataset": str(data.root.resolve()),
+        "before_demosaic": bool(data.info.get("before_demosaic", False)),
+    }
+
+
+def train_proxy(
+    block: str,
+    dataset: str | Path,
+    model_dir: str | Path,
+    config: ProxyTrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    report: bool = True,
+    callbacks: Sequence[L.Callback] = (),
+) -> Path:
+    """Train a proxy of ``block`` on ``dataset`` into ``model_dir`` (see the module docstring).
+
+    Returns:
+        ``model_dir / "model.pt"``.
+
+    Raises:
+        IsplabError: an unknown block or one other than the dataset's, bad options, a model folder
+            holding a run (without ``resume``/``overwrite``), no training or validation samples.
+        TrainingInterrupted: Ctrl-C (``last.ckpt`` resumable).
+    """
+    get_block(block)
+    _check_config(config)
+    model_dir = Path(model_dir)
+    data = load_dataset(dataset)
+    if data.block != block:
+        raise IsplabError(f"dataset {data.root} holds samples of block {data.block!r}, not {block!r}: expected a {block} dataset")
+    params = resolve_params(data, config.params)
+    splits = make_splits(data, params, config.holdout_params)
+    if not splits.train:
+        raise IsplabError(f"dataset {data.root} has no training samples outside the held-out parameter bands")
+    validation = splits.val_images or splits.val_params or splits.val_both
+    if not validation:
+        raise IsplabError(f"dataset {data.root} has no held-out samples to validate on: generate more images or samples")
+    by_name = {p["name"]: p for p in data.info["params"]}
+    ranges = [tuple(by_name[n]["range"]) for n in params]
+
+    primary = _is_primary_process()
+    requeued = SLURMEnvironment.detect() and model_dir.is_dir() and any(model_dir.glob("hpc_ckpt_*.ckpt"))
+    if primary and not requeued:
+        prepare_output_dir(model_dir, overwrite=overwrite, resume=resume, names=RUN_OUTPUTS, what="model folder")
+    elif primary:
+        check_writable_dir(model_dir)
+    checkpoint = resolve_checkpoint(model_dir, resume or None)
+    meta = proxy_meta(data, params)
+    if checkpoint is not None:
+        _check_same_run(checkpoint, ranges, config, meta)
+    resolve_accelerator(config.device)
+    if primary and not (resume or requeued):
+        for path in existing_outputs(model_dir, RUN_OUTPUTS):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+    loss = config.loss or DEFAULT_LOSS.get(block, "l1")
+    log_file = model_dir / "log.txt"
+    trainer = build_trainer(
+        model_dir,
+        max_epochs=-1,
+        max_steps=config.iters,
+        device=config.device,
+        devices=config.devices,
+        strategy=config.strategy,
+        num_nodes=config.num_nodes,
+        monitor=MONITOR,
+        mode="max",
+        seed=config.seed,
+        progress=progress,
+        log_every_n_steps=max(1, min(50, config.eval_every, config.patches_per_epoch // config.batch_size)),
+        val_check_interval=config.eval_every,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        callbacks=[SaveOnInterrupt(model_dir / "checkpoints" / LAST_CHECKPOINT), *callbacks],
+    )
+    model = build_proxy_model(ranges, width=config.width, depth=config.depth, meta=meta)
+    module = ProxyModule(model, config, loss, log_file=log_file)
+    if primary:
+        _write_run_header(model_dir, config, block, data, params, loss, splits, checkpoint, requeued)
+
+    patches = ProxyPatchDataset(_Samples(data, splits.train, params), config.patch, config.patches_per_epoch, config.seed)
+    val = ProxyImageDataset(_Samples(data, validation[: config.val_max], params))
+    options = dict(num_workers=config.workers, persistent_workers=config.workers > 0)
+    train_loader = DataLoader(patches, config.batch_size, shuffle=False, drop_last=True, **options)
+    val_loader = DataLoader(val, batch_size=1, **options)
+    try:
+        fit(trainer, module, train_loader, val_loader, resume=checkpoint)
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        last = model_dir / "checkpoints" / LAST_CHECKPOINT
+        step = _saved_step(last)
+        if primary:
+            with log_file.open("a") as handle:
+                handle.write(f"interrupted at step {trainer.global_step}; {last} holds step {step}\n")
+        raise TrainingInterrupted(last if step else None, step, config.iters) from None
+    trainer.save_checkpoint(model_dir / "checkpoints" / LAST_CHECKPOINT)
+    path = model_dir / "model.pt"
+    if trainer.is_global_zero:
+        save_proxy_model(model.cpu(), path)
+        with log_file.open("a") as handle:
+            handle.write(f"finished at step {trainer.global_step}: model.pt written\n")
+        if report:
+            from isplab.workflows.proxy.evaluate import evaluate_proxy
+
+            result = evaluate_proxy(data, model.eval(), model_dir, splits=splits, title=f"Proxy of {block}", run_dir=model_dir)
+            with log_file.open("a") as handle:
+                handle.write(f"report: {result.report}\n")
+    return path
+
+
+def _check_config(config: ProxyTrainConfig) -> None:
+    for name in ("iters", "eval_every", "batch_size", "patches_per_epoch", "width", "patch", "val_max"):
+        if getattr(config, name) < 1:
+            raise IsplabError(f"{name} must be at least 1, got {getattr(config, name)}")
+    if config.loss is not None and config.loss not in LOSSES:
+        raise IsplabError(f"unknown loss {config.loss!r}: expected one of {', '.join(LOSSES)}")
+    if not 0 <= config.holdout_params < 1:
+        raise IsplabError(f"holdout_params must be in [0, 1), got {config.holdout_params}")
+    if config.patches_per_epoch < config.batch_size:
+        raise IsplabError(f"patches_per_epoch ({config.patches_per_epoch}) must be at least batch_size ({config.batch_size})")
+
+
+def _check_same_run(checkpoint: Path, ranges, config: ProxyTrainConfig, meta: dict) -> None:
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False).get("proxy_config")
+    if saved is None:
+        return
+    now = {"ranges": [list(map(float, r)) for r in ranges], "width": config.width, "depth": config.depth, "block": meta["block"], "params": meta["params"]}
+    was = {"ranges": saved["ranges"], "width": saved["width"], "depth": saved["depth"], "block": saved["meta"].get("block"), "params": saved["meta"].get("params")}
+    if now != was:
+        raise IsplabError(f"cannot resume from {checkpoint}: it was trained as {was} but the options give {now}")
+
+
+def _write_run_header(model_dir, config, block, data, params, loss, splits, checkpoint, requeued) -> None:
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+    options.update(block=block, dataset=str(data.root.resolve()), params=params, loss=loss)
+    (model_dir / "config.json").write_text(json.dumps(options, indent=2) + "\n")
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    if checkpoint is not None or requeued:
+        header, mode = f"\n=== resumed from {checkpoint or 'a SLURM requeue checkpoint'} at {stamp}: training to step {config.iters} ===\n", "a"
+    else:
+        header, mode = f"=== new run at {stamp}: proxy of {block} ({', '.join(params)}), {config.iters} steps ===\n", "w"
+    sizes = (
+        f"samples: {len(splits.train)} train, {len(splits.val_images)} held-out images, "
+        f"{len(splits.val_params)} held-out parameters, {len(splits.val_both)} both\n"
+    )
+    with (model_dir / "log.txt").open(mode) as handle:
+        handle.write(header + sizes)

@@ -1,0 +1,94 @@
+"""The proxy U-Net: identity at init, parameter conditioning, gradients, normalisation, save/load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from isplab.errors import IsplabError
+from isplab.models.proxy import build_proxy_model, load_proxy_model, save_proxy_model
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    return build_proxy_model([(-3.0, 4.0), (0.0, 2.0)], width=4, depth=2, **kw)
+
+
+def _perturb_head(model):
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.1)
+        model.head.bias.normal_(0, 0.1)
+
+
+def test_identity_at_init_any_size():
+    model = _model()
+    x = torch.rand(2, 3, 30, 45)  # not a multiple of 4: padded and cropped back
+    out = model(x, torch.rand(2, 2))
+    assert out.shape == x.shape
+    assert torch.equal(out, x)
+
+
+def test_widths_follow_the_seed():
+    model = build_proxy_model([(0.0, 1.0)])
+    widths = [enc[0].out_channels for enc in model.encoders]
+    assert widths == [32, 64, 128, 256, 512]
+    # parameters enter every encoder level as extra channels
+    assert [enc[0].in_channels for enc in model.encoders] == [3 + 1, 32 + 1, 64 + 1, 128 + 1, 256 + 1]
+
+
+def test_parameters_change_the_output_and_get_gradients():
+    model = _model()
+    _perturb_head(model)
+    x = torch.rand(1, 3, 16, 16)
+    a = model(x, torch.tensor([[0.0, 0.5]]))
+    b = model(x, torch.tensor([[1.0, 0.5]]))
+    assert (a - b).abs().max() > 1e-4
+    unit = torch.tensor([[0.3, 0.7]], requires_grad=True)
+    model(x, unit).square().sum().backward()
+    assert unit.grad is not None and (unit.grad.abs() > 0).all()
+
+
+def test_deep_parameter_channels_matter():
+    """The parameter channels of a deep level alone change the output."""
+    model = _model()
+    _perturb_head(model)
+    x = torch.rand(1, 3, 16, 16)
+    unit = torch.tensor([[0.2, 0.2]])
+    before = model(x, unit)
+    with torch.no_grad():
+        model.encoders[2][0].weight[:, -2:].add_(1.0)  # the weights reading the parameters at level 2
+    assert (model(x, unit) - before).abs().max() > 1e-5
+
+
+def test_unit_normalisation():
+    model = _model()
+    values = torch.tensor([[-3.0, 0.0], [4.0, 2.0], [0.5, 1.0]])
+    unit = model.to_unit(values)
+    assert torch.allclose(unit, torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.5, 0.5]]))
+    assert torch.allclose(model.from_unit(unit), values)
+
+
+def test_save_load_roundtrip(tmp_path):
+    model = _model(meta={"block": "exposure", "params": ["exposure", "black"]})
+    _perturb_head(model)
+    path = save_proxy_model(model, tmp_path / "m.pt")
+    loaded = load_proxy_model(path)
+    assert loaded.proxy_config == model.proxy_config
+    x, unit = torch.rand(1, 3, 12, 20), torch.rand(1, 2)
+    assert torch.equal(loaded(x, unit), model.eval()(x, unit))
+    assert torch.equal(loaded.low, torch.tensor([-3.0, 0.0]))
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(IsplabError, match="low < high"):
+        build_proxy_model([(1.0, 1.0)])
+    with pytest.raises(IsplabError, match="unknown proxy arch"):
+        build_proxy_model([(0.0, 1.0)], arch="resnet")
+    model = _model()
+    with pytest.raises(IsplabError, match=r"parameters \(1, 2\)"):
+        model(torch.rand(1, 3, 8, 8), torch.rand(1, 3))
+    (tmp_path / "x.pt").write_bytes(b"not a model")
+    with pytest.raises(IsplabError, match="not an isplab proxy model"):
+        load_proxy_model(tmp_path / "x.pt")
+    with pytest.raises(IsplabError, match="does not exist"):
+        load_proxy_model(tmp_path / "missing.pt")

@@ -1,0 +1,150 @@
+"""`isplab proxy regress`: gradient regression through a frozen proxy, the render-back check (builtin
+and real darktable-cli renders) and the Nelder-Mead search on the renderer."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from isplab.cli import app
+from isplab.engine import psnr
+from isplab.errors import IsplabError
+from isplab.workflows.proxy.blocks import get_block
+from isplab.workflows.proxy.dataset import load_dataset
+from isplab.workflows.proxy.evaluate import load_proxy
+from isplab.workflows.proxy.generate import GenerateOptions, generate
+from isplab.workflows.proxy.regress import BlackBox, RegressOptions, regress, regress_params
+from isplab.workflows.proxy.train import ProxyTrainConfig, _read_tiff, train_proxy
+from isplab.workflows.proxy.xmp import read_history
+
+TINY = dict(width=8, depth=2, patch=32, batch_size=8, lr=2e-3, iters=100, eval_every=50, patches_per_epoch=80, device="cpu", holdout_params=0.0)
+
+
+def _setup(tmp_path_factory, backend: str, count: int, images: int, iters: int):
+    root = tmp_path_factory.mktemp(f"regress-{backend}")
+    generate(GenerateOptions(block="exposure", output=root / "ds", count=count, synth_images=images, backend=backend,
+                             size=(64, 48), workers=1, progress=False, params=["exposure=-2:2"]))  # fmt: skip
+    train_proxy("exposure", root / "ds", root / "run", ProxyTrainConfig(**{**TINY, "iters": iters}), progress=False, report=False)
+    return root / "ds", root / "run" / "model.pt"
+
+
+@pytest.fixture(scope="module")
+def builtin_setup(tmp_path_factory):
+    return _setup(tmp_path_factory, "builtin", 16, 4, 100)
+
+
+@pytest.mark.slow
+def test_regression_recovers_what_the_proxy_rendered(builtin_setup):
+    """Self-consistency: a target made by the proxy itself is matched from a random start."""
+    data, model_path = builtin_setup
+    model = load_proxy(model_path, "exposure")
+    x = _read_tiff(load_dataset(data).path(load_dataset(data).samples[0]["input"]))[None]
+    for truth in (0.2, 0.8):
+        with torch.no_grad():
+            target = model(x, torch.tensor([[truth]]))
+        start, u = regress_params(model, x, target, iters=150, seed=1)
+        assert 0.0 <= float(u) <= 1.0
+        assert abs(float(u) - truth) < 0.02, (float(start), float(u), truth)
+    assert all(not p.requires_grad for p in model.parameters())  # frozen
+
+
+@pytest.mark.slow
+def test_regress_builtin_end_to_end(builtin_setup, tmp_path):
+    data, model_path = builtin_setup
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["proxy", "regress", "exposure", "-m", str(model_path), "--sample", "5", "--dataset", str(data),
+                                      "--search-renders", "40", "-o", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "regress.json").read_text())
+    truth = load_dataset(data).samples[5]["params"]["exposure"]
+    assert saved["truth"]["exposure"] == pytest.approx(truth)
+    recovered = saved["recovered"]["exposure"]
+    assert saved["error_percent"]["exposure"] == pytest.approx(100 * abs(recovered - truth) / 4.0)
+    # the render-back TIFF is the black box's render of the recovered value, scored against the target
+    target = _read_tiff(data / "outputs" / "000005.tif")[None]
+    back = _read_tiff(out / "render_back.tif")[None]
+    assert saved["render_back_psnr"] == pytest.approx(float(psnr(back, target)), abs=1e-4)
+    inp = _read_tiff(data / "inputs" / f"{load_dataset(data).samples[5]['image']}.tif")[None]
+    assert torch.allclose(back, inp * 2.0**recovered, rtol=1e-4, atol=1e-6)
+    # Nelder-Mead on the exact renderer finds the truth within its budget
+    search = saved["search"]
+    assert search["renders"] <= 40 and search["error_percent"]["exposure"] < 1.0 and search["psnr"] > 40
+    assert "render-back (builtin)" in result.output and "Nelder-Mead on the renderer" in result.output
+
+
+@pytest.mark.slow
+def test_regress_refusals(builtin_setup, tmp_path):
+    data, model_path = builtin_setup
+    with pytest.raises(IsplabError, match="is a proxy of block 'exposure', not 'sharpen'"):
+        regress(RegressOptions(block="sharpen", model=model_path, sample="1", dataset=data))
+    with pytest.raises(IsplabError, match="sample '999' is not in dataset"):
+        regress(RegressOptions(block="exposure", model=model_path, sample="999", dataset=data))
+    with pytest.raises(IsplabError, match="needs --target IMAGE and --input IMAGE"):
+        regress(RegressOptions(block="exposure", model=model_path, target=data / "outputs" / "000001.tif"))
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "regress.json").write_text("{}")
+    with pytest.raises(IsplabError, match="already holds regress.json"):
+        regress(RegressOptions(block="exposure", model=model_path, sample="1", dataset=data, output=tmp_path / "o"))
+    with pytest.raises(IsplabError, match="does not exist"):
+        regress(RegressOptions(block="exposure", model=tmp_path / "none.pt", sample="1", dataset=data))
+
+
+@pytest.mark.slow
+def test_render_back_with_darktable(darktable, tmp_path_factory, tmp_path):
+    """Real darktable-cli: the XMP written for the recovered values holds them, and rendering the
+    true values reproduces the target."""
+    data, model_path = _setup(tmp_path_factory, "darktable", 2, 2, 10)
+    ds = load_dataset(data)
+    sample = ds.samples[1]
+    box = BlackBox(ds, data / "images" / f"{sample['image']}.dng", tmp_path)
+    target = _read_tiff(data / sample["output"])[None]
+    again = torch.from_numpy(box.render({"exposure": sample["params"]["exposure"]})).permute(2, 0, 1)[None]
+    assert float(psnr(again, target)) > 60
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["proxy", "regress", "exposure", "-m", str(model_path), "--sample", sample["id"], "--search-renders", "2", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "regress.json").read_text())
+    assert saved["backend"].startswith("darktable 4.2") and saved["search"]["renders"] == 2
+    items = {item.operation: item for item in read_history(out / "render_back.xmp")}
+    fields = get_block("exposure").unpack(items["exposure"].params)
+    assert items["exposure"].enabled and fields["exposure"] == pytest.approx(saved["recovered"]["exposure"], abs=1e-6)
+    back = _read_tiff(out / "render_back.tif")[None]
+    assert saved["render_back_psnr"] == pytest.approx(float(psnr(back, target)), abs=1e-4)
+    assert np.isfinite(saved["render_back_psnr"])
+
+
+@pytest.mark.slow
+def test_sweep_frames_video_and_gif(builtin_setup, tmp_path):
+    import cv2
+    import imageio_ffmpeg
+
+    from isplab.workflows.proxy.evaluate import to_display
+
+    data, model_path = builtin_setup
+    out = tmp_path / "sweep"
+    result = CliRunner().invoke(app, ["proxy", "sweep", "exposure", "exposure", "-m", str(model_path), "--sample", "2",
+                                      "--dataset", str(data), "--steps", "3", "-o", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "sweep.json").read_text())
+    assert saved["values"] == [-2.0, 0.0, 2.0] and saved["renderer"] == "builtin"
+    sample = load_dataset(data).samples[2]
+    x = _read_tiff(data / sample["input"])
+    w = x.shape[-1]
+    for k, value in enumerate(saved["values"]):
+        frame = cv2.imread(str(out / "frames" / f"frame_{k:04d}.png"))[..., ::-1]
+        assert frame.shape == (x.shape[1], 2 * w + 4, 3)
+        # right: the renderer (builtin exposure = input x 2^EV); left: the proxy at that value
+        expected = np.round(to_display(x * 2.0**value).permute(1, 2, 0).numpy() * 255)
+        assert np.abs(frame[:, w + 4 :].astype(float) - expected).max() <= 1
+    for video in ("sweep.mp4", "sweep.gif"):
+        frames, _ = imageio_ffmpeg.count_frames_and_secs(str(out / video))
+        assert frames == 3, video
+    assert "already holds" in str(
+        CliRunner().invoke(app, ["proxy", "sweep", "exposure", "exposure", "-m", str(model_path), "--sample", "2", "-o", str(out)]).exception
+    )
+    unknown = CliRunner().invoke(app, ["proxy", "sweep", "exposure", "black", "-m", str(model_path), "--sample", "2", "-o", str(tmp_path / "b")])
+    assert "'black' is not one of them" in str(unknown.exception)

@@ -1,0 +1,169 @@
+"""`isplab proxy train` and `isplab proxy test`: splits, patches, losses, the run folder, resume,
+the report, and bad input (builtin backend: runs everywhere)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from isplab.cli import app
+from isplab.engine import psnr
+from isplab.errors import IsplabError
+from isplab.workflows.proxy.dataset import load_dataset
+from isplab.workflows.proxy.evaluate import _grid, load_proxy, predict, to_display
+from isplab.workflows.proxy.generate import GenerateOptions, generate
+from isplab.workflows.proxy.train import (
+    ProxyPatchDataset,
+    ProxyTrainConfig,
+    _Samples,
+    holdout_mask,
+    make_splits,
+    proxy_loss,
+    train_proxy,
+)
+
+TINY = dict(width=8, depth=2, patch=32, batch_size=8, lr=2e-3, iters=150, eval_every=50, patches_per_epoch=80, device="cpu", holdout_params=0.2)
+
+
+def refused(*args: str) -> str:
+    result = CliRunner().invoke(app, list(args))
+    assert isinstance(result.exception, IsplabError), result.output
+    return str(result.exception)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("proxy") / "ds"
+    generate(GenerateOptions(block="exposure", output=out, count=24, synth_images=6, backend="builtin", size=(64, 48),
+                             workers=1, progress=False, params=["exposure=-2:2"]))  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(dataset, tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("proxy") / "run"
+    train_proxy("exposure", dataset, model_dir, ProxyTrainConfig(**TINY), progress=False)
+    return model_dir
+
+
+def test_holdout_mask_bands():
+    units = np.array([[0.1, 0.1], [0.5, 0.1], [0.1, 0.46], [0.44, 0.9], [0.55, 0.2]])
+    # fraction 0.2 over 2 parameters: band [0.45, 0.55) of each
+    assert holdout_mask(units, 0.2).tolist() == [False, True, True, False, False]
+    assert not holdout_mask(units, 0.0).any()
+
+
+def test_splits_are_by_image_and_by_band(dataset):
+    data = load_dataset(dataset)
+    s = make_splits(data, ["exposure"], 0.2)
+    assert len(s.train) + len(s.val_images) + len(s.val_params) + len(s.val_both) == len(data.samples)
+    train_images = {x["image"] for x in s.train + s.val_params}
+    val_images = {x["image"] for x in s.val_images + s.val_both}
+    assert train_images.isdisjoint(val_images) and val_images
+    assert all(0.4 <= x["unit"]["exposure"] < 0.6 for x in s.val_params + s.val_both)
+    assert not any(0.4 <= x["unit"]["exposure"] < 0.6 for x in s.train + s.val_images)
+
+
+def test_patches_are_a_pure_function_of_seed_epoch_index(dataset):
+    data = load_dataset(dataset)
+    samples = _Samples(data, make_splits(data, ["exposure"], 0.2).train, ["exposure"])
+    patches = ProxyPatchDataset(samples, 16, 10, seed=3)
+    a = patches[4]
+    assert all(torch.equal(u, v) for u, v in zip(a, ProxyPatchDataset(samples, 16, 10, seed=3)[4]))
+    patches.set_epoch(1)
+    assert not torch.equal(a[0], patches[4][0])
+    for x, y, unit in (patches[i] for i in range(10)):
+        # the builtin exposure with black 0 is x * 2^EV: the same crop and flip of input and output
+        ev = -2.0 + 4.0 * float(unit[0])
+        assert torch.allclose(y, x * 2.0**ev, rtol=1e-4, atol=1e-6)
+
+
+def test_losses_values():
+    t = torch.zeros(1, 3, 8, 8)
+    assert float(proxy_loss(t + 0.5, t, "l1")) == pytest.approx(0.5)
+    assert float(proxy_loss(t + 0.5, t, "mse")) == pytest.approx(0.25)
+    assert float(proxy_loss(t + 0.5, t, "l1+grad")) == pytest.approx(0.5)  # no edges: no gradient term
+    edge = t.clone()
+    edge[..., 4:] = 1.0
+    # L1 1/2; horizontal differences: one column of 7 differs by 1 -> mean 1/7; vertical: none
+    assert float(proxy_loss(edge, t, "l1+grad")) == pytest.approx(0.5 + 1 / 7)
+    with pytest.raises(IsplabError, match="unknown loss"):
+        proxy_loss(t, t, "l2")
+
+
+@pytest.mark.slow
+def test_run_folder_and_learning(run, dataset):
+    for name in ("model.pt", "config.json", "log.txt", "report.html", "report_grid.png", "report_metrics.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt"):
+        assert (run / name).exists(), name
+    assert (run / "logs/csv/version_0/metrics.csv").is_file()
+    config = json.loads((run / "config.json").read_text())
+    assert config["block"] == "exposure" and config["params"] == ["exposure"] and config["loss"] == "l1"
+    model = load_proxy(run / "model.pt", "exposure")
+    meta = model.proxy_config["meta"]
+    assert meta["params"] == ["exposure"] and meta["fixed"] == {"black": 0.0} and meta["backend"] == "builtin"
+    assert model.low.tolist() == [-2.0] and model.high.tolist() == [2.0]
+    # the proxy beats the identity on held-out images
+    data = load_dataset(dataset)
+    splits = make_splits(data, ["exposure"], 0.2)
+    source = _Samples(data, splits.val_images, ["exposure"])
+    gains = []
+    with torch.no_grad():
+        for i in range(len(source)):
+            x, y, _ = source.get(i)
+            values = {"exposure": splits.val_images[i]["params"]["exposure"]}
+            gains.append(float(psnr(predict(model, x[None], values), y[None])) - float(psnr(x[None], y[None])))
+    assert np.mean(gains) > 2.0
+    scores = json.loads((run / "report_metrics.json").read_text())["groups"]
+    assert set(scores) == {"held-out images", "held-out parameters", "held-out images and parameters"}
+    assert scores["held-out images"]["n"] == len(splits.val_images)
+    log = (run / "log.txt").read_text()
+    assert "step 150:" in log and "finished at step 150" in log
+
+
+@pytest.mark.slow
+def test_resume_continues_the_run(dataset, tmp_path):
+    model_dir = tmp_path / "run"
+    opts = {**TINY, "iters": 20, "eval_every": 10}
+    train_proxy("exposure", dataset, model_dir, ProxyTrainConfig(**opts), progress=False, report=False)
+    train_proxy("exposure", dataset, model_dir, ProxyTrainConfig(**{**opts, "iters": 30}), resume=True, progress=False, report=False)
+    log = (model_dir / "log.txt").read_text()
+    assert "resumed from" in log and "finished at step 30" in log
+    assert (model_dir / "logs/csv/version_1/metrics.csv").is_file()
+    with pytest.raises(IsplabError, match="cannot resume"):
+        train_proxy("exposure", dataset, model_dir, ProxyTrainConfig(**{**opts, "iters": 40, "width": 4}), resume=True, progress=False, report=False)
+
+
+def test_grid_columns_and_display_curve():
+    x, y, pred = torch.full((3, 4, 5), 0.18), torch.full((3, 4, 5), 0.5), torch.full((3, 4, 5), 0.52)
+    grid = _grid([({}, x, y, pred)])
+    assert grid.shape == (4, 4 * 5 + 3 * 2, 3)
+    assert np.allclose(grid[:, :5], float(to_display(torch.tensor(0.18))))
+    assert np.allclose(grid[:, 7:12], float(to_display(torch.tensor(0.5))))
+    assert np.allclose(grid[:, 21:], 0.2, atol=1e-5)  # |0.52 - 0.5| x 10
+    assert float(to_display(torch.tensor(1.0))) == pytest.approx(1.0)
+    assert float(to_display(torch.tensor(0.001))) == pytest.approx(0.01292)
+
+
+@pytest.mark.slow
+def test_cli_test_command_and_refusals(run, dataset, tmp_path):
+    out = tmp_path / "test"
+    result = CliRunner().invoke(app, ["proxy", "test", str(dataset), "-m", str(run / "model.pt"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "held-out images:" in result.output and (out / "report.html").is_file()
+    saved = json.loads((out / "report_metrics.json").read_text())["groups"]
+    assert saved == json.loads((run / "report_metrics.json").read_text())["groups"]  # same band from config.json
+    assert "already holds" in refused("proxy", "test", str(dataset), "-m", str(run / "model.pt"), "-o", str(out))
+    # an existing run is refused before any work
+    assert "already holds" in refused("proxy", "train", "exposure", str(dataset), str(run), "--no-progress")
+    # the dataset holds another block
+    assert "holds samples of block 'exposure', not 'sharpen'" in refused("proxy", "train", "sharpen", str(dataset), str(tmp_path / "r"))
+    assert "unknown block" in refused("proxy", "train", "curves", str(dataset), str(tmp_path / "r"))
+    assert "is fixed in dataset" in refused("proxy", "train", "exposure", str(dataset), str(tmp_path / "r"), "-p", "black")
+    assert "unknown parameter" in refused("proxy", "train", "exposure", str(dataset), str(tmp_path / "r"), "-p", "gamma")
+    with pytest.raises(IsplabError, match="is a proxy of block 'exposure', not 'sharpen'"):
+        load_proxy(run / "model.pt", "sharpen")
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,130 @@
+"""The sky model file, encoder weights, and tiled prediction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from isplab.errors import IsplabError
+from isplab.workflows.sky.hdr import LogEncoding, network_input
+from isplab.workflows.sky.model import build_sky_model, load_sky_model, save_sky_model
+from isplab.workflows.sky.predict import TileOptions, _ramp, overlay, predict_alpha
+from isplab.workflows.sky.synth import make_sample
+
+
+def _sharp_model(depth: int, seed: int = 0):
+    """A tiny random U-Net whose outputs span most of [0, 1], so tiling errors are not hidden."""
+    torch.manual_seed(seed)
+    model = build_sky_model("resnet18", depth, [16] * depth).eval()
+    with torch.no_grad():
+        model.segmentation_head[0].weight.mul_(30)
+    return model
+
+
+def test_model_file_round_trip_keeps_encoding(tmp_path):
+    enc = LogEncoding(log_split_around1=True, output_bias=1.0)
+    model = build_sky_model("resnet18", 3, [8, 8, 8], encoding=enc.to_dict()).eval()
+    save_sky_model(model, tmp_path / "m.pt")
+    loaded = load_sky_model(tmp_path / "m.pt")
+    assert loaded.sky_config["encoding"] == enc.to_dict() and loaded.size_multiple == 8
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    torch.save({"something": 1}, tmp_path / "other.pt")
+    with pytest.raises(IsplabError, match=r"other\.pt' is not an isplab sky model"):
+        load_sky_model(tmp_path / "other.pt")
+    with pytest.raises(IsplabError, match="does not exist"):
+        load_sky_model(tmp_path / "missing.pt")
+    with pytest.raises(IsplabError, match="unknown encoder 'resnet9000'"):
+        build_sky_model("resnet9000")
+
+
+def test_encoder_weights_from_a_local_torchvision_file(tmp_path):
+    torch.manual_seed(1)
+    state = torchvision.models.resnet18().state_dict()  # includes fc.*, which is ignored
+    torch.save(state, tmp_path / "resnet18.pth")
+    model = build_sky_model("resnet18", 3, [8, 8, 8], encoder_weights=tmp_path / "resnet18.pth")
+    torch.testing.assert_close(model.encoder.conv1.weight, state["conv1.weight"])
+    torch.testing.assert_close(model.encoder.layer2[0].bn1.running_var, state["layer2.0.bn1.running_var"])
+    torch.save(torchvision.models.resnet34().state_dict(), tmp_path / "resnet34.pth")
+    with pytest.raises(IsplabError, match=r"resnet34\.pth does not fit the encoder"):
+        build_sky_model("resnet18", 3, [8, 8, 8], encoder_weights=tmp_path / "resnet34.pth")
+
+
+def test_window_ramps_only_on_inner_edges():
+    w = _ramp(256, 160, 64, start_edge=False, end_edge=True)
+    assert np.all(w[:64] == 0) and np.all(w[160:] == 1) and np.all(np.diff(w[:160]) >= 0)
+    assert 0 < w[66] < w[80] < w[94] < 1 and w[96] == 1  # a raised cosine over overlap - 2 * margin
+    assert w[80] == pytest.approx(0.5 - 0.5 * np.cos(np.pi * 16.5 / 32))
+    assert np.all(_ramp(256, 160, 64, True, True) == 1)
+    # neighbouring tiles' ramps over the shared pixels add up to a positive weight everywhere
+    down = _ramp(256, 160, 64, True, False)[-160:]
+    up = _ramp(256, 160, 64, False, True)[:160]
+    np.testing.assert_allclose(down + up, 1.0, atol=1e-12)  # ramps cross where both tiles are reliable
+
+
+@pytest.mark.parametrize("depth, tile, overlap, margin", [(3, 256, 160, 64), (4, 320, 256, 112)])
+def test_tiled_equals_whole_image(depth, tile, overlap, margin):
+    image, *_ = make_sample(0, 0, (640, 320))
+    model = _sharp_model(depth)
+    whole = predict_alpha(model, image, True, TileOptions(tile=0))
+    assert whole.std() > 0.1  # the outputs vary: a real test of the blend
+    tiled = predict_alpha(model, image, True, TileOptions(tile=tile, overlap=overlap, margin=margin, batch=2))
+    assert np.abs(tiled - whole).max() < 1e-3
+
+
+def test_prediction_of_odd_sizes_is_padded_and_cropped():
+    image, *_ = make_sample(1, 0, (200, 100))
+    model = _sharp_model(3)
+    alpha = predict_alpha(model, image, True, TileOptions(tile=0))
+    assert alpha.shape == (100, 200) and 0 <= alpha.min() and alpha.max() <= 1
+    # = the network on the image reflect-padded to 104x200 (multiples of 8), cropped back
+    padded = np.pad(image, ((0, 4), (0, 0), (0, 0)), mode="reflect")
+    x = torch.from_numpy(network_input(padded, True)).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        direct = torch.sigmoid(model(x))[0, 0, :100].numpy()
+    np.testing.assert_allclose(alpha, direct, atol=1e-6)
+    tiled = predict_alpha(model, image, True, TileOptions(tile=64, overlap=48, margin=16))
+    assert tiled.shape == (100, 200) and np.abs(tiled - alpha).mean() < 0.05
+
+
+def test_tiling_options_are_checked():
+    model = _sharp_model(3)
+    image = np.ones((64, 96, 3), np.float32)
+    with pytest.raises(IsplabError, match="multiple of 8"):
+        predict_alpha(model, image, True, TileOptions(tile=36, overlap=16, margin=4))
+    with pytest.raises(IsplabError, match="bad tiling"):
+        predict_alpha(model, image, True, TileOptions(tile=32, overlap=16, margin=8))
+
+
+def test_overlay_tints_sky_and_draws_the_boundary():
+    preview = np.full((10, 10, 3), 100, np.uint8)
+    alpha = np.zeros((10, 10), np.float32)
+    alpha[:5] = 1.0
+    out = overlay(preview, alpha)
+    assert tuple(out[0, 5]) == (50, 130, 178)  # 50% of (0, 160, 255) over 100
+    assert tuple(out[8, 5]) == (100, 100, 100)
+    assert tuple(out[4, 5]) == (255, 0, 0)  # the last sky row is the boundary
+
+
+def test_iou_and_boundary_f_values():
+    from isplab.workflows.sky.evaluate import boundary, boundary_f, iou
+
+    gt = np.zeros((20, 20), bool)
+    gt[:10] = True
+    pred = np.zeros((20, 20), bool)
+    pred[:12] = True
+    assert iou(pred, gt) == pytest.approx(10 / 12)
+    assert iou(np.zeros((3, 3), bool), np.zeros((3, 3), bool)) == 1.0
+    assert boundary(gt).sum() == 20 and boundary(gt)[9].all()  # the last sky row
+    # boundaries 2 rows apart: within tolerance 2, not within 1
+    assert boundary_f(pred, gt, tolerance=2) == 1.0
+    assert boundary_f(pred, gt, tolerance=1) == 0.0
+    assert boundary_f(gt, gt, tolerance=0) == 1.0
+    half = gt.copy()
+    half[:, 10:] = False  # boundary: row 9 (cols 0-9) and column 9 (rows 0-9)
+    p = (10 + 2) / 19  # half's boundary within 2 px of gt's row 9: its row 9 and column 9's rows 7-8
+    r = 12 / 20  # gt's row 9 within 2 px of half's boundary: cols 0-11
+    assert boundary_f(half, gt, tolerance=2) == pytest.approx(2 * p * r / (p + r))
