@@ -125,15 +125,17 @@ def demo_benchmark(device: str, json_path: Path | None) -> None:
     rows = [{"benchmark": f"demo section {name}", "wall": wall}
             for name, wall in re.findall(r"<tr><td>(\w+)</td><td class=\"num\">([^<]+)</td>", page) if name in SECTIONS]
     rows.append({"benchmark": "demo, all sections (incl. report)", "wall": f"{total:.1f} s"})
-    table = Table(title=f"isplab demo — {device}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-                        f"({torch.get_num_threads()} threads), {platform.processor() or platform.machine()}")
+    threads = re.search(r"<td>CPU threads</td><td>([^<]+)</td>", page)
+    table = Table(title=f"isplab demo — {device}, {os.cpu_count()} CPUs, {threads.group(1) if threads else '?'}, "
+                        f"torch {torch.__version__}, {platform.processor() or platform.machine()}")
     table.add_column("benchmark")
     table.add_column("wall time")
     for row in rows:
         table.add_row(row["benchmark"], row["wall"])
     Console().print(table)
     if json_path:
-        json_path.write_text(json.dumps({"device": device, "cpus": os.cpu_count(), "rows": rows}, indent=2))
+        json_path.write_text(json.dumps({"device": device, "cpus": os.cpu_count(),
+                                         "threads": threads.group(1) if threads else None, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

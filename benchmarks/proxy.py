@@ -9,6 +9,20 @@ renders per second (the block-off render of each image plus one render per sampl
 wall time of the whole command), and the median time of one render as recorded in the manifest
 (for darktable: one ``darktable-cli`` call, start-up included). The darktable backend is skipped,
 saying so, when darktable-cli is not installed.
+
+Two more measurements (``--fidelity``, ``--speed``; both print the budget they ran with):
+
+    .venv/bin/python benchmarks/proxy.py --fidelity [--blocks exposure sharpen] [--fid-count 400]
+        [--fid-images 16] [--fid-size 256x192] [--fid-iters 3000] [--fid-width 16] [--regress-samples 5]
+    .venv/bin/python benchmarks/proxy.py --speed [--speed-sizes 768x512 4000x3000] [--speed-width 32]
+
+``--fidelity``: per block, generate a dataset (darktable when installed, else builtin; ``--backend``
+picks), train a proxy at the stated budget, and report PSNR/SSIM on held-out images, held-out
+parameter values and both; then regress the parameters of ``--regress-samples`` held-out-image
+samples through the proxy (error in % of each parameter's range, render-back PSNR, wall time)
+and with Nelder-Mead on the renderer from the same start (renders, wall time, error).
+``--speed``: one renderer call (darktable-cli, start-up included, and the builtin ops) against
+one proxy forward pass at each size, on ``--device``.
 """
 
 from __future__ import annotations
@@ -39,8 +53,31 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--backend", nargs="+", default=["darktable", "builtin"])
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--fidelity", action="store_true", help="proxy fidelity and regression per block")
+    parser.add_argument("--speed", action="store_true", help="renderer time vs proxy forward time")
+    parser.add_argument("--blocks", nargs="+", default=["exposure", "colorbalancergb", "sharpen", "hazeremoval", "lowpass", "temperature"])
+    parser.add_argument("--fid-count", type=int, default=400)
+    parser.add_argument("--fid-images", type=int, default=16)
+    parser.add_argument("--fid-size", default="256x192")
+    parser.add_argument("--fid-iters", type=int, default=3000)
+    parser.add_argument("--fid-width", type=int, default=16)
+    parser.add_argument("--fid-patch", type=int, default=96)
+    parser.add_argument("--regress-samples", type=int, default=5)
+    parser.add_argument("--search-renders", type=int, default=60)
+    parser.add_argument("--speed-sizes", nargs="+", default=["768x512"])
+    parser.add_argument("--speed-width", type=int, default=32)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     console = Console()
+    if args.fidelity or args.speed:
+        extra = {}
+        if args.fidelity:
+            extra["fidelity"] = fidelity(args, console)
+        if args.speed:
+            extra["speed"] = speed(args, console)
+        if args.json:
+            args.json.write_text(json.dumps({"cpus": os.cpu_count(), "machine": platform.machine(), **extra}, indent=2))
+        return
     size = parse_size(args.size)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,6 +121,137 @@ def main() -> None:
     if args.json:
         meta = {"cpus": os.cpu_count(), "machine": platform.machine(), "size": list(size), "block": args.block}
         args.json.write_text(json.dumps({**meta, "rows": rows}, indent=2))
+
+
+def _backend(args) -> str:
+    if len(args.backend) == 1:
+        return args.backend[0]
+    return "darktable" if shutil.which("darktable-cli") else "builtin"
+
+
+def fidelity(args, console: Console) -> list[dict]:
+    """Train a proxy per block at the stated budget; score it and its regression."""
+    import numpy as np
+    import torch
+
+    from isplab.workflows.proxy.dataset import load_dataset
+    from isplab.workflows.proxy.evaluate import evaluate_proxy
+    from isplab.workflows.proxy.regress import BlackBox, _search, regress_params
+    from isplab.workflows.proxy.train import ProxyTrainConfig, _read_tiff, make_splits, train_proxy
+
+    backend = _backend(args)
+    size = parse_size(args.fid_size)
+    budget = (f"{args.fid_count} samples of {args.fid_images} synthetic {size[0]}x{size[1]} images ({backend}), "
+              f"width {args.fid_width}, {args.fid_iters} iterations of 8 {args.fid_patch}px patches, device {args.device}")  # fmt: skip
+    console.print(f"fidelity budget: {budget}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for block in args.blocks:
+            ds, run = Path(tmp) / f"{block}-data", Path(tmp) / f"{block}-run"
+            start = time.perf_counter()
+            generate(GenerateOptions(block=block, output=ds, count=args.fid_count, synth_images=args.fid_images,
+                                     backend=backend, size=size, progress=False))  # fmt: skip
+            gen_s = time.perf_counter() - start
+            config = ProxyTrainConfig(width=args.fid_width, patch=min(args.fid_patch, size[1]), iters=args.fid_iters,
+                                      eval_every=max(1, args.fid_iters // 4), lr=1e-3, device=args.device)  # fmt: skip
+            start = time.perf_counter()
+            train_proxy(block, ds, run, config, progress=False, report=False)
+            train_s = time.perf_counter() - start
+            from isplab.workflows.proxy.evaluate import load_proxy
+
+            model = load_proxy(run / "model.pt", block)
+            data = load_dataset(ds)
+            splits = make_splits(data, model.proxy_config["meta"]["params"], config.holdout_params)
+            scores = evaluate_proxy(data, model, Path(tmp) / f"{block}-report", splits=splits).groups
+            lo, hi = model.low.numpy(), model.high.numpy()
+            names = model.proxy_config["meta"]["params"]
+            reg = []
+            for k, s in enumerate(splits.val_images[: args.regress_samples]):
+                x, target = _read_tiff(ds / s["input"])[None], _read_tiff(ds / s["output"])[None]
+                truth = np.array([s["params"][n] for n in names])
+                t0 = time.perf_counter()
+                first, u = regress_params(model, x, target, iters=100, seed=k)
+                proxy_s = time.perf_counter() - t0
+                values = model.from_unit(u)[0].numpy()
+                image = next(im for im in data.info["images"] if im["id"] == s["image"])
+                box = BlackBox(data, ds / image["file"], Path(tmp) / "box")
+                (Path(tmp) / "box").mkdir(exist_ok=True)
+                back = torch.from_numpy(box.render(dict(zip(names, map(float, values))))).permute(2, 0, 1)[None]
+                mse = float(torch.mean((back - target) ** 2))
+                search = _search(box, target, first[0].numpy(), names, lo, hi, args.search_renders,
+                                 dict(zip(names, map(float, truth))))  # fmt: skip
+                reg.append({
+                    "error_pct": float(np.mean(100 * np.abs(values - truth) / (hi - lo))),
+                    "render_back_psnr": float(10 * np.log10(1 / mse)) if mse > 0 else float("inf"),
+                    "proxy_s": proxy_s,
+                    "search_error_pct": float(np.mean(list(search["error_percent"].values()))),
+                    "search_renders": search["renders"], "search_s": search["seconds"],
+                })  # fmt: skip
+            mean = lambda key: float(np.mean([r[key] for r in reg])) if reg else None  # noqa: E731
+            rows.append({"block": block, "budget": budget, "generate_s": gen_s, "train_s": train_s, "scores": scores,
+                         "regress_error_pct": mean("error_pct"), "render_back_psnr": mean("render_back_psnr"),
+                         "regress_s": mean("proxy_s"), "search_error_pct": mean("search_error_pct"),
+                         "search_renders": mean("search_renders"), "search_s": mean("search_s")})  # fmt: skip
+    table = Table(title=f"proxy fidelity: {budget}")
+    for column in ("block", "PSNR held-out images", "PSNR held-out params", "PSNR both", "regress err %", "render-back PSNR",
+                   "proxy regress s", "NM err %", "NM renders", "NM s"):  # fmt: skip
+        table.add_column(column, justify="right")
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    for r in rows:
+        g = r["scores"]
+        table.add_row(r["block"], *(fmt(g.get(k, {}).get("psnr")) for k in ("held-out images", "held-out parameters", "held-out images and parameters")),
+                      fmt(r["regress_error_pct"]), fmt(r["render_back_psnr"]), fmt(r["regress_s"]), fmt(r["search_error_pct"]),
+                      fmt(r["search_renders"]), fmt(r["search_s"]))  # fmt: skip
+    console.print(table)
+    return rows
+
+
+def speed(args, console: Console) -> list[dict]:
+    """One renderer call vs one proxy forward pass per size."""
+    import torch
+
+    from isplab.engine.trainer import resolve_accelerator
+    from isplab.models.proxy import build_proxy_model
+
+    accelerator = resolve_accelerator(args.device)
+    device = "cuda" if accelerator == "gpu" else accelerator
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for text in args.speed_sizes:
+            size = parse_size(text)
+            raws = Path(tmp) / f"raws-{text}"
+            synthesize_dataset(raws, 1, size=size, progress=False)
+            row = {"size": list(size), "megapixels": size[0] * size[1] / 1e6}
+            for backend in ("darktable", "builtin"):
+                if backend == "darktable" and shutil.which("darktable-cli") is None:
+                    continue
+                result = generate(GenerateOptions(block="exposure", output=Path(tmp) / f"{backend}-{text}", count=2, images=raws,
+                                                  backend=backend, workers=1, progress=False))  # fmt: skip
+                row[f"{backend}_render_s"] = statistics.median(r["render_seconds"] for r in result.rendered)
+            model = build_proxy_model([(0.0, 1.0)], width=args.speed_width).to(device).eval()
+            x = torch.rand(1, 3, size[1], size[0], device=device)
+            u = torch.rand(1, 1, device=device)
+            times = []
+            with torch.no_grad():
+                for _ in range(4):
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    model(x, u)
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                    times.append(time.perf_counter() - t0)
+            row["proxy_forward_s"] = statistics.median(times[1:])
+            row["device"] = device
+            rows.append(row)
+    table = Table(title=f"one render vs one proxy forward (width {args.speed_width}, {os.cpu_count()} CPUs)")
+    for column in ("size", "MP", "darktable-cli (s)", "builtin (s)", f"proxy on {device} (s)"):
+        table.add_column(column, justify="right")
+    for r in rows:
+        table.add_row(f"{r['size'][0]}x{r['size'][1]}", f"{r['megapixels']:.2f}", f"{r.get('darktable_render_s', float('nan')):.3f}",
+                      f"{r.get('builtin_render_s', float('nan')):.3f}", f"{r['proxy_forward_s']:.3f}")  # fmt: skip
+    console.print(table)
+    return rows
 
 
 if __name__ == "__main__":

@@ -85,17 +85,17 @@ def stage(text: str) -> None:
 def redirected_output(log_path: Path | None) -> Iterator[None]:
     """Send everything written to stdout and stderr to ``log_path`` for the duration: by C/C++
     libraries (file descriptors 1 and 2), by Python code (``sys.stdout``/``sys.stderr``) and by
-    logging handlers that already hold a console stream (Lightning's). ``None`` changes nothing."""
+    console logging handlers, which hold the stream they were made with (Lightning's). ``None``
+    changes nothing."""
     if log_path is None:
         yield
         return
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    consoles = {id(stream) for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__) if stream}
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     saved_fds = [os.dup(1), os.dup(2)]
     saved_streams = sys.stdout, sys.stderr
-    handlers = [h for h in _stream_handlers() if id(h.stream) in consoles]
+    handlers = _stream_handlers()
     saved_handler_streams = [h.stream for h in handlers]
     try:
         with open(log_path, "a", buffering=1, encoding="utf-8", errors="replace") as log:
@@ -108,8 +108,12 @@ def redirected_output(log_path: Path | None) -> Iterator[None]:
                 yield
             finally:
                 log.flush()
-                for handler, stream in zip(handlers, saved_handler_streams):
-                    handler.setStream(stream)
+                # Handlers created meanwhile (a library imported inside) hold the log file too:
+                # they go back to the console stream, not to a closed file.
+                restore = {id(h): stream for h, stream in zip(handlers, saved_handler_streams)}
+                for handler in _stream_handlers():
+                    if handler.stream is log:
+                        handler.setStream(restore.get(id(handler), saved_streams[1]))
                 sys.stdout, sys.stderr = saved_streams
                 os.dup2(saved_fds[0], 1)
                 os.dup2(saved_fds[1], 2)
@@ -119,13 +123,10 @@ def redirected_output(log_path: Path | None) -> Iterator[None]:
 
 
 def _stream_handlers() -> list[logging.StreamHandler]:
+    """Plain console handlers (libraries' ``logging.StreamHandler()``); subclasses such as file
+    handlers or a test runner's capture handlers are left alone."""
     loggers = [logging.getLogger(), *(x for x in logging.Logger.manager.loggerDict.values() if isinstance(x, logging.Logger))]
-    return [
-        handler
-        for logger in loggers
-        for handler in logger.handlers
-        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
-    ]
+    return [handler for logger in loggers for handler in logger.handlers if type(handler) is logging.StreamHandler]
 
 
 def run_demo(

@@ -128,7 +128,12 @@ def test_run_folder_and_learning(run, dataset):
 def test_resume_continues_the_run(dataset, tmp_path):
     model_dir = tmp_path / "run"
     opts = {**TINY, "iters": 20, "eval_every": 10}
-    train_proxy("exposure", dataset, model_dir, ProxyTrainConfig(**opts), progress=False, report=False)
+    # --epochs 2 of 80 patches in batches of 8: 20 iterations
+    result = CliRunner().invoke(app, ["proxy", "train", "exposure", str(dataset), str(model_dir), "--width", "8", "--depth", "2",
+                                      "--patch", "32", "--batch-size", "8", "--lr", "2e-3", "--epochs", "2", "--patches-per-epoch",
+                                      "80", "--eval-every", "10", "--device", "cpu", "--holdout-params", "0.2", "--no-progress"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "finished at step 20" in (model_dir / "log.txt").read_text() and (model_dir / "report.html").is_file()
     train_proxy("exposure", dataset, model_dir, ProxyTrainConfig(**{**opts, "iters": 30}), resume=True, progress=False, report=False)
     log = (model_dir / "log.txt").read_text()
     assert "resumed from" in log and "finished at step 30" in log

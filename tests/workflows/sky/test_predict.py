@@ -128,3 +128,36 @@ def test_iou_and_boundary_f_values():
     p = (10 + 2) / 19  # half's boundary within 2 px of gt's row 9: its row 9 and column 9's rows 7-8
     r = 12 / 20  # gt's row 9 within 2 px of half's boundary: cols 0-11
     assert boundary_f(half, gt, tolerance=2) == pytest.approx(2 * p * r / (p + r))
+
+
+def test_guided_refinement_moves_a_soft_edge_to_the_image_edge():
+    from isplab.workflows.sky.predict import RefineOptions, refine_alpha
+
+    pixels = np.full((40, 40, 3), 0.05, np.float32)
+    pixels[:20] = 5.0  # bright sky in rows 0-19
+    soft = (np.clip((26 - np.arange(40)) / 8, 0, 1)[:, None] * np.ones(40)).astype(np.float32)  # 0.5 at row 22
+    refined = refine_alpha(soft, pixels, True, RefineOptions(radius=6, eps=1e-4))
+    column = refined[:, 5]
+    assert column[19] > 0.95 and column[20] < 0.45  # the step is now where the image's edge is
+    assert ((refined >= 0.5) == (np.arange(40) < 20)[:, None]).all()
+    assert not ((soft >= 0.5) == (np.arange(40) < 20)[:, None]).all()
+
+
+def test_predict_files_refine_applies_the_guided_filter(tmp_path):
+    from isplab.io.image import read_image
+    from isplab.workflows.sky.predict import RefineOptions, predict_files, refine_alpha
+
+    image, *_ = make_sample(2, 0, (128, 64))
+    np.save(tmp_path / "pano.npy", image)
+    model = _sharp_model(3)
+    save_sky_model(model, tmp_path / "m.pt")
+    options = TileOptions(tile=0)
+    plain = predict_files([tmp_path / "pano.npy"], tmp_path / "m.pt", tmp_path / "plain", options, device="cpu")
+    refine = RefineOptions(radius=3, eps=1e-3)
+    refined = predict_files([tmp_path / "pano.npy"], tmp_path / "m.pt", tmp_path / "ref", options, device="cpu", refine=refine)
+    assert not plain.failures and not refined.failures
+    alpha = predict_alpha(load_sky_model(tmp_path / "m.pt"), image, True, options)
+    np.testing.assert_allclose(read_image(tmp_path / "plain/pano_alpha.png") / 65535, alpha, atol=1 / 65535)
+    expected = refine_alpha(alpha, image, True, refine)
+    np.testing.assert_allclose(read_image(tmp_path / "ref/pano_alpha.png") / 65535, expected, atol=1 / 65535)
+    assert np.abs(expected - alpha).max() > 0.01

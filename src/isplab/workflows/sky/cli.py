@@ -88,11 +88,14 @@ def predict(
     tile: int = typer.Option(1024, "--tile", help="Tile side (0: whole image at once).", show_default=True),
     overlap: int = typer.Option(512, "--overlap", help="Pixels shared by neighbouring tiles.", show_default=True),
     margin: int = typer.Option(192, "--margin", help="Pixels of each inner tile edge ignored in the blend.", show_default=True),
+    refine: bool = typer.Option(False, "--refine", help="Refine the soft mask with a guided filter guided by the image."),
+    refine_radius: int = typer.Option(4, "--refine-radius", help="Guided filter radius in pixels.", show_default=True),
+    refine_eps: float = typer.Option(1e-3, "--refine-eps", help="Guided filter epsilon (squared guide units).", show_default=True),
     device: Device = "auto",
     overwrite: Overwrite = False,
 ) -> None:
     """Binary mask, 16-bit soft alpha and an overlay per image, at any size (overlapping tiles)."""
-    from isplab.workflows.sky.predict import TileOptions, predict_files
+    from isplab.workflows.sky.predict import RefineOptions, TileOptions, predict_files
 
     def report(path: Path, error: str | None) -> None:
         if error:
@@ -100,7 +103,10 @@ def predict(
         else:
             console.print(f"done {path}", highlight=False)
 
-    result = predict_files(images, model, output, TileOptions(tile, overlap, margin), overwrite=overwrite, device=device, on_file=report)
+    result = predict_files(
+        images, model, output, TileOptions(tile, overlap, margin), overwrite=overwrite, device=device,
+        refine=RefineOptions(refine_radius, refine_eps) if refine else None, on_file=report,
+    )
     if result.failures:
         raise typer.Exit(1)
 
@@ -115,6 +121,9 @@ def test(
     tile: int = typer.Option(1024, "--tile", help="Tile side (0: whole image at once).", show_default=True),
     overlap: int = typer.Option(512, "--overlap", help="Pixels shared by neighbouring tiles.", show_default=True),
     margin: int = typer.Option(192, "--margin", help="Pixels of each inner tile edge ignored in the blend.", show_default=True),
+    refine: bool = typer.Option(False, "--refine", help="Refine the soft mask with a guided filter guided by the image."),
+    refine_radius: int = typer.Option(4, "--refine-radius", help="Guided filter radius in pixels.", show_default=True),
+    refine_eps: float = typer.Option(1e-3, "--refine-eps", help="Guided filter epsilon (squared guide units).", show_default=True),
     device: Device = "auto",
     overwrite: Overwrite = False,
 ) -> None:
@@ -127,7 +136,7 @@ def test(
     from isplab.workflows.sky.data import open_dataset
     from isplab.workflows.sky.evaluate import evaluate
     from isplab.workflows.sky.model import load_sky_model
-    from isplab.workflows.sky.predict import TileOptions
+    from isplab.workflows.sky.predict import RefineOptions, TileOptions
 
     samples = open_dataset(dataset)
     if held_out:
@@ -140,7 +149,10 @@ def test(
             raise IsplabError(f"none of the validation images listed in {config_file} is in {dataset}")
     net = load_sky_model(model)
     accelerator = resolve_accelerator(device)
-    result = evaluate(net, samples, output, TileOptions(tile, overlap, margin), tolerance=tolerance, device=accelerator, overwrite=overwrite)
+    result = evaluate(
+        net, samples, output, TileOptions(tile, overlap, margin), tolerance=tolerance, device=accelerator, overwrite=overwrite,
+        refine=RefineOptions(refine_radius, refine_eps) if refine else None,
+    )
     table = Table("image", "IoU", "boundary F")
     for row in result.rows:
         table.add_row(row["image"], f"{row['iou']:.4f}", f"{row['boundary_f']:.4f}")

@@ -20,7 +20,7 @@ import numpy as np
 
 from isplab.errors import IsplabError
 from isplab.io.paths import prepare_output_dir
-from isplab.workflows.sky.predict import TileOptions, overlay, predict_alpha
+from isplab.workflows.sky.predict import TileOptions, overlay, predict_alpha, refine_alpha
 
 REPORT_FILES = ("metrics.json", "per_image.csv", "overlays")
 
@@ -70,6 +70,7 @@ def evaluate(
     tolerance: float = 2.0,
     device: str = "cpu",
     overwrite: bool = False,
+    refine=None,
 ) -> EvalResult:
     """Predict every sample, write ``metrics.json``, ``per_image.csv`` and ``overlays/<name>.png``.
 
@@ -88,6 +89,8 @@ def evaluate(
     for sample in samples:
         image, gt = sample.load()
         alpha = predict_alpha(model, image.pixels, image.hdr, options, device=device)
+        if refine is not None:
+            alpha = refine_alpha(alpha, image.pixels, image.hdr, refine)
         pred = alpha >= 0.5
         inter += int(np.logical_and(pred, gt).sum())
         union += int(np.logical_or(pred, gt).sum())
@@ -101,6 +104,7 @@ def evaluate(
         writer.writeheader()
         writer.writerows(rows)
     metrics = {"images": len(rows), "iou": pooled, "boundary_f": mean_f, "tolerance_px": tolerance,
+               "refine": None if refine is None else {"radius": refine.radius, "eps": refine.eps},
                "tile": options.tile, "overlap": options.overlap, "margin": options.margin}
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return EvalResult(pooled, mean_f, rows, out_dir)

@@ -171,10 +171,12 @@ def predict_files(
     *,
     overwrite: bool = False,
     device: str = "auto",
+    refine: RefineOptions | None = None,
     on_file=None,
 ) -> PredictResult:
     """For each image: ``<stem>_mask.png`` (uint8, 255 = sky, alpha >= 0.5), ``<stem>_alpha.png``
-    (uint16 soft probability) and ``<stem>_overlay.png`` under ``out_dir``.
+    (uint16 soft probability) and ``<stem>_overlay.png`` under ``out_dir``; with ``refine`` the
+    soft mask is refined by :func:`refine_alpha` first.
 
     Every output is checked before any work (existing ones refused without ``overwrite``); a file
     that fails is reported in ``failures`` and the others carry on.
@@ -183,7 +185,6 @@ def predict_files(
         IsplabError: unusable model, existing outputs, two inputs with the same stem, or an
             unwritable ``out_dir``.
     """
-    from isplab.engine.trainer import resolve_accelerator
     from isplab.io.image import to_uint16, write_image
     from isplab.io.paths import check_writable_dir, prepare_output_file
     from isplab.workflows.sky.hdr import read_sky_image, tone_map
@@ -198,6 +199,8 @@ def predict_files(
         for path in output_paths(Path(image), out_dir):
             prepare_output_file(path, overwrite=overwrite)
     model = load_sky_model(model_path)
+    from isplab.engine.trainer import resolve_accelerator  # imports Lightning: after the cheap checks
+
     accelerator = resolve_accelerator(device)
     torch_device = "cuda" if accelerator == "cuda" else accelerator
     written, failures = [], []
@@ -205,6 +208,8 @@ def predict_files(
         try:
             image = read_sky_image(image_path)
             alpha = predict_alpha(model, image.pixels, image.hdr, options, device=torch_device)
+            if refine is not None:
+                alpha = refine_alpha(alpha, image.pixels, image.hdr, refine)
             mask_path, alpha_path, overlay_path = output_paths(image_path, out_dir)
             write_image(mask_path, np.where(alpha >= 0.5, 255, 0).astype(np.uint8), overwrite=overwrite)
             write_image(alpha_path, to_uint16(alpha), overwrite=overwrite)
@@ -217,3 +222,26 @@ def predict_files(
             if on_file:
                 on_file(image_path, str(error))
     return PredictResult(written, failures)
+
+
+@dataclass(frozen=True)
+class RefineOptions:
+    """Guided-filter refinement of the soft mask (He et al. 2010, ``kornia.filters.guided_blur``):
+    ``radius`` in pixels, ``eps`` in squared guide units; the guide is the grey tone-mapped image
+    in [0, 1] (:func:`isplab.workflows.sky.hdr.tone_map`)."""
+
+    radius: int = 4
+    eps: float = 1e-3
+
+
+def refine_alpha(alpha: np.ndarray, pixels: np.ndarray, hdr: bool, options: RefineOptions = RefineOptions()) -> np.ndarray:
+    """``alpha`` ``(H, W)`` filtered with the image as guide, clipped to [0, 1] (float32)."""
+    import kornia
+
+    from isplab.workflows.sky.hdr import tone_map
+
+    guide = tone_map(pixels, hdr).astype(np.float32).mean(axis=2) / 255.0
+    g = torch.from_numpy(guide)[None, None]
+    a = torch.from_numpy(np.ascontiguousarray(alpha, dtype=np.float32))[None, None]
+    out = kornia.filters.guided_blur(g, a, 2 * options.radius + 1, options.eps)
+    return out[0, 0].clamp(0, 1).numpy()
