@@ -38,8 +38,10 @@ def refused(*args: str) -> str:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("proxy") / "ds"
+    threads = torch.get_num_threads()  # generate(workers=1) sets torch's threads in this process
     generate(GenerateOptions(block="exposure", output=out, count=24, synth_images=6, backend="builtin", size=(64, 48),
                              workers=1, progress=False, params=["exposure=-2:2"]))  # fmt: skip
+    torch.set_num_threads(threads)
     return out
 
 
@@ -168,6 +170,7 @@ def test_cli_test_command_and_refusals(run, dataset, tmp_path):
     assert "holds samples of block 'exposure', not 'sharpen'" in refused("proxy", "train", "sharpen", str(dataset), str(tmp_path / "r"))
     assert "unknown block" in refused("proxy", "train", "curves", str(dataset), str(tmp_path / "r"))
     assert "is fixed in dataset" in refused("proxy", "train", "exposure", str(dataset), str(tmp_path / "r"), "-p", "black")
+    assert "smaller than --patch 128: pass --patch 48 or less" in refused("proxy", "train", "exposure", str(dataset), str(tmp_path / "r"))
     assert "unknown parameter" in refused("proxy", "train", "exposure", str(dataset), str(tmp_path / "r"), "-p", "gamma")
     with pytest.raises(IsplabError, match="is a proxy of block 'exposure', not 'sharpen'"):
         load_proxy(run / "model.pt", "sharpen")

@@ -161,3 +161,12 @@ def test_predict_files_refine_applies_the_guided_filter(tmp_path):
     expected = refine_alpha(alpha, image, True, refine)
     np.testing.assert_allclose(read_image(tmp_path / "ref/pano_alpha.png") / 65535, expected, atol=1 / 65535)
     assert np.abs(expected - alpha).max() > 0.01
+
+
+def test_export_refuses_an_existing_file(tmp_path):
+    from isplab.workflows.sky.export import export_sky
+
+    (tmp_path / "m.onnx").write_bytes(b"old")
+    with pytest.raises(IsplabError, match=r"m\.onnx already exists"):
+        export_sky(tmp_path / "m.pt", tmp_path / "m.onnx")
+    assert (tmp_path / "m.onnx").read_bytes() == b"old"

@@ -178,6 +178,8 @@ def regress_command(
     console.print(f"proxy: {r.proxy_seconds:.2f} s, proxy PSNR {r.proxy_psnr:.2f} dB", highlight=False)
     if r.render_back_psnr is not None:
         console.print(f"render-back ({r.backend}): PSNR {r.render_back_psnr:.2f} dB against the target", highlight=False)
+    else:
+        console.print("render-back check and search skipped: they need the raw (--sample ID or --raw DNG)", highlight=False)
     if r.search is not None:
         s = r.search
         line = f"Nelder-Mead on the renderer: {s['renders']} renders, {s['seconds']:.2f} s, PSNR {s['psnr']:.2f} dB"

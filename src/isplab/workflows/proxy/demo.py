@@ -19,7 +19,7 @@ NAME = "proxy"
 
 
 def section(out: Path, report: Report, *, seed: int, device: str, iters: int = 300, count: int = 48, images: int = 6,
-            size: tuple[int, int] = (128, 96), steps: int = 12) -> None:
+            size: tuple[int, int] = (128, 96), steps: int = 12, search_renders: int = 20) -> None:
     """Generate, train, regress and sweep an exposure proxy (see the module docstring)."""
     from isplab.workflows.proxy.generate import GenerateOptions, generate
     from isplab.workflows.proxy.regress import RegressOptions, regress
@@ -30,9 +30,13 @@ def section(out: Path, report: Report, *, seed: int, device: str, iters: int = 3
     backend = "darktable" if shutil.which("darktable-cli") else "builtin"
     renderer = "darktable-cli" if backend == "darktable" else "isplab's builtin ops (darktable-cli is not installed)"
     stage(f"rendering {count} exposure samples of {images} synthetic DNGs with {renderer}")
+    import torch
+
+    threads = torch.get_num_threads()  # generate sets torch's thread count when it renders in this process
     generate(GenerateOptions(block="exposure", output=folder / "data", count=count, synth_images=images, backend=backend,
                              size=size, seed=seed, overwrite=True, progress=False, params=["exposure=-2:2"]))  # fmt: skip
-    config = ProxyTrainConfig(width=8, depth=3, patch=64, batch_size=8, lr=2e-3, iters=iters, eval_every=max(1, iters // 4),
+    torch.set_num_threads(threads)
+    config = ProxyTrainConfig(width=8, depth=3, patch=min(64, *size), batch_size=8, lr=2e-3, iters=iters, eval_every=max(1, iters // 4),
                               patches_per_epoch=160, seed=seed, device=device)  # fmt: skip
     stage(f"training a width-8 proxy for {iters} iterations")
     model_path = train_proxy("exposure", folder / "data", folder / "model", config, overwrite=True, progress=False)
@@ -42,7 +46,7 @@ def section(out: Path, report: Report, *, seed: int, device: str, iters: int = 3
     splits = make_splits(data, ["exposure"], config.holdout_params)
     sample = (splits.val_images or splits.val_params)[0]["id"]
     stage(f"regressing the exposure of held-out sample {sample} and rendering it back")
-    result = regress(RegressOptions(block="exposure", model=model_path, sample=sample, search_renders=20,
+    result = regress(RegressOptions(block="exposure", model=model_path, sample=sample, search_renders=search_renders,
                                     output=folder / "regress", overwrite=True, seed=seed))  # fmt: skip
     stage(f"sweeping the exposure slider over {steps} frames")
     swept = sweep(SweepOptions(block="exposure", param="exposure", model=model_path, output=folder / "sweep", sample=sample,

@@ -370,6 +370,9 @@ def train_proxy(
     splits = make_splits(data, params, config.holdout_params)
     if not splits.train:
         raise IsplabError(f"dataset {data.root} has no training samples outside the held-out parameter bands")
+    smallest = min(min(int(s["width"]), int(s["height"])) for s in splits.train)
+    if smallest < config.patch:
+        raise IsplabError(f"dataset {data.root} has images of {smallest} pixels on a side, smaller than --patch {config.patch}: pass --patch {smallest} or less")
     validation = splits.val_images or splits.val_params or splits.val_both
     if not validation:
         raise IsplabError(f"dataset {data.root} has no held-out samples to validate on: generate more images or samples")
@@ -412,6 +415,7 @@ def train_proxy(
         val_check_interval=config.eval_every,
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
+        enable_model_summary=progress,  # Lightning's table is a banner in batch runs and demos
         callbacks=[SaveOnInterrupt(model_dir / "checkpoints" / LAST_CHECKPOINT), *callbacks],
     )
     model = build_proxy_model(ranges, width=config.width, depth=config.depth, meta=meta)

@@ -1,4 +1,4 @@
-"""``isplab sky ...``: sky segmentation of HDR and LDR images (synth, train, predict)."""
+"""``isplab sky ...``: sky segmentation of HDR and LDR images (synth, train, test, predict, export)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from rich.markup import escape
 from isplab.cli_options import Device, Devices, NumNodes, Overwrite, Progress, Quantize, Resume, Seed, Strategy, Workers, trainer_options
 from isplab.errors import IsplabError
 
-app = typer.Typer(help="Sky segmentation of HDR panoramas and LDR images (synth, train, predict).", no_args_is_help=True)
+app = typer.Typer(help="Sky segmentation of HDR panoramas and LDR images (synth, train, test, predict, export).", no_args_is_help=True)
 console = Console(stderr=True, soft_wrap=True)
 
 Model = Annotated[Path, typer.Option("--model", "-m", help="Trained model (model.pt from isplab sky train).")]

@@ -10,6 +10,7 @@ validation images, which are whole images held out by :func:`~isplab.workflows.s
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -136,7 +137,11 @@ def train_sky(
     """
     _check(config)
     model_dir = Path(model_dir)
-    prepare_output_dir(model_dir, overwrite=overwrite, resume=resume, names=RUN_OUTPUTS, what="model folder")
+    # Under DDP, Lightning re-runs this function in each extra process after rank 0 has started:
+    # only the launching process checks, cleans and writes the run's files.
+    primary = _is_primary_process()
+    if primary:
+        prepare_output_dir(model_dir, overwrite=overwrite, resume=resume, names=RUN_OUTPUTS, what="model folder")
     checkpoint = resolve_checkpoint(model_dir, resume or None)
     samples = open_dataset(dataset)
     train_samples, val_samples = split_by_image(samples, config.val_fraction, config.seed)
@@ -148,7 +153,7 @@ def train_sky(
         if saved is not None and saved != model.sky_config:
             raise IsplabError(f"cannot resume from {checkpoint}: it was trained as {saved} but the options give {model.sky_config}")
     resolve_accelerator(config.device)
-    if not resume:
+    if primary and not resume:
         for path in existing_outputs(model_dir, RUN_OUTPUTS):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     trainer = build_trainer(
@@ -171,10 +176,11 @@ def train_sky(
     options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
     options["train_images"] = [s.name for s in train_samples]
     options["val_images"] = [s.name for s in val_samples]
-    (model_dir / "config.json").write_text(json.dumps(options, indent=2, default=str) + "\n")
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    with log_file.open("a" if checkpoint else "w") as handle:
-        handle.write(f"{'' if not checkpoint else chr(10)}=== {'resumed from ' + str(checkpoint) if checkpoint else 'new run'} at {stamp}: {config.encoder}, {config.epochs} epochs ===\n")
+    if primary:
+        (model_dir / "config.json").write_text(json.dumps(options, indent=2, default=str) + "\n")
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with log_file.open("a" if checkpoint else "w") as handle:
+            handle.write(f"{'' if not checkpoint else chr(10)}=== {'resumed from ' + str(checkpoint) if checkpoint else 'new run'} at {stamp}: {config.encoder}, {config.epochs} epochs ===\n")
     module = SkyModule(model, config, log_file)
     encoding = LogEncoding.from_dict(config.encoding)
     patch_options = PatchOptions(patch=config.patch, scale=tuple(config.scale))
@@ -192,3 +198,13 @@ def train_sky(
         with log_file.open("a") as handle:
             handle.write(f"finished at step {trainer.global_step}: model.pt written\n")
     return model_dir / "model.pt"
+
+
+def _is_primary_process() -> bool:
+    """False in the extra processes of a multi-process launch (Lightning's DDP launcher, torchrun,
+    SLURM), which set a non-zero rank variable; True in a plain process and in rank 0."""
+    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID"):
+        value = os.environ.get(key, "0")
+        if value.isdigit() and int(value) != 0:
+            return False
+    return True
