@@ -149,11 +149,9 @@ def fidelity(args, console: Console) -> list[dict]:
         for block in args.blocks:
             ds, run = Path(tmp) / f"{block}-data", Path(tmp) / f"{block}-run"
             start = time.perf_counter()
-            threads = torch.get_num_threads()  # generate sets torch's thread count when it renders in this process
             generate(GenerateOptions(block=block, output=ds, count=args.fid_count, synth_images=args.fid_images,
                                      backend=backend, size=size, progress=False))  # fmt: skip
             gen_s = time.perf_counter() - start
-            torch.set_num_threads(threads)
             config = ProxyTrainConfig(width=args.fid_width, patch=min(args.fid_patch, size[1]), iters=args.fid_iters,
                                       eval_every=max(1, args.fid_iters // 4), lr=1e-3, device=args.device)  # fmt: skip
             start = time.perf_counter()

@@ -26,10 +26,8 @@ TINY = dict(width=8, depth=2, patch=32, batch_size=8, lr=2e-3, iters=100, eval_e
 
 def _setup(tmp_path_factory, backend: str, count: int, images: int, iters: int):
     root = tmp_path_factory.mktemp(f"regress-{backend}")
-    threads = torch.get_num_threads()  # generate(workers=1) sets torch's threads in this process
     generate(GenerateOptions(block="exposure", output=root / "ds", count=count, synth_images=images, backend=backend,
                              size=(64, 48), workers=1, progress=False, params=["exposure=-2:2"]))  # fmt: skip
-    torch.set_num_threads(threads)
     train_proxy("exposure", root / "ds", root / "run", ProxyTrainConfig(**{**TINY, "iters": iters}), progress=False, report=False)
     return root / "ds", root / "run" / "model.pt"
 

@@ -38,9 +38,12 @@ def refused(*args: str) -> str:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("proxy") / "ds"
-    threads = torch.get_num_threads()  # generate(workers=1) sets torch's threads in this process
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # generate renders with cpu_count // workers threads; the caller keeps its own
     generate(GenerateOptions(block="exposure", output=out, count=24, synth_images=6, backend="builtin", size=(64, 48),
                              workers=1, progress=False, params=["exposure=-2:2"]))  # fmt: skip
+    # rendering in this process (workers=1) must not leave the caller's torch thread count changed
+    assert torch.get_num_threads() == 1
     torch.set_num_threads(threads)
     return out
 
@@ -165,7 +168,7 @@ def test_cli_test_command_and_refusals(run, dataset, tmp_path):
     assert saved == json.loads((run / "report_metrics.json").read_text())["groups"]  # same band from config.json
     assert "already holds" in refused("proxy", "test", str(dataset), "-m", str(run / "model.pt"), "-o", str(out))
     # an existing run is refused before any work
-    assert "already holds" in refused("proxy", "train", "exposure", str(dataset), str(run), "--no-progress")
+    assert "already holds" in refused("proxy", "train", "exposure", str(dataset), str(run), "--patch", "32", "--no-progress")
     # the dataset holds another block
     assert "holds samples of block 'exposure', not 'sharpen'" in refused("proxy", "train", "sharpen", str(dataset), str(tmp_path / "r"))
     assert "unknown block" in refused("proxy", "train", "curves", str(dataset), str(tmp_path / "r"))
@@ -175,3 +178,14 @@ def test_cli_test_command_and_refusals(run, dataset, tmp_path):
     with pytest.raises(IsplabError, match="is a proxy of block 'exposure', not 'sharpen'"):
         load_proxy(run / "model.pt", "sharpen")
     assert not (tmp_path / "r").exists()
+
+
+def test_samples_normalise_by_the_given_ranges(dataset):
+    """Training uses the dataset's unit values; scoring a model normalises by the model's own ranges."""
+    data = load_dataset(dataset)
+    s = data.samples[3]
+    ev = s["params"]["exposure"]
+    own = _Samples(data, [s], ["exposure"]).get(0)[2]
+    assert float(own[0]) == pytest.approx(s["unit"]["exposure"]) and float(own[0]) == pytest.approx((ev + 2) / 4, abs=1e-6)
+    wider = _Samples(data, [s], ["exposure"], ranges=[(-4.0, 4.0)]).get(0)[2]
+    assert float(wider[0]) == pytest.approx((ev + 4) / 8, abs=1e-6)

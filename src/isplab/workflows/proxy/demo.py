@@ -30,12 +30,8 @@ def section(out: Path, report: Report, *, seed: int, device: str, iters: int = 3
     backend = "darktable" if shutil.which("darktable-cli") else "builtin"
     renderer = "darktable-cli" if backend == "darktable" else "isplab's builtin ops (darktable-cli is not installed)"
     stage(f"rendering {count} exposure samples of {images} synthetic DNGs with {renderer}")
-    import torch
-
-    threads = torch.get_num_threads()  # generate sets torch's thread count when it renders in this process
     generate(GenerateOptions(block="exposure", output=folder / "data", count=count, synth_images=images, backend=backend,
                              size=size, seed=seed, overwrite=True, progress=False, params=["exposure=-2:2"]))  # fmt: skip
-    torch.set_num_threads(threads)
     config = ProxyTrainConfig(width=8, depth=3, patch=min(64, *size), batch_size=8, lr=2e-3, iters=iters, eval_every=max(1, iters // 4),
                               patches_per_epoch=160, seed=seed, device=device)  # fmt: skip
     stage(f"training a width-8 proxy for {iters} iterations")

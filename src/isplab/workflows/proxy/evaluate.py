@@ -112,7 +112,7 @@ def evaluate_proxy(
     with torch.no_grad():
         for key, label in GROUPS:
             samples = getattr(splits, key)[:max_per_group] if max_per_group else getattr(splits, key)
-            source = _Samples(data, samples, meta["params"])
+            source = _Samples(data, samples, meta["params"], ranges=model.proxy_config["ranges"])
             scores = []
             for i, (x, y, u) in enumerate(ProxyImageDataset(source)):
                 pred = model(x[None], u[None])

@@ -491,15 +491,21 @@ def _execute(tasks, workers, threads, opts, result, failed_inputs, *, images, da
         bar = progress.add_task(f"rendering {opts.block} ({opts.backend})", total=len(tasks))
     try:
         if workers == 1 or len(tasks) <= 1:
+            import torch
+
+            caller_threads = torch.get_num_threads()  # rendering here must not change the caller's setting
             _worker_init(tasks[0]["workdir"] if tasks else ".", threads, opts.backend)
-            for phase in (inputs, samples):
-                for task in phase:
-                    if task["kind"] == "sample" and task["image"] in failed_inputs:
-                        finish(task, {"ok": False, "error": f"input render failed: {failed_inputs[task['image']]}", "seconds": 0.0})
-                    else:
-                        finish(task, _run_task(task))
-                    if progress:
-                        progress.advance(bar)
+            try:
+                for phase in (inputs, samples):
+                    for task in phase:
+                        if task["kind"] == "sample" and task["image"] in failed_inputs:
+                            finish(task, {"ok": False, "error": f"input render failed: {failed_inputs[task['image']]}", "seconds": 0.0})
+                        else:
+                            finish(task, _run_task(task))
+                        if progress:
+                            progress.advance(bar)
+            finally:
+                torch.set_num_threads(caller_threads)
             return
         context = get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,

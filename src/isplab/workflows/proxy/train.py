@@ -137,8 +137,11 @@ class _Samples:
     """Samples of a dataset as tensors: ``(input (3, H, W), output (3, H, W), unit (P,))``,
     images read once per process."""
 
-    def __init__(self, data: ProxyDataset, samples: list[dict], params: list[str]) -> None:
+    def __init__(self, data: ProxyDataset, samples: list[dict], params: list[str], ranges=None) -> None:
+        """``ranges``: ``[(low, high)]`` per parameter to normalise by (a trained model's, when it
+        differs from the dataset's sampled ranges); ``None`` uses the samples' ``unit`` values."""
         self.data, self.samples, self.params = data, samples, params
+        self.ranges = None if ranges is None else [(float(lo), float(hi)) for lo, hi in ranges]
         self._cache: dict[str, torch.Tensor] = {}
 
     def __len__(self) -> int:
@@ -154,7 +157,12 @@ class _Samples:
         x, y = self.image(s["input"]), self.image(s["output"])
         if x.shape != y.shape:
             raise IsplabError(f"{s['input']} is {tuple(x.shape)} but {s['output']} is {tuple(y.shape)}: expected equal sizes")
-        unit = torch.tensor([float(s["unit"][name]) for name in self.params], dtype=torch.float32)
+        if self.ranges is None:
+            unit = torch.tensor([float(s["unit"][name]) for name in self.params], dtype=torch.float32)
+        else:
+            unit = torch.tensor(
+                [(float(s["params"][n]) - lo) / (hi - lo) for n, (lo, hi) in zip(self.params, self.ranges)], dtype=torch.float32
+            )
         return x, y, unit
 
 
