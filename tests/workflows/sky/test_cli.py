@@ -138,3 +138,32 @@ def test_export_onnx_matches_pytorch(run, tmp_path):
     with torch.no_grad():
         expected = torch.sigmoid(load_sky_model(root / "model/model.pt")(torch.from_numpy(x))).numpy()
     np.testing.assert_allclose(onnx_out, expected, atol=1e-4)
+
+
+def test_ctrl_c_saves_last_ckpt_and_resume_finishes(run, tmp_path):
+    import signal
+
+    import lightning as L
+    import torch
+
+    from isplab.workflows.isp.train import TrainingInterrupted
+    from isplab.workflows.sky.train import SkyTrainConfig, train_sky
+
+    class CtrlC(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if trainer.global_step == 3:
+                raise KeyboardInterrupt
+
+    root, _ = run
+    config = SkyTrainConfig(encoder="resnet18", encoder_depth=3, decoder_channels=[8, 8, 8], patch=32, batch_size=4,
+                            epochs=3, patches_per_epoch=8, device="cpu", val_fraction=0.34)
+    model_dir = tmp_path / "m"
+    with pytest.raises(TrainingInterrupted) as stop:
+        train_sky(root / "data", model_dir, config, progress=False, callbacks=[CtrlC()])
+    assert (stop.value.checkpoint, stop.value.step, stop.value.iters) == (model_dir / "checkpoints/last.ckpt", 3, 6)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert not (model_dir / "model.pt").exists()
+    assert (model_dir / "log.txt").read_text().splitlines()[-1].startswith("interrupted at step 3;")
+    train_sky(root / "data", model_dir, config, resume=True, progress=False)
+    assert torch.load(model_dir / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 6
+    assert (model_dir / "model.pt").is_file()

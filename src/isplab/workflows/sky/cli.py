@@ -76,7 +76,17 @@ def train(
         workers=workers or 0,
         **options.as_kwargs(),
     )
-    path = train_sky(dataset, model_dir, config, resume=resume, overwrite=overwrite, progress=progress)
+    from isplab.workflows.isp.train import TrainingInterrupted
+
+    try:
+        path = train_sky(dataset, model_dir, config, resume=resume, overwrite=overwrite, progress=progress)
+    except TrainingInterrupted as stop:
+        if stop.checkpoint is None:
+            console.print("interrupted before the first step finished: nothing to resume", highlight=False)
+        else:
+            console.print(f"interrupted: {stop.checkpoint} holds step {stop.step} of {stop.iters}; the same command "
+                          "with --resume (not --overwrite) continues from it", highlight=False)
+        raise typer.Exit(130) from None
     console.print(f"model: {path}", highlight=False)
 
 

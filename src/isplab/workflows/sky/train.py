@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from isplab.engine import build_trainer, configure_optimizer, fit
 from isplab.engine.trainer import LAST_CHECKPOINT, resolve_accelerator, resolve_checkpoint
 from isplab.errors import IsplabError
 from isplab.io.paths import existing_outputs, prepare_output_dir
+from isplab.workflows.isp.train import SaveOnInterrupt, TrainingInterrupted, _saved_step
 from isplab.workflows.sky.data import PatchOptions, SkyPatchDataset, open_dataset, split_by_image
 from isplab.workflows.sky.hdr import LogEncoding
 from isplab.workflows.sky.model import build_sky_model, save_sky_model
@@ -126,10 +129,14 @@ def train_sky(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    callbacks: Sequence[L.Callback] = (),
 ) -> Path:
     """Train on ``dataset`` (see :func:`~isplab.workflows.sky.data.open_dataset`) into ``model_dir``.
 
     Returns ``model_dir/model.pt``.
+
+    Ctrl-C saves the steps done as ``checkpoints/last.ckpt`` (one process) and raises
+    :class:`~isplab.workflows.isp.train.TrainingInterrupted`; ``resume=True`` continues from it.
 
     Raises:
         IsplabError: bad options, an existing run without ``resume``/``overwrite``, data problems,
@@ -169,6 +176,7 @@ def train_sky(
         progress=progress,
         log_every_n_steps=max(1, min(10, config.patches_per_epoch // config.batch_size)),
         num_sanity_val_steps=0,
+        callbacks=[SaveOnInterrupt(model_dir / "checkpoints" / LAST_CHECKPOINT), *callbacks],
     )
     # built after the trainer seeded torch: the same seed gives the same initial weights
     model = build_sky_model(config.encoder, config.encoder_depth, config.decoder_channels, config.encoding, config.encoder_weights)
@@ -191,7 +199,20 @@ def train_sky(
     if val_samples:
         val_set = SkyPatchDataset(val_samples, patch_options, config.val_patches, augment=False, seed=config.seed + 1, encoding=encoding)
         val_loader = DataLoader(val_set, config.batch_size, **loader_options)
-    fit(trainer, module, train_loader, val_loader, resume=checkpoint)
+    try:
+        fit(trainer, module, train_loader, val_loader, resume=checkpoint)
+    except SystemExit:
+        # Lightning turns Ctrl-C into a graceful shutdown (SaveOnInterrupt wrote last.ckpt), then
+        # sys.exit(1) with SIGINT ignored: restore Ctrl-C and say what can be resumed.
+        if not trainer.interrupted:
+            raise
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        last = model_dir / "checkpoints" / LAST_CHECKPOINT
+        step = _saved_step(last)
+        if primary:
+            with log_file.open("a") as handle:
+                handle.write(f"interrupted at step {trainer.global_step}; {last} holds step {step}\n")
+        raise TrainingInterrupted(last if step else None, step, config.epochs * (config.patches_per_epoch // config.batch_size)) from None
     trainer.save_checkpoint(model_dir / "checkpoints" / LAST_CHECKPOINT)
     if trainer.is_global_zero:
         save_sky_model(model, model_dir / "model.pt")
