@@ -109,6 +109,8 @@ def test_every_section_small_quiet_timed_and_linked(tmp_path, capfd):
         "data": {"count": 1, "size": (64, 48)},
         "awb": {"captures": 24, "epochs": 2, "folds": 2},
         "isp": {"iters": 6, "train_pairs": 2, "val_pairs": 1},
+        "proxy": {"iters": 10, "count": 4, "images": 2, "size": (64, 48), "steps": 2, "search_renders": 2},
+        "sky": {"images": 4, "size": (128, 64), "epochs": 1},
     }
     report = run_demo(out, device="cpu", options=options)
     terminal = capfd.readouterr()

@@ -16,11 +16,14 @@ Example::
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from isplab.errors import IsplabError
+
+if TYPE_CHECKING:
+    from isplab.engine.run import TrainingInterrupted
 
 __all__ = [
     "Device",
@@ -37,6 +40,7 @@ __all__ = [
     "TrainerOptions",
     "trainer_options",
     "parse_quantize",
+    "exit_interrupted",
 ]
 
 Device = Annotated[
@@ -114,3 +118,10 @@ def trainer_options(device: str = "auto", devices: str = "auto", strategy: str =
     if num_nodes < 1:
         raise IsplabError(f"bad --num-nodes {num_nodes}: expected 1 or more")
     return TrainerOptions(device=device, devices=parsed, strategy=strategy, num_nodes=num_nodes)
+
+
+def exit_interrupted(stop: TrainingInterrupted) -> NoReturn:
+    """End a training command stopped by Ctrl-C: print what was kept and how to resume (stderr),
+    then exit 130, Ctrl-C's usual status (``docs/conventions.md`` section 5)."""
+    typer.echo(stop.resume_hint(), err=True)
+    raise typer.Exit(130)

@@ -35,6 +35,8 @@ SECTIONS = {
     "data": "isplab.workflows.data.demo",
     "awb": "isplab.workflows.awb.demo",
     "isp": "isplab.workflows.isp.demo",
+    "proxy": "isplab.workflows.proxy.demo",
+    "sky": "isplab.workflows.sky.demo",
 }
 CONSOLE_LOG = "console.log"
 

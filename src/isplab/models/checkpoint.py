@@ -1,8 +1,9 @@
 """Model files: a state dict saved with the configuration its factory rebuilds the model from.
 
-Each model family stores its factory arguments in an attribute (``awb_config``, ``isp_config``);
-the ``.pt`` file holds ``{<that attribute>: config, "state_dict": weights}`` and loads with
-``weights_only=True`` (no pickled code runs).
+Each model family stores its factory arguments in an attribute (:data:`MODEL_KINDS`: ``awb_config``,
+``isp_config``, ``proxy_config``, ``sky_config``); the ``.pt`` file holds
+``{<that attribute>: config, "state_dict": weights}`` and loads with ``weights_only=True`` (no pickled
+code runs).
 """
 
 from __future__ import annotations
@@ -29,6 +30,15 @@ def save_model(model: nn.Module, path: str | Path, key: str, factory: str) -> Pa
 
 
 _LIGHTNING = "pytorch-lightning_version"  # a key of every Lightning checkpoint
+
+#: Every isplab model file's config key and what it is called, so that a model given to the wrong
+#: command is named ("it is an isplab proxy model; expected an isplab ISP model ...").
+MODEL_KINDS = {
+    "awb_config": "AWB model",
+    "isp_config": "ISP model",
+    "proxy_config": "proxy model",
+    "sky_config": "sky model",
+}
 
 
 def load_model(path: str | Path, key: str, build: Callable[[dict], nn.Module], kind: str) -> nn.Module:
@@ -73,9 +83,9 @@ def _describe(saved: object) -> str:
         return f"a PyTorch file holding a {type(saved).__name__}"
     if _LIGHTNING in saved:
         return "a Lightning training checkpoint (use the run's model file instead)"
-    for config_key, name in (("isp_config", "an isplab ISP model"), ("awb_config", "an isplab AWB model")):
+    for config_key, name in MODEL_KINDS.items():
         if config_key in saved:
-            return name
+            return f"an isplab {name}"
     if saved and all(isinstance(v, torch.Tensor) for v in saved.values()):
         return "a bare state dict without isplab's model configuration"
     keys = ", ".join(sorted(map(str, saved))[:4]) + (", ..." if len(saved) > 4 else "")

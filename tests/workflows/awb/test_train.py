@@ -13,7 +13,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from isplab.engine import metrics_csv_files
+from isplab.engine import TrainingInterrupted, metrics_csv_files
 from isplab.errors import IsplabError
 from isplab.workflows.awb.dataset import AWBDataset, AWBSample, mired_error
 from isplab.workflows.awb.model import build_awb_model
@@ -21,7 +21,6 @@ from isplab.workflows.awb.predict import predict
 from isplab.workflows.awb.train import (
     RelightTables,
     TrainConfig,
-    TrainingInterrupted,
     geometric_augment,
     relight,
     relight_tables,
@@ -190,7 +189,7 @@ def test_interrupt_keeps_last_epoch_and_resume_continues_from_it(tmp_path):
     with pytest.raises(TrainingInterrupted) as stop:
         train_model(data, config, run_dir=run, progress=False, callbacks=[_StopAt(2)])
     last = run / "checkpoints" / "last.ckpt"
-    assert stop.value.checkpoint == last and stop.value.epochs_done == 2
+    assert (stop.value.checkpoint, stop.value.done, stop.value.total, stop.value.unit) == (last, 2, 5, "epoch")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Lightning left it ignored
     saved = torch.load(last, map_location="cpu", weights_only=False)
     assert (saved["epoch"], saved["global_step"]) == (1, 4)  # 2 epochs of 2 steps

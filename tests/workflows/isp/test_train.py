@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from isplab.data.synth import synthesize_dataset
+from isplab.engine import TrainingInterrupted
 from isplab.engine.metrics import ssim
 from isplab.errors import IsplabError
 from isplab.models.isp import build_isp_model, load_isp_model
-from isplab.workflows.isp.train import ISPModule, ISPTrainConfig, TrainingInterrupted, VGGLoss, train_isp
+from isplab.workflows.isp.train import ISPModule, ISPTrainConfig, VGGLoss, train_isp
 
 
 def write_mai_folder(root: Path, sizes: dict[str, int], side: int) -> None:
@@ -264,7 +265,7 @@ def test_ctrl_c_saves_the_steps_done_and_resume_finishes_the_run(tmp_path: Path)
     model_dir = tmp_path / "m"
     with pytest.raises(TrainingInterrupted) as stop:
         train_isp(tmp_path / "syn", model_dir, config, progress=False, callbacks=[CtrlC(3)])
-    assert (stop.value.checkpoint, stop.value.step, stop.value.iters) == (model_dir / "checkpoints/last.ckpt", 3, 6)
+    assert (stop.value.checkpoint, stop.value.done, stop.value.total) == (model_dir / "checkpoints/last.ckpt", 3, 6)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again
     assert not (model_dir / "model.pt").exists()
     assert (model_dir / "log.txt").read_text().splitlines()[-1] == (

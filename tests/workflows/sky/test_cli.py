@@ -146,7 +146,7 @@ def test_ctrl_c_saves_last_ckpt_and_resume_finishes(run, tmp_path):
     import lightning as L
     import torch
 
-    from isplab.workflows.isp.train import TrainingInterrupted
+    from isplab.engine import TrainingInterrupted
     from isplab.workflows.sky.train import SkyTrainConfig, train_sky
 
     class CtrlC(L.Callback):
@@ -160,7 +160,7 @@ def test_ctrl_c_saves_last_ckpt_and_resume_finishes(run, tmp_path):
     model_dir = tmp_path / "m"
     with pytest.raises(TrainingInterrupted) as stop:
         train_sky(root / "data", model_dir, config, progress=False, callbacks=[CtrlC()])
-    assert (stop.value.checkpoint, stop.value.step, stop.value.iters) == (model_dir / "checkpoints/last.ckpt", 3, 6)
+    assert (stop.value.checkpoint, stop.value.done, stop.value.total) == (model_dir / "checkpoints/last.ckpt", 3, 6)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert not (model_dir / "model.pt").exists()
     assert (model_dir / "log.txt").read_text().splitlines()[-1].startswith("interrupted at step 3;")

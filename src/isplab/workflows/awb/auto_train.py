@@ -24,12 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
+from isplab.engine import is_global_zero
 from isplab.errors import IsplabError
 from isplab.io.paths import prepare_output_dir
 from isplab.workflows.awb.dataset import AWBDataset, mired_error, read_duplicates, repeat_counts, write_duplicates
 from isplab.workflows.awb.model import load_awb_model, save_awb_model
 from isplab.workflows.awb.predict import predict
-from isplab.workflows.awb.train import TrainConfig, is_global_zero, train_model
+from isplab.workflows.awb.train import TrainConfig, train_model
 
 #: The duplicates file kept in the output folder when no other is given.
 DUPLICATES = "duplicates.txt"

@@ -28,6 +28,7 @@ from isplab.cli_options import (
     Resume,
     Seed,
     Strategy,
+    exit_interrupted,
     parse_quantize,
     trainer_options,
 )
@@ -210,11 +211,12 @@ def train(
     """Train one AWB network (preprocessing inside the model, temperature in kelvin out).
 
     Ctrl-C keeps the last finished epoch in the run folder; the same command with --resume continues (--epochs is the total)."""
+    from isplab.engine import TrainingInterrupted, is_global_zero, prepare_run_dir
     from isplab.io.paths import prepare_output_file
     from isplab.workflows.awb.dataset import read_duplicates, repeat_counts
     from isplab.workflows.awb.evaluate import evaluate_model
     from isplab.workflows.awb.model import load_awb_model, save_awb_model
-    from isplab.workflows.awb.train import TrainingInterrupted, is_global_zero, prepare_run_dir, train_model
+    from isplab.workflows.awb.train import RUN_FILES, train_model
 
     start = _start_model(model, input_model)
     if resume and start is not None:
@@ -225,16 +227,11 @@ def train(
     run_dir = run_dir or output.with_name(f"{output.stem}-run")
     data = _load(dataset, target)
     weights = repeat_counts(data.samples, read_duplicates(duplicate_file)) if duplicate_file else None
-    prepare_run_dir(run_dir, overwrite=overwrite, resume=resume)
+    prepare_run_dir(run_dir, RUN_FILES, overwrite=overwrite, resume=resume, what="run folder").clear()
     try:
         net = train_model(data, config, weights=weights, input_model=start, run_dir=run_dir, resume=resume, progress=progress)
     except TrainingInterrupted as stop:
-        if stop.checkpoint is None:
-            err.print("interrupted before the first epoch finished: nothing to resume")
-        else:
-            err.print(f"interrupted: {stop.checkpoint} holds epoch {stop.epochs_done} of {config.epochs}; "
-                      "the same command with --resume (not --overwrite) continues from it", highlight=False)
-        raise typer.Exit(130) from None
+        exit_interrupted(stop)
     if not is_global_zero():
         return
     save_awb_model(net, output)
@@ -265,10 +262,10 @@ def auto_train_command(
     config: TrainConfig,
 ) -> None:
     """Train repeatedly, each time weighting the worst image more (the seed's auto_train.py)."""
+    from isplab.engine import is_global_zero
     from isplab.io.paths import prepare_output_file
     from isplab.workflows.awb.auto_train import auto_train, prepare_auto_train_dir
     from isplab.workflows.awb.model import load_awb_model
-    from isplab.workflows.awb.train import is_global_zero
 
     start = _start_model(model, input_model)
     prepare_auto_train_dir(output_dir, overwrite=overwrite, resume=resume)
@@ -337,10 +334,10 @@ def evaluate_command(
     config: TrainConfig,
 ) -> None:
     """Per-image errors worst first, summaries, the camera's own estimate as baseline; --cv for held-out numbers."""
+    from isplab.engine import is_global_zero
     from isplab.io.paths import prepare_output_dir
     from isplab.workflows.awb.evaluate import REPORT_FILES, cross_validate, evaluate_predictions, write_report
     from isplab.workflows.awb.predict import load_predictor
-    from isplab.workflows.awb.train import is_global_zero
 
     if (model is None) == (cv is None):
         raise IsplabError("give either --model M (evaluate a trained model) or --cv K (cross-validate a training recipe)")

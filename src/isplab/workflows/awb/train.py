@@ -17,9 +17,10 @@ not re-lit.
 Training goes through :func:`isplab.engine.build_trainer`: a run folder (``run_dir``) holds
 ``config.json``, ``log.txt``, ``checkpoints/{best,last}.ckpt`` and ``logs/``; ``resume=True``
 continues from ``checkpoints/last.ckpt`` (``config.epochs`` is then the total), and Ctrl-C stops
-after Lightning's graceful shutdown with :class:`TrainingInterrupted`, leaving ``last.ckpt`` at the
-last finished epoch. Under DDP (``devices``/``strategy``/``num_nodes``) Lightning's
-``DistributedSampler`` gives each rank its own share of the image indices of every epoch.
+after Lightning's graceful shutdown with :class:`~isplab.engine.TrainingInterrupted`, leaving
+``last.ckpt`` at the last finished epoch (:func:`isplab.engine.fit_interruptible`). Under DDP
+(``devices``/``strategy``/``num_nodes``) Lightning's ``DistributedSampler`` gives each rank its own
+share of the image indices of every epoch.
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import shutil
-import signal
 import tempfile
 import time
 import warnings
@@ -45,10 +44,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 from torch.utils.data import DataLoader
 
-from isplab.engine import build_trainer, configure_optimizer, fit, resolve_checkpoint
-from isplab.engine.trainer import LAST_CHECKPOINT
+from isplab.engine import (
+    build_trainer,
+    configure_optimizer,
+    fit_interruptible,
+    is_global_zero,
+    resolve_checkpoint,
+)
 from isplab.errors import IsplabError
-from isplab.io.paths import prepare_output_dir
 from isplab.models.awb import member_mireds
 from isplab.workflows.awb.config import LOSSES, TrainConfig, reference_config
 from isplab.workflows.awb.constants import TEMPERATURE_RANGE
@@ -56,8 +59,8 @@ from isplab.workflows.awb.dataset import AWBDataset
 from isplab.workflows.awb.model import build_awb_model, load_awb_model
 
 __all__ = [
-    "AWBModule", "RUN_FILES", "RelightTables", "TrainConfig", "TrainingInterrupted", "geometric_augment",
-    "is_global_zero", "prepare_run_dir", "reference_config", "relight", "relight_tables", "train_model",
+    "AWBModule", "RUN_FILES", "RelightTables", "TrainConfig", "geometric_augment",
+    "reference_config", "relight", "relight_tables", "train_model",
 ]
 
 #: Mired grid on which each sensor's CT curve is tabulated for re-lighting.
@@ -310,54 +313,8 @@ class _TextLog(Callback):
             handle.write(f"epoch {trainer.current_epoch}: {values}" + (f" lr {lr:.3g}" if lr is not None else "") + "\n")
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped by Ctrl-C (after Lightning's graceful shutdown).
-
-    Attributes:
-        checkpoint: ``run_dir/checkpoints/last.ckpt`` (the last finished epoch; resume from it),
-            or ``None`` when nothing can be resumed (no epoch finished, or a temporary run folder).
-        epochs_done: epochs finished in the checkpoint.
-    """
-
-    def __init__(self, checkpoint: Path | None, epochs_done: int) -> None:
-        super().__init__(f"training interrupted after {epochs_done} epochs")
-        self.checkpoint = checkpoint
-        self.epochs_done = epochs_done
-
-
-#: What a training run writes into its run folder.
+#: What a training run writes into its run folder (checked by :func:`isplab.engine.prepare_run_dir`).
 RUN_FILES = ("checkpoints", "logs", "config.json", "log.txt")
-
-
-def prepare_run_dir(run_dir: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
-    """Check a run folder before training: a folder holding an earlier run is refused unless
-    ``resume`` (it must then hold ``checkpoints/last.ckpt``) or ``overwrite`` (the earlier run's
-    :data:`RUN_FILES` are deleted; other files are left alone).
-
-    Raises:
-        IsplabError: an earlier run and neither flag, both flags, nothing to resume, or a folder
-            that cannot be written.
-    """
-    if overwrite and resume:
-        raise IsplabError("--overwrite starts afresh and --resume continues: choose one")
-    if not is_global_zero():  # DDP: rank 0 checked (and may already be writing) the folder
-        return Path(run_dir)
-    folder = prepare_output_dir(run_dir, overwrite=overwrite, resume=resume, names=RUN_FILES, what="run folder")
-    if resume:
-        resolve_checkpoint(folder, True)
-    if overwrite:
-        for name in RUN_FILES:
-            path = folder / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-    return folder
-
-
-def is_global_zero() -> bool:
-    """Whether this process is rank 0 (always true outside DDP); only rank 0 writes results."""
-    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def train_model(
@@ -390,7 +347,7 @@ def train_model(
     Raises:
         IsplabError: empty dataset, bad weights or loss, an input model of another target, or a
             resume without a checkpoint or from one of another model.
-        TrainingInterrupted: Ctrl-C; ``run_dir``'s ``last.ckpt`` holds the last finished epoch.
+        isplab.engine.TrainingInterrupted: Ctrl-C; ``run_dir``'s ``last.ckpt`` holds the last finished epoch.
     """
     config = config or TrainConfig()
     if len(dataset) == 0:
@@ -455,25 +412,10 @@ def train_model(
         warnings.filterwarnings("ignore", message=".*The number of training batches.*")
         warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
         warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
-        try:
-            fit(trainer, module, loader, val_loader, resume=checkpoint)
-        except SystemExit:
-            # Lightning turns Ctrl-C into a graceful shutdown, then sys.exit(1), ignoring SIGINT after.
-            if not trainer.interrupted:
-                raise
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            last = run_dir / "checkpoints" / LAST_CHECKPOINT
-            raise TrainingInterrupted(last if last.is_file() else None, _epochs_done(last)) from None
+        # Ctrl-C: last.ckpt stays at the last finished epoch (Lightning writes it at each epoch's end).
+        fit_interruptible(trainer, module, loader, val_loader, resume=checkpoint, total=config.epochs, unit="epoch",
+                          log_file=run_dir / "log.txt")
     return module.model.cpu().eval()
-
-
-def _epochs_done(checkpoint: Path) -> int:
-    if not checkpoint.is_file():
-        return 0
-    try:
-        return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"]) + 1
-    except Exception:
-        return 0
 
 
 def _check_same_model(checkpoint: Path, model: nn.Module) -> None:

@@ -26,6 +26,7 @@ from isplab.cli_options import (
     Resume,
     Seed,
     Strategy,
+    exit_interrupted,
     parse_quantize,
     trainer_options,
 )
@@ -89,7 +90,8 @@ def train(
     model_dir_alias: Annotated[Path | None, typer.Option("--model-dir", hidden=True)] = None,
 ) -> None:
     """Train a RAW-to-RGB network on patches (the seed's train_model.py)."""
-    from isplab.workflows.isp.train import ISPTrainConfig, TrainingInterrupted, train_isp
+    from isplab.workflows.isp.train import ISPTrainConfig, train_isp
+    from isplab.engine import TrainingInterrupted
 
     if data is not None and model_dir is None and dataset is not None and dataset != data:
         dataset, model_dir = None, dataset  # `--data D M`: the one positional is the model folder
@@ -110,12 +112,7 @@ def train(
     try:
         best = train_isp(data_root, model_dir, config, resume=resume, overwrite=overwrite, progress=progress)
     except TrainingInterrupted as stop:
-        if stop.checkpoint is None:
-            console.print("interrupted before the first step finished: nothing to resume", highlight=False)
-        else:
-            console.print(f"interrupted: {stop.checkpoint} holds step {stop.step} of {stop.iters}; the same command "
-                          "with --resume (not --overwrite) continues from it", highlight=False)
-        raise typer.Exit(130) from None
+        exit_interrupted(stop)
     console.print(f"best checkpoint: {best}; model: {model_dir / 'model.pt'}")
 
 

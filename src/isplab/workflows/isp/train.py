@@ -15,7 +15,7 @@ section) and the final network as ``model.pt`` (:func:`isplab.models.isp.save_is
 A ``model_dir`` that already holds any of these is refused before any work unless ``resume``
 (continue that run) or ``overwrite`` (delete them, then start afresh). Ctrl-C saves the steps done
 as ``last.ckpt`` (one process; under DDP it keeps the last validation's) and raises
-:class:`TrainingInterrupted`; ``resume`` continues from there.
+:class:`~isplab.engine.TrainingInterrupted`; ``resume`` continues from there.
 
 Patches are a pure function of ``(seed, epoch, index)`` (:class:`~isplab.workflows.isp.data.PatchDataset`);
 under DDP Lightning's ``DistributedSampler`` gives each rank different indices, hence different
@@ -24,11 +24,6 @@ patches, and the effective batch is ``batch_size x devices x num_nodes``.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import signal
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,16 +32,23 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.fabric.plugins.environments import SLURMEnvironment
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision.models import VGG19_Weights
 from torchvision.models.vgg import cfgs, make_layers
 
-from isplab.engine import build_trainer, configure_optimizer, fit, psnr, ssim, ssim_loss
-from isplab.engine.trainer import LAST_CHECKPOINT, resolve_accelerator, resolve_checkpoint
+from isplab.engine import (
+    SaveOnInterrupt,
+    build_trainer,
+    configure_optimizer,
+    fit_interruptible,
+    prepare_run_dir,
+    psnr,
+    ssim,
+    ssim_loss,
+)
+from isplab.engine.trainer import LAST_CHECKPOINT, resolve_accelerator
 from isplab.errors import IsplabError
-from isplab.io.paths import check_writable_dir, existing_outputs, prepare_output_dir
 from isplab.models.isp import build_isp_model, save_isp_model
 from isplab.workflows.isp.data import FullImageDataset, PatchDataset, open_pairs
 
@@ -266,36 +268,25 @@ def train_isp(
 
     Raises:
         IsplabError: bad options, ``model_dir`` holding a previous run (without ``resume`` or
-            ``overwrite``) or not writable, data problems, VGG weights missing, or a resume
+            ``overwrite``, or with both) or not writable, data problems, VGG weights missing, or a resume
             checkpoint that is absent or was trained with another architecture.
-        TrainingInterrupted: Ctrl-C; ``last.ckpt`` then holds the steps done (one process) or the
+        isplab.engine.TrainingInterrupted: Ctrl-C; ``last.ckpt`` then holds the steps done (one process) or the
             last validation (DDP), and ``resume=True`` continues from it.
     """
     _check_config(config)
     model_dir = Path(model_dir)
     # Under DDP, Lightning re-runs this function in each extra process once rank 0 has started
-    # fitting, i.e. after rank 0 wrote its log: only the launching process checks and cleans up.
-    primary = _is_primary_process()
-    # A SLURM requeue re-runs the same command; Lightning then restores its hpc_ckpt_N.ckpt itself.
-    requeued = SLURMEnvironment.detect() and model_dir.is_dir() and any(model_dir.glob("hpc_ckpt_*.ckpt"))
-    if primary and not requeued:
-        prepare_output_dir(model_dir, overwrite=overwrite, resume=resume, names=RUN_OUTPUTS, what="model folder")
-    elif primary:
-        check_writable_dir(model_dir)  # a SLURM requeue: Lightning restores its hpc checkpoint
-    checkpoint = resolve_checkpoint(model_dir, resume or None)
+    # fitting, i.e. after rank 0 wrote its log: only rank 0 checks, cleans up and writes.
+    run = prepare_run_dir(model_dir, RUN_OUTPUTS, overwrite=overwrite, resume=resume)
+    checkpoint = run.checkpoint
     train_source = open_pairs(data_root, "train")
     val_source = open_pairs(data_root, val_split)
     model = build_isp_model(config.arch, config.num_maps_base, **config.arch_options)
     if checkpoint is not None:
         _check_same_model(checkpoint, model)
     resolve_accelerator(config.device)  # an absent device is refused before anything is deleted
-    module_log = model_dir / "log.txt"
-    if primary and not (resume or requeued):
-        for path in existing_outputs(model_dir, RUN_OUTPUTS):  # only with overwrite (checked above)
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+    module_log = run.log_file
+    run.clear()  # --overwrite: the earlier run's files go only now that every check has passed
 
     trainer = build_trainer(
         model_dir,
@@ -318,8 +309,7 @@ def train_isp(
     # Built after build_trainer seeded torch: the same seed gives the same initial weights.
     model = build_isp_model(config.arch, config.num_maps_base, **config.arch_options)
     module = ISPModule(model, config, log_file=module_log)
-    if primary:
-        _write_run_header(model_dir, config, checkpoint, requeued)
+    run.start(asdict(config), new=f"{config.arch}, {config.iters} steps", resumed=f"training to step {config.iters}")
 
     # Patch (seed, epoch, index) -> sample; the trainer's DatasetEpoch callback sets the epoch and,
     # under DDP, Lightning replaces the sequential sampler by a DistributedSampler.
@@ -331,20 +321,8 @@ def train_isp(
     train_loader = DataLoader(patches, config.batch_size, shuffle=False, drop_last=True, **loader_options)
     val_loader = DataLoader(val, batch_size=1, **loader_options)  # full images differ in size
 
-    try:
-        best = fit(trainer, module, train_loader, val_loader, resume=checkpoint)
-    except SystemExit:
-        # Lightning turns Ctrl-C into a graceful shutdown (our callback saved last.ckpt), then
-        # sys.exit(1) with SIGINT ignored: restore Ctrl-C and say what can be resumed.
-        if not trainer.interrupted:
-            raise
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        last = model_dir / "checkpoints" / LAST_CHECKPOINT
-        step = _saved_step(last)
-        if primary:
-            with module_log.open("a") as handle:
-                handle.write(f"interrupted at step {trainer.global_step}; {last} holds step {step}\n")
-        raise TrainingInterrupted(last if step else None, step, config.iters) from None
+    best = fit_interruptible(trainer, module, train_loader, val_loader, resume=checkpoint, total=config.iters,
+                             log_file=module_log)
     # The last validation may precede the last step: save the final state for --resume too.
     trainer.save_checkpoint(model_dir / "checkpoints" / LAST_CHECKPOINT)
     if trainer.is_global_zero:
@@ -352,68 +330,6 @@ def train_isp(
         with module_log.open("a") as handle:
             handle.write(f"finished at step {trainer.global_step}: model.pt written\n")
     return best if best is not None else model_dir / "checkpoints" / LAST_CHECKPOINT
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped by Ctrl-C, after Lightning's graceful shutdown.
-
-    Attributes:
-        checkpoint: ``model_dir/checkpoints/last.ckpt`` to resume from, or ``None`` when no step finished.
-        step: the optimiser steps it holds.
-        iters: the run's budget.
-    """
-
-    def __init__(self, checkpoint: Path | None, step: int, iters: int) -> None:
-        super().__init__(f"training interrupted at step {step} of {iters}")
-        self.checkpoint, self.step, self.iters = checkpoint, step, iters
-
-
-class SaveOnInterrupt(L.Callback):
-    """On Ctrl-C, save the state reached so far as ``last.ckpt`` (one process only: under DDP the
-    ranks cannot be relied on to meet for a collective save, so ``last.ckpt`` stays at the last
-    validation)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, KeyboardInterrupt) and trainer.world_size == 1 and trainer.global_step > 0:
-            trainer.save_checkpoint(self.path)
-
-
-def _saved_step(checkpoint: Path) -> int:
-    if not checkpoint.is_file():
-        return 0
-    try:
-        return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"])
-    except Exception:  # an unreadable checkpoint is nothing to resume from
-        return 0
-
-
-def _is_primary_process() -> bool:
-    """False in the extra processes of a multi-process launch (Lightning's DDP launcher, torchrun,
-    SLURM), which all set a non-zero rank variable; True in a plain process and in rank 0."""
-    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID"):
-        value = os.environ.get(key, "0")
-        if value.isdigit() and int(value) != 0:
-            return False
-    return True
-
-
-def _write_run_header(model_dir: Path, config: ISPTrainConfig, checkpoint: Path | None, requeued: bool) -> None:
-    """``config.json`` and the start of this run's section of ``log.txt`` (a fresh file for a new run)."""
-    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
-    (model_dir / "config.json").write_text(json.dumps(options, indent=2) + "\n")
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    if checkpoint is not None or requeued:
-        source = checkpoint if checkpoint is not None else "a SLURM requeue checkpoint"
-        header = f"\n=== resumed from {source} at {stamp}: training to step {config.iters} ===\n"
-        mode = "a"
-    else:
-        header = f"=== new run at {stamp}: {config.arch}, {config.iters} steps ===\n"
-        mode = "w"
-    with (model_dir / "log.txt").open(mode) as handle:
-        handle.write(header)
 
 
 def _check_config(config: ISPTrainConfig) -> None:

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from isplab.cli_options import Device, Devices, NumNodes, Overwrite, Progress, Resume, Seed, Strategy, Workers, trainer_options
+from isplab.cli_options import Device, Devices, NumNodes, Overwrite, Progress, Resume, Seed, Strategy, Workers, exit_interrupted, trainer_options
 
 app = typer.Typer(help="Neural proxies of darktable's processing blocks: datasets (generate), training (train), scores (test), slider regression (regress), sweeps (sweep).", no_args_is_help=True)
 console = Console(stderr=True, soft_wrap=True)
@@ -106,7 +106,8 @@ def train_command(
     progress: Progress = True,
 ) -> None:
     """Train a proxy (the seed's U-Net) of one block; writes the run folder and report.html."""
-    from isplab.workflows.proxy.train import ProxyTrainConfig, TrainingInterrupted, train_proxy
+    from isplab.workflows.proxy.train import ProxyTrainConfig, train_proxy
+    from isplab.engine import TrainingInterrupted
 
     options = trainer_options(device, devices, strategy, num_nodes)
     if epochs is not None:
@@ -119,12 +120,7 @@ def train_command(
     try:
         path = train_proxy(block, dataset, model_dir, config, resume=resume, overwrite=overwrite, progress=progress)
     except TrainingInterrupted as stop:
-        if stop.checkpoint is None:
-            console.print("interrupted before the first step finished: nothing to resume", highlight=False)
-        else:
-            console.print(f"interrupted: {stop.checkpoint} holds step {stop.step} of {stop.iters}; the same command "
-                          "with --resume (not --overwrite) continues from it", highlight=False)
-        raise typer.Exit(130) from None
+        exit_interrupted(stop)
     console.print(f"model: {path}; report: {model_dir / 'report.html'}", highlight=False)
 
 

@@ -23,10 +23,6 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-import signal
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,15 +32,19 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.fabric.plugins.environments import SLURMEnvironment
 from torch.utils.data import DataLoader, Dataset
 
-from isplab.engine import build_trainer, configure_optimizer, fit, psnr
-from isplab.engine.trainer import LAST_CHECKPOINT, resolve_accelerator, resolve_checkpoint
+from isplab.engine import (
+    SaveOnInterrupt,
+    build_trainer,
+    configure_optimizer,
+    fit_interruptible,
+    prepare_run_dir,
+    psnr,
+)
+from isplab.engine.trainer import LAST_CHECKPOINT, resolve_accelerator
 from isplab.errors import IsplabError
-from isplab.io.paths import check_writable_dir, existing_outputs, prepare_output_dir
 from isplab.models.proxy import build_proxy_model, save_proxy_model
-from isplab.workflows.isp.train import SaveOnInterrupt, TrainingInterrupted, _is_primary_process, _saved_step
 from isplab.workflows.proxy.blocks import get_block
 from isplab.workflows.proxy.dataset import ProxyDataset, load_dataset
 
@@ -58,7 +58,7 @@ __all__ = [
     "holdout_mask",
     "proxy_loss",
     "train_proxy",
-    "TrainingInterrupted",
+   
 ]
 
 LOSSES = ("l1", "mse", "l1+grad")
@@ -366,7 +366,7 @@ def train_proxy(
     Raises:
         IsplabError: an unknown block or one other than the dataset's, bad options, a model folder
             holding a run (without ``resume``/``overwrite``), no training or validation samples.
-        TrainingInterrupted: Ctrl-C (``last.ckpt`` resumable).
+        isplab.engine.TrainingInterrupted: Ctrl-C (``last.ckpt`` resumable).
     """
     get_block(block)
     _check_config(config)
@@ -387,26 +387,16 @@ def train_proxy(
     by_name = {p["name"]: p for p in data.info["params"]}
     ranges = [tuple(by_name[n]["range"]) for n in params]
 
-    primary = _is_primary_process()
-    requeued = SLURMEnvironment.detect() and model_dir.is_dir() and any(model_dir.glob("hpc_ckpt_*.ckpt"))
-    if primary and not requeued:
-        prepare_output_dir(model_dir, overwrite=overwrite, resume=resume, names=RUN_OUTPUTS, what="model folder")
-    elif primary:
-        check_writable_dir(model_dir)
-    checkpoint = resolve_checkpoint(model_dir, resume or None)
+    run = prepare_run_dir(model_dir, RUN_OUTPUTS, overwrite=overwrite, resume=resume)
+    checkpoint = run.checkpoint
     meta = proxy_meta(data, params)
     if checkpoint is not None:
         _check_same_run(checkpoint, ranges, config, meta)
     resolve_accelerator(config.device)
-    if primary and not (resume or requeued):
-        for path in existing_outputs(model_dir, RUN_OUTPUTS):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+    run.clear()  # --overwrite: the earlier run's files go only now that every check has passed
 
     loss = config.loss or DEFAULT_LOSS.get(block, "l1")
-    log_file = model_dir / "log.txt"
+    log_file = run.log_file
     trainer = build_trainer(
         model_dir,
         max_epochs=-1,
@@ -428,26 +418,20 @@ def train_proxy(
     )
     model = build_proxy_model(ranges, width=config.width, depth=config.depth, meta=meta)
     module = ProxyModule(model, config, loss, log_file=log_file)
-    if primary:
-        _write_run_header(model_dir, config, block, data, params, loss, splits, checkpoint, requeued)
+    options = {**asdict(config), "block": block, "dataset": str(data.root.resolve()), "params": params, "loss": loss}
+    sizes = (
+        f"samples: {len(splits.train)} train, {len(splits.val_images)} held-out images, "
+        f"{len(splits.val_params)} held-out parameters, {len(splits.val_both)} both\n"
+    )
+    run.start(options, new=f"proxy of {block} ({', '.join(params)}), {config.iters} steps",
+              resumed=f"training to step {config.iters}", details=sizes)
 
     patches = ProxyPatchDataset(_Samples(data, splits.train, params), config.patch, config.patches_per_epoch, config.seed)
     val = ProxyImageDataset(_Samples(data, validation[: config.val_max], params))
     options = dict(num_workers=config.workers, persistent_workers=config.workers > 0)
     train_loader = DataLoader(patches, config.batch_size, shuffle=False, drop_last=True, **options)
     val_loader = DataLoader(val, batch_size=1, **options)
-    try:
-        fit(trainer, module, train_loader, val_loader, resume=checkpoint)
-    except SystemExit:
-        if not trainer.interrupted:
-            raise
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        last = model_dir / "checkpoints" / LAST_CHECKPOINT
-        step = _saved_step(last)
-        if primary:
-            with log_file.open("a") as handle:
-                handle.write(f"interrupted at step {trainer.global_step}; {last} holds step {step}\n")
-        raise TrainingInterrupted(last if step else None, step, config.iters) from None
+    fit_interruptible(trainer, module, train_loader, val_loader, resume=checkpoint, total=config.iters, log_file=log_file)
     trainer.save_checkpoint(model_dir / "checkpoints" / LAST_CHECKPOINT)
     path = model_dir / "model.pt"
     if trainer.is_global_zero:
@@ -483,20 +467,3 @@ def _check_same_run(checkpoint: Path, ranges, config: ProxyTrainConfig, meta: di
     was = {"ranges": saved["ranges"], "width": saved["width"], "depth": saved["depth"], "block": saved["meta"].get("block"), "params": saved["meta"].get("params")}
     if now != was:
         raise IsplabError(f"cannot resume from {checkpoint}: it was trained as {was} but the options give {now}")
-
-
-def _write_run_header(model_dir, config, block, data, params, loss, splits, checkpoint, requeued) -> None:
-    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
-    options.update(block=block, dataset=str(data.root.resolve()), params=params, loss=loss)
-    (model_dir / "config.json").write_text(json.dumps(options, indent=2) + "\n")
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    if checkpoint is not None or requeued:
-        header, mode = f"\n=== resumed from {checkpoint or 'a SLURM requeue checkpoint'} at {stamp}: training to step {config.iters} ===\n", "a"
-    else:
-        header, mode = f"=== new run at {stamp}: proxy of {block} ({', '.join(params)}), {config.iters} steps ===\n", "w"
-    sizes = (
-        f"samples: {len(splits.train)} train, {len(splits.val_images)} held-out images, "
-        f"{len(splits.val_params)} held-out parameters, {len(splits.val_both)} both\n"
-    )
-    with (model_dir / "log.txt").open(mode) as handle:
-        handle.write(header + sizes)

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from isplab.cli_options import Device, Devices, NumNodes, Overwrite, Progress, Quantize, Resume, Seed, Strategy, Workers, trainer_options
+from isplab.cli_options import Device, Devices, NumNodes, Overwrite, Progress, Quantize, Resume, Seed, Strategy, Workers, exit_interrupted, trainer_options
 from isplab.errors import IsplabError
 
 app = typer.Typer(help="Sky segmentation of HDR panoramas and LDR images (synth, train, test, predict, export).", no_args_is_help=True)
@@ -76,17 +76,12 @@ def train(
         workers=workers or 0,
         **options.as_kwargs(),
     )
-    from isplab.workflows.isp.train import TrainingInterrupted
+    from isplab.engine import TrainingInterrupted
 
     try:
         path = train_sky(dataset, model_dir, config, resume=resume, overwrite=overwrite, progress=progress)
     except TrainingInterrupted as stop:
-        if stop.checkpoint is None:
-            console.print("interrupted before the first step finished: nothing to resume", highlight=False)
-        else:
-            console.print(f"interrupted: {stop.checkpoint} holds step {stop.step} of {stop.iters}; the same command "
-                          "with --resume (not --overwrite) continues from it", highlight=False)
-        raise typer.Exit(130) from None
+        exit_interrupted(stop)
     console.print(f"model: {path}", highlight=False)
 
 

@@ -9,11 +9,6 @@ validation images, which are whole images held out by :func:`~isplab.workflows.s
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import signal
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,11 +20,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torchmetrics.classification import BinaryJaccardIndex
 
-from isplab.engine import build_trainer, configure_optimizer, fit
-from isplab.engine.trainer import LAST_CHECKPOINT, resolve_accelerator, resolve_checkpoint
+from isplab.engine import SaveOnInterrupt, build_trainer, configure_optimizer, fit_interruptible, prepare_run_dir
+from isplab.engine.trainer import LAST_CHECKPOINT, resolve_accelerator
 from isplab.errors import IsplabError
-from isplab.io.paths import existing_outputs, prepare_output_dir
-from isplab.workflows.isp.train import SaveOnInterrupt, TrainingInterrupted, _saved_step
 from isplab.workflows.sky.data import PatchOptions, SkyPatchDataset, open_dataset, split_by_image
 from isplab.workflows.sky.hdr import LogEncoding
 from isplab.workflows.sky.model import build_sky_model, save_sky_model
@@ -136,20 +129,19 @@ def train_sky(
     Returns ``model_dir/model.pt``.
 
     Ctrl-C saves the steps done as ``checkpoints/last.ckpt`` (one process) and raises
-    :class:`~isplab.workflows.isp.train.TrainingInterrupted`; ``resume=True`` continues from it.
+    :class:`~isplab.engine.TrainingInterrupted`; ``resume=True`` continues from it. A SLURM
+    requeue of the same command continues from Lightning's ``hpc_ckpt_*.ckpt``.
 
     Raises:
-        IsplabError: bad options, an existing run without ``resume``/``overwrite``, data problems,
+        IsplabError: bad options, an existing run without ``resume``/``overwrite`` (or with both), data problems,
             a missing resume checkpoint or one of another architecture.
     """
     _check(config)
     model_dir = Path(model_dir)
     # Under DDP, Lightning re-runs this function in each extra process after rank 0 has started:
-    # only the launching process checks, cleans and writes the run's files.
-    primary = _is_primary_process()
-    if primary:
-        prepare_output_dir(model_dir, overwrite=overwrite, resume=resume, names=RUN_OUTPUTS, what="model folder")
-    checkpoint = resolve_checkpoint(model_dir, resume or None)
+    # only rank 0 checks, cleans and writes the run's files.
+    run = prepare_run_dir(model_dir, RUN_OUTPUTS, overwrite=overwrite, resume=resume)
+    checkpoint = run.checkpoint
     samples = open_dataset(dataset)
     train_samples, val_samples = split_by_image(samples, config.val_fraction, config.seed)
     for sample in samples:  # every label is checked before any training starts
@@ -160,9 +152,7 @@ def train_sky(
         if saved is not None and saved != model.sky_config:
             raise IsplabError(f"cannot resume from {checkpoint}: it was trained as {saved} but the options give {model.sky_config}")
     resolve_accelerator(config.device)
-    if primary and not resume:
-        for path in existing_outputs(model_dir, RUN_OUTPUTS):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    run.clear()  # --overwrite: the earlier run's files go only now that every check has passed
     trainer = build_trainer(
         model_dir,
         max_epochs=config.epochs,
@@ -180,15 +170,9 @@ def train_sky(
     )
     # built after the trainer seeded torch: the same seed gives the same initial weights
     model = build_sky_model(config.encoder, config.encoder_depth, config.decoder_channels, config.encoding, config.encoder_weights)
-    log_file = model_dir / "log.txt"
-    options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
-    options["train_images"] = [s.name for s in train_samples]
-    options["val_images"] = [s.name for s in val_samples]
-    if primary:
-        (model_dir / "config.json").write_text(json.dumps(options, indent=2, default=str) + "\n")
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        with log_file.open("a" if checkpoint else "w") as handle:
-            handle.write(f"{'' if not checkpoint else chr(10)}=== {'resumed from ' + str(checkpoint) if checkpoint else 'new run'} at {stamp}: {config.encoder}, {config.epochs} epochs ===\n")
+    log_file = run.log_file
+    options = {**asdict(config), "train_images": [s.name for s in train_samples], "val_images": [s.name for s in val_samples]}
+    run.start(options, new=f"{config.encoder}, {config.epochs} epochs", resumed=f"{config.encoder}, {config.epochs} epochs")
     module = SkyModule(model, config, log_file)
     encoding = LogEncoding.from_dict(config.encoding)
     patch_options = PatchOptions(patch=config.patch, scale=tuple(config.scale))
@@ -199,33 +183,11 @@ def train_sky(
     if val_samples:
         val_set = SkyPatchDataset(val_samples, patch_options, config.val_patches, augment=False, seed=config.seed + 1, encoding=encoding)
         val_loader = DataLoader(val_set, config.batch_size, **loader_options)
-    try:
-        fit(trainer, module, train_loader, val_loader, resume=checkpoint)
-    except SystemExit:
-        # Lightning turns Ctrl-C into a graceful shutdown (SaveOnInterrupt wrote last.ckpt), then
-        # sys.exit(1) with SIGINT ignored: restore Ctrl-C and say what can be resumed.
-        if not trainer.interrupted:
-            raise
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        last = model_dir / "checkpoints" / LAST_CHECKPOINT
-        step = _saved_step(last)
-        if primary:
-            with log_file.open("a") as handle:
-                handle.write(f"interrupted at step {trainer.global_step}; {last} holds step {step}\n")
-        raise TrainingInterrupted(last if step else None, step, config.epochs * (config.patches_per_epoch // config.batch_size)) from None
+    steps = config.epochs * (config.patches_per_epoch // config.batch_size)
+    fit_interruptible(trainer, module, train_loader, val_loader, resume=checkpoint, total=steps, log_file=log_file)
     trainer.save_checkpoint(model_dir / "checkpoints" / LAST_CHECKPOINT)
     if trainer.is_global_zero:
         save_sky_model(model, model_dir / "model.pt")
         with log_file.open("a") as handle:
             handle.write(f"finished at step {trainer.global_step}: model.pt written\n")
     return model_dir / "model.pt"
-
-
-def _is_primary_process() -> bool:
-    """False in the extra processes of a multi-process launch (Lightning's DDP launcher, torchrun,
-    SLURM), which set a non-zero rank variable; True in a plain process and in rank 0."""
-    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID"):
-        value = os.environ.get(key, "0")
-        if value.isdigit() and int(value) != 0:
-            return False
-    return True
