@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from isplab.data.epoch import EpochDataset
 from isplab.errors import IsplabError
 from isplab.io.image import read_image, to_float
 from isplab.io.raw import read_raw
@@ -278,7 +279,7 @@ def phase_offset(pattern: str, k: int, flip: bool) -> tuple[int, int]:
     raise AssertionError(f"{pattern} is not a Bayer pattern")
 
 
-class PatchDataset(Dataset):
+class PatchDataset(EpochDataset):
     """Random training patches: item ``i`` of epoch ``e`` is a pure function of ``(seed, e, i)``.
 
     Item: ``(packed (4, patch/2, patch/2), target (3, patch, patch))`` from a random image of
@@ -313,32 +314,14 @@ class PatchDataset(Dataset):
     ) -> None:
         if patch < 2 or patch % 2:
             raise IsplabError(f"patch must be a positive even number of raw pixels, got {patch}")
-        if patches_per_epoch < 1:
-            raise IsplabError(f"patches_per_epoch must be at least 1, got {patches_per_epoch}")
+        super().__init__(patches_per_epoch, seed)
         if len(source) == 0:
             raise IsplabError(f"no pairs in {source.root}")
-        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-            raise IsplabError(f"seed must be a non-negative integer, got {seed!r}")
-        self.source, self.patch, self.augment, self.seed = source, patch, augment, int(seed)
+        self.source, self.patch, self.augment = source, patch, augment
         self.patches_per_epoch = patches_per_epoch
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-
-    @property
-    def epoch(self) -> int:
-        """The epoch whose patches the dataset returns (0 until :meth:`set_epoch`)."""
-        return int(self._epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose patches the dataset returns (seen by worker processes too)."""
-        self._epoch.fill_(int(epoch))
-
-    def __len__(self) -> int:
-        return self.patches_per_epoch
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if not 0 <= index < self.patches_per_epoch:
-            raise IndexError(f"patch index {index} out of range for {self.patches_per_epoch} patches per epoch")
-        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        rng = self.rng(index)
         i = int(rng.integers(len(self.source)))
         mosaic, target, pattern = self.source.load_mosaic(i)
         h, w = mosaic.shape

@@ -43,6 +43,7 @@ from isplab.engine import (
     psnr,
 )
 from isplab.engine.trainer import LAST_CHECKPOINT, resolve_accelerator
+from isplab.data.epoch import EpochDataset
 from isplab.errors import IsplabError
 from isplab.models.proxy import build_proxy_model, save_proxy_model
 from isplab.workflows.proxy.blocks import get_block
@@ -166,7 +167,7 @@ class _Samples:
         return x, y, unit
 
 
-class ProxyPatchDataset(Dataset):
+class ProxyPatchDataset(EpochDataset):
     """Random training crops: item ``i`` of epoch ``e`` is a pure function of ``(seed, e, i)``.
 
     Item: ``(input (3, patch, patch), output (3, patch, patch), unit (P,))`` from a random
@@ -177,23 +178,11 @@ class ProxyPatchDataset(Dataset):
     def __init__(self, samples: _Samples, patch: int, patches_per_epoch: int, seed: int = 0) -> None:
         if len(samples) == 0:
             raise IsplabError("no training samples (every sample is held out or the dataset is empty)")
-        self.samples, self.patch, self.length, self.seed = samples, int(patch), int(patches_per_epoch), int(seed)
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch.fill_(int(epoch))
-
-    def __len__(self) -> int:
-        return self.length
+        super().__init__(patches_per_epoch, seed)
+        self.samples, self.patch = samples, int(patch)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if not 0 <= index < self.length:
-            raise IndexError(f"patch index {index} out of range for {self.length} patches per epoch")
-        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        rng = self.rng(index)
         x, y, unit = self.samples.get(int(rng.integers(len(self.samples))))
         h, w = x.shape[-2:]
         p = self.patch

@@ -25,8 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
+from isplab.data.epoch import EpochDataset
 from isplab.errors import IsplabError
 from isplab.io.image import read_image
 from isplab.workflows.sky.hdr import IMAGE_SUFFIXES, LogEncoding, SkyImage, network_input, read_sky_image
@@ -255,7 +255,7 @@ def draw_patch(image: SkyImage, mask: np.ndarray, rng: np.random.Generator, opti
     return np.ascontiguousarray(pixels, dtype=np.float32), np.ascontiguousarray(labels)
 
 
-class SkyPatchDataset(Dataset):
+class SkyPatchDataset(EpochDataset):
     """Random patches: item ``i`` of epoch ``e`` is a pure function of ``(seed, e, i)``.
 
     Items are ``(input (3, p, p) float32, mask (1, p, p) float32)``; every random choice comes from
@@ -279,22 +279,10 @@ class SkyPatchDataset(Dataset):
     ) -> None:
         if not samples:
             raise IsplabError("no images to draw patches from")
-        if patches_per_epoch < 1:
-            raise IsplabError(f"patches_per_epoch must be at least 1, got {patches_per_epoch}")
+        super().__init__(patches_per_epoch, seed)
         self.samples, self.options, self.patches_per_epoch = samples, options, patches_per_epoch
-        self.augment, self.seed, self.encoding, self.cache_size = augment, int(seed), encoding, cache
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self.augment, self.encoding, self.cache_size = augment, encoding, cache
         self._cache: OrderedDict[int, tuple[SkyImage, np.ndarray]] = OrderedDict()
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch.fill_(int(epoch))
-
-    def __len__(self) -> int:
-        return self.patches_per_epoch
 
     def _load(self, i: int) -> tuple[SkyImage, np.ndarray]:
         if i in self._cache:
@@ -307,10 +295,7 @@ class SkyPatchDataset(Dataset):
         return item
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if not 0 <= index < self.patches_per_epoch:
-            raise IndexError(f"patch index {index} out of range for {self.patches_per_epoch} patches")
-        epoch = self.epoch if self.augment else 0
-        rng = np.random.default_rng([self.seed, epoch, int(index)])
+        rng = self.rng(index, epoch=None if self.augment else 0)
         i = int(rng.integers(len(self.samples)))
         image, mask = self._load(i)
         pixels, labels = draw_patch(image, mask, rng, self.options, self.augment)
