@@ -18,6 +18,7 @@ from isplab.engine.trainer import (
     build_trainer,
     configure_optimizer,
     fit,
+    iteration_budget,
     metrics_csv_files,
     resolve_accelerator,
     resolve_checkpoint,
@@ -343,3 +344,28 @@ def test_training_dataset_is_told_the_epoch_before_each_epoch_and_on_resume(tmp_
     data.epochs.clear()
     fit(build_trainer(tmp_path, max_epochs=5, device="cpu", **QUIET), TinyRegression(), loader, val, resume="last")
     assert data.epochs == [3, 3, 4]
+
+
+class CountValidations(L.Callback):
+    def __init__(self) -> None:
+        self.at_steps: list[int] = []
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.at_steps.append(trainer.global_step)
+
+
+def test_iteration_budget_trains_exactly_iters_steps_and_validates_across_epochs(tmp_path):
+    assert iteration_budget(100, 30, 7) == dict(max_epochs=-1, max_steps=100, log_every_n_steps=7, val_check_interval=30,
+                                                check_val_every_n_epoch=None, num_sanity_val_steps=0)
+    assert iteration_budget(10**6, 1000, 500)["log_every_n_steps"] == 50
+    with pytest.raises(IsplabError, match="eval_every must be at least 1, got 0"):
+        iteration_budget(10, 0, 5)
+    train, val = loaders()
+    steps_per_epoch = len(train)
+    iters, every = 2 * steps_per_epoch + 3, steps_per_epoch + 1   # validations straddle epoch ends
+    counter = CountValidations()
+    trainer = build_trainer(tmp_path, **iteration_budget(iters, every, steps_per_epoch), device="cpu", progress=False,
+                            callbacks=[counter], enable_model_summary=False)
+    trainer.fit(TinyRegression(), train, val)
+    assert trainer.global_step == iters
+    assert counter.at_steps == list(range(every, iters + 1, every))

@@ -303,6 +303,31 @@ def build_trainer(
     return L.Trainer(**settings)
 
 
+def iteration_budget(iters: int, eval_every: int, steps_per_epoch: int) -> dict[str, Any]:
+    """:func:`build_trainer` arguments for training by iterations rather than epochs.
+
+    ``build_trainer(run_dir, **iteration_budget(100_000, 1000, 156), device=...)`` trains for
+    ``iters`` optimizer steps whatever the epoch length, validates every ``eval_every`` steps
+    counted across epochs, logs at most every 50 steps (and at least once per epoch and per
+    validation interval), and skips Lightning's sanity validation. The progress bar then shows
+    ``step k/iters`` with an ETA (:class:`StepProgressBar`).
+
+    Raises:
+        IsplabError: a value below 1.
+    """
+    for name, value in (("iters", iters), ("eval_every", eval_every), ("steps_per_epoch", steps_per_epoch)):
+        if int(value) < 1:
+            raise IsplabError(f"{name} must be at least 1, got {value}")
+    return dict(
+        max_epochs=-1,
+        max_steps=int(iters),
+        log_every_n_steps=max(1, min(50, int(eval_every), int(steps_per_epoch))),
+        val_check_interval=int(eval_every),
+        check_val_every_n_epoch=None,  # count eval_every across epochs
+        num_sanity_val_steps=0,
+    )
+
+
 def _loggers(run_dir: Path) -> list[Logger]:
     # Each fit gets a new version directory: a fixed one would make CSVLogger delete the
     # previous metrics.csv when a run is resumed.

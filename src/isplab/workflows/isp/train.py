@@ -47,7 +47,7 @@ from isplab.engine import (
     ssim,
     ssim_loss,
 )
-from isplab.engine.trainer import LAST_CHECKPOINT, resolve_accelerator
+from isplab.engine.trainer import LAST_CHECKPOINT, iteration_budget, resolve_accelerator
 from isplab.errors import IsplabError
 from isplab.models.isp import build_isp_model, save_isp_model
 from isplab.workflows.isp.data import FullImageDataset, PatchDataset, open_pairs
@@ -290,8 +290,7 @@ def train_isp(
 
     trainer = build_trainer(
         model_dir,
-        max_epochs=-1,
-        max_steps=config.iters,
+        **iteration_budget(config.iters, config.eval_every, config.patches_per_epoch // config.batch_size),
         device=config.device,
         devices=config.devices,
         strategy=config.strategy,
@@ -300,10 +299,6 @@ def train_isp(
         mode="max",
         seed=config.seed,
         progress=progress,
-        log_every_n_steps=max(1, min(50, config.eval_every, config.patches_per_epoch // config.batch_size)),
-        val_check_interval=config.eval_every,
-        check_val_every_n_epoch=None,  # count eval_every across epochs: an iteration budget
-        num_sanity_val_steps=0,
         callbacks=[SaveOnInterrupt(model_dir / "checkpoints" / LAST_CHECKPOINT), *callbacks],
     )
     # Built after build_trainer seeded torch: the same seed gives the same initial weights.

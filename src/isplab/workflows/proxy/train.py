@@ -42,7 +42,7 @@ from isplab.engine import (
     prepare_run_dir,
     psnr,
 )
-from isplab.engine.trainer import LAST_CHECKPOINT, resolve_accelerator
+from isplab.engine.trainer import LAST_CHECKPOINT, iteration_budget, resolve_accelerator
 from isplab.data.epoch import EpochDataset
 from isplab.errors import IsplabError
 from isplab.models.proxy import build_proxy_model, save_proxy_model
@@ -388,8 +388,7 @@ def train_proxy(
     log_file = run.log_file
     trainer = build_trainer(
         model_dir,
-        max_epochs=-1,
-        max_steps=config.iters,
+        **iteration_budget(config.iters, config.eval_every, config.patches_per_epoch // config.batch_size),
         device=config.device,
         devices=config.devices,
         strategy=config.strategy,
@@ -398,10 +397,6 @@ def train_proxy(
         mode="max",
         seed=config.seed,
         progress=progress,
-        log_every_n_steps=max(1, min(50, config.eval_every, config.patches_per_epoch // config.batch_size)),
-        val_check_interval=config.eval_every,
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
         enable_model_summary=progress,  # Lightning's table is a banner in batch runs and demos
         callbacks=[SaveOnInterrupt(model_dir / "checkpoints" / LAST_CHECKPOINT), *callbacks],
     )
