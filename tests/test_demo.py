@@ -77,8 +77,8 @@ def test_data_section_through_the_cli(tmp_path, isplab_cli):
 
 
 def test_bad_arguments_are_refused_before_anything_runs(tmp_path):
-    with pytest.raises(IsplabError, match=r"unknown demo section 'sky': expected one of data, awb, isp"):
-        run_demo(tmp_path / "a", sections=["data", "sky"])
+    with pytest.raises(IsplabError, match=r"unknown demo section 'genisp': expected one of data, awb, isp, proxy, sky"):
+        run_demo(tmp_path / "a", sections=["data", "genisp"])
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(IsplabError, match="demo folder .*file is a file: expected a folder"):
