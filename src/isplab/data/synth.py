@@ -106,6 +106,39 @@ def synthesize_sample(
     return mosaic, target, params, source, exif
 
 
+def synthesize_raw(
+    index: int,
+    seed: int,
+    size: tuple[int, int],
+    sensor: SensorSpec,
+    sources: Sequence[str] = SOURCES,
+    noise: bool = True,
+    path: str | Path | None = None,
+) -> tuple[RawImage, np.ndarray, UnprocessParams, str]:
+    """:func:`synthesize_sample` as the :class:`~isplab.io.RawImage` a DNG of it holds.
+
+    Returns:
+        ``(raw, clean sRGB target float32 (H, W, 3), params, source)``; ``raw.path`` is ``path``.
+    """
+    mosaic, target, params, source, exif = synthesize_sample(index, seed, size, sensor, sources, noise)
+    raw = RawImage(
+        path=Path(path) if path is not None else None,
+        mosaic=mosaic,
+        cfa_pattern=sensor.pattern,
+        black_level=np.full(4, sensor.black_level),
+        white_level=sensor.white_level,
+        as_shot_neutral=params.as_shot_neutral,
+        color_matrix=params.xyz_to_camera,
+        exposure_time=exif["exposure_time"],
+        iso=exif["iso"],
+        aperture=exif["aperture"],
+        make=sensor.make,
+        model=sensor.model,
+        unique_camera_model=f"{sensor.make} {sensor.model}",
+    )
+    return raw, target, params, source
+
+
 def synthesize_dataset(
     out_dir: str | Path,
     count: int,
@@ -151,24 +184,9 @@ def synthesize_dataset(
     for index in indices:
         stem = f"synth_{index:05d}"
         try:
-            mosaic, target, params, source, exif = synthesize_sample(index, seed, size, sensor, sources, noise)
             dng_path = out_dir / f"{stem}.dng"
             target_path = out_dir / f"{stem}_target.png"
-            raw = RawImage(
-                path=dng_path,
-                mosaic=mosaic,
-                cfa_pattern=sensor.pattern,
-                black_level=np.full(4, sensor.black_level),
-                white_level=sensor.white_level,
-                as_shot_neutral=params.as_shot_neutral,
-                color_matrix=params.xyz_to_camera,
-                exposure_time=exif["exposure_time"],
-                iso=exif["iso"],
-                aperture=exif["aperture"],
-                make=sensor.make,
-                model=sensor.model,
-                unique_camera_model=f"{sensor.make} {sensor.model}",
-            )
+            raw, target, params, source = synthesize_raw(index, seed, size, sensor, sources, noise, path=dng_path)
             write_dng(dng_path, raw, overwrite=overwrite)
             write_image(target_path, to_uint16(target), overwrite=overwrite)
         except Exception as error:  # a batch job reports a failure and goes on
@@ -186,7 +204,9 @@ def synthesize_dataset(
                 "black_level": [sensor.black_level] * 4,
                 "white_level": sensor.white_level,
                 **params.to_dict(),
-                **exif,
+                "iso": raw.iso,
+                "exposure_time": raw.exposure_time,
+                "aperture": raw.aperture,
             }
         )
     _write_manifest(result, seed=seed, size=size, sensor=sensor, noise=noise, count=count)

@@ -5,12 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 
-import numpy as np
 import pytest
 
-from isplab.data.synth import SensorSpec, synthesize_sample
+from isplab.data.synth import SensorSpec, synthesize_raw
 from isplab.io.dng import write_dng
-from isplab.io.raw import RawImage
 
 
 def _require_darktable():
@@ -32,14 +30,7 @@ def darktable():
 
 def make_dng(path, *, source: str, seed: int = 0, size=(128, 96), noise: bool = False):
     """A synthetic DNG from isplab's data synth machinery (one source image, optional noise)."""
-    sensor = SensorSpec()
-    mosaic, _, params, _, exif = synthesize_sample(0, seed, size, sensor, sources=(source,), noise=noise)
-    raw = RawImage(
-        mosaic=mosaic, cfa_pattern=sensor.pattern, black_level=np.full(4, sensor.black_level),
-        white_level=sensor.white_level, as_shot_neutral=params.as_shot_neutral, color_matrix=params.xyz_to_camera,
-        exposure_time=exif["exposure_time"], iso=exif["iso"], aperture=exif["aperture"], make=sensor.make,
-        model=sensor.model, unique_camera_model=f"{sensor.make} {sensor.model}",
-    )  # fmt: skip
+    raw = synthesize_raw(0, seed, size, SensorSpec(), sources=(source,), noise=noise)[0]
     return write_dng(path, raw)
 
 

@@ -330,29 +330,14 @@ def _synthesize(images: list[_Image], opts: GenerateOptions) -> None:
     missing = [im for im in images if not im.path.is_file()]
     if not missing:
         return
-    from isplab.data.synth import SensorSpec, synthesize_sample
+    from isplab.data.synth import SensorSpec, synthesize_raw
     from isplab.io.dng import write_dng
-    from isplab.io.raw import RawImage
 
     sensor = SensorSpec()
     size = opts.size or SYNTH_SIZE
     for im in missing:
         index = int(im.id.split("_")[-1])
-        mosaic, _, params, _, exif = synthesize_sample(index, opts.seed, size, sensor)
-        raw = RawImage(
-            mosaic=mosaic,
-            cfa_pattern=sensor.pattern,
-            black_level=np.full(4, sensor.black_level),
-            white_level=sensor.white_level,
-            as_shot_neutral=params.as_shot_neutral,
-            color_matrix=params.xyz_to_camera,
-            exposure_time=exif["exposure_time"],
-            iso=exif["iso"],
-            aperture=exif["aperture"],
-            make=sensor.make,
-            model=sensor.model,
-            unique_camera_model=f"{sensor.make} {sensor.model}",
-        )
+        raw = synthesize_raw(index, opts.seed, size, sensor)[0]
         tmp = im.path.with_name(f".{im.path.stem}.{socket.gethostname()}-{os.getpid()}.tmp.dng")
         write_dng(tmp, raw, overwrite=True)
         os.replace(tmp, im.path)
