@@ -18,6 +18,15 @@ console = Console(stderr=True, soft_wrap=True)
 Model = Annotated[Path, typer.Option("--model", "-m", help="Trained model (model.pt from isplab sky train).")]
 
 
+# Tiling and refinement options shared by predict and test.
+Tile = Annotated[int, typer.Option("--tile", help="Tile side (0: whole image at once).", show_default=True)]
+Overlap = Annotated[int, typer.Option("--overlap", help="Pixels shared by neighbouring tiles.", show_default=True)]
+Margin = Annotated[int, typer.Option("--margin", help="Pixels of each inner tile edge ignored in the blend.", show_default=True)]
+Refine = Annotated[bool, typer.Option("--refine", help="Refine the soft mask with a guided filter guided by the image.")]
+RefineRadius = Annotated[int, typer.Option("--refine-radius", help="Guided filter radius in pixels.", show_default=True)]
+RefineEps = Annotated[float, typer.Option("--refine-eps", help="Guided filter epsilon (squared guide units).", show_default=True)]
+
+
 @app.command("synth")
 def synth(
     out: Path = typer.Argument(..., help="Dataset folder to create: images/*.exr and result.json (COCO)."),
@@ -90,12 +99,12 @@ def predict(
     images: list[Path] = typer.Argument(..., help="Images: EXR, HDR, TIFF, NPY, PNG, JPEG."),
     model: Model = ...,
     output: Path = typer.Option(..., "--output", "-o", help="Folder for <stem>_mask.png, <stem>_alpha.png, <stem>_overlay.png."),
-    tile: int = typer.Option(1024, "--tile", help="Tile side (0: whole image at once).", show_default=True),
-    overlap: int = typer.Option(512, "--overlap", help="Pixels shared by neighbouring tiles.", show_default=True),
-    margin: int = typer.Option(192, "--margin", help="Pixels of each inner tile edge ignored in the blend.", show_default=True),
-    refine: bool = typer.Option(False, "--refine", help="Refine the soft mask with a guided filter guided by the image."),
-    refine_radius: int = typer.Option(4, "--refine-radius", help="Guided filter radius in pixels.", show_default=True),
-    refine_eps: float = typer.Option(1e-3, "--refine-eps", help="Guided filter epsilon (squared guide units).", show_default=True),
+    tile: Tile = 1024,
+    overlap: Overlap = 512,
+    margin: Margin = 192,
+    refine: Refine = False,
+    refine_radius: RefineRadius = 4,
+    refine_eps: RefineEps = 1e-3,
     device: Device = "auto",
     overwrite: Overwrite = False,
 ) -> None:
@@ -123,12 +132,12 @@ def test(
     output: Path = typer.Option(..., "--output", "-o", help="Report folder: metrics.json, per_image.csv, overlays/."),
     held_out: bool = typer.Option(False, "--held-out", help="Only the validation images of the model's run (config.json beside it)."),
     tolerance: float = typer.Option(2.0, "--tolerance", help="Boundary F-score distance tolerance in pixels.", show_default=True),
-    tile: int = typer.Option(1024, "--tile", help="Tile side (0: whole image at once).", show_default=True),
-    overlap: int = typer.Option(512, "--overlap", help="Pixels shared by neighbouring tiles.", show_default=True),
-    margin: int = typer.Option(192, "--margin", help="Pixels of each inner tile edge ignored in the blend.", show_default=True),
-    refine: bool = typer.Option(False, "--refine", help="Refine the soft mask with a guided filter guided by the image."),
-    refine_radius: int = typer.Option(4, "--refine-radius", help="Guided filter radius in pixels.", show_default=True),
-    refine_eps: float = typer.Option(1e-3, "--refine-eps", help="Guided filter epsilon (squared guide units).", show_default=True),
+    tile: Tile = 1024,
+    overlap: Overlap = 512,
+    margin: Margin = 192,
+    refine: Refine = False,
+    refine_radius: RefineRadius = 4,
+    refine_eps: RefineEps = 1e-3,
     device: Device = "auto",
     overwrite: Overwrite = False,
 ) -> None:
