@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--fid-iters", type=int, default=3000)
     parser.add_argument("--fid-width", type=int, default=16)
     parser.add_argument("--fid-patch", type=int, default=96)
+    parser.add_argument("--fid-head", default="affine", choices=["affine", "add"], help="proxy head (see isplab.models.proxy)")
     parser.add_argument("--regress-samples", type=int, default=5)
     parser.add_argument("--search-renders", type=int, default=60)
     parser.add_argument("--speed-sizes", nargs="+", default=["768x512"])
@@ -142,7 +143,7 @@ def fidelity(args, console: Console) -> list[dict]:
     backend = _backend(args)
     size = parse_size(args.fid_size)
     budget = (f"{args.fid_count} samples of {args.fid_images} synthetic {size[0]}x{size[1]} images ({backend}), "
-              f"width {args.fid_width}, {args.fid_iters} iterations of 8 {args.fid_patch}px patches, device {args.device}")  # fmt: skip
+              f"width {args.fid_width}, head {args.fid_head}, {args.fid_iters} iterations of 8 {args.fid_patch}px patches, device {args.device}")  # fmt: skip
     console.print(f"fidelity budget: {budget}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -152,7 +153,7 @@ def fidelity(args, console: Console) -> list[dict]:
             generate(GenerateOptions(block=block, output=ds, count=args.fid_count, synth_images=args.fid_images,
                                      backend=backend, size=size, progress=False))  # fmt: skip
             gen_s = time.perf_counter() - start
-            config = ProxyTrainConfig(width=args.fid_width, patch=min(args.fid_patch, size[1]), iters=args.fid_iters,
+            config = ProxyTrainConfig(width=args.fid_width, head=args.fid_head, patch=min(args.fid_patch, size[1]), iters=args.fid_iters,
                                       eval_every=max(1, args.fid_iters // 4), lr=1e-3, device=args.device)  # fmt: skip
             start = time.perf_counter()
             train_proxy(block, ds, run, config, progress=False, report=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from isplab import __version__
-from isplab.demo import SECTIONS, available_cpus, run_demo
+from isplab.demo import SECTIONS, run_demo
 from isplab.errors import IsplabError
 
 STAGE_LINE = re.compile(r"^\[ ?\d+:\d\d\] ")
@@ -92,12 +92,6 @@ def test_a_failing_section_names_its_log_and_the_cli_prints_one_line(tmp_path, c
     err = capfd.readouterr().err.splitlines()
     assert re.fullmatch(rf"\[ ?\d+:\d\d\] data: failed after \d+\.\d s; its console output is in "
                         rf"{re.escape(str(tmp_path / 'demo/data/console.log'))}", err[-1]), err
-
-
-def test_threads_never_exceed_the_usable_cpus():
-    import os
-
-    assert 1 <= available_cpus() <= len(os.sched_getaffinity(0))
 
 
 @pytest.mark.slow

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import math
 import os
 import shutil
 import sys
@@ -173,7 +172,9 @@ def run_demo(
             shutil.rmtree(out / name)  # --overwrite: a section always starts from an empty folder
 
     threads_before = _torch_threads()
-    threads = _fit_threads_to_cpus()
+    from isplab.engine.threads import fit_threads_to_cpus
+
+    threads = fit_threads_to_cpus()
     global _active
     console = _active = _Console()
     started = datetime.now().astimezone()
@@ -242,45 +243,3 @@ def _set_torch_threads(count: int) -> None:
     torch.set_num_threads(count)
 
 
-def available_cpus() -> int:
-    """CPUs this process may actually use: its CPU affinity, capped by a cgroup CPU quota (a
-    container limited to 2 CPUs on a 64-core host sees 64 cores but gets 2)."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        count = os.cpu_count() or 1
-    for quota_file, period_file in (("/sys/fs/cgroup/cpu.max", None),
-                                    ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")):
-        try:
-            if period_file is None:
-                quota, period = Path(quota_file).read_text().split()[:2]
-            else:
-                quota, period = Path(quota_file).read_text().strip(), Path(period_file).read_text().strip()
-            if quota not in ("max", "-1"):
-                count = min(count, max(1, math.ceil(int(quota) / int(period))))
-            break
-        except (OSError, ValueError):
-            continue
-    return max(1, count)
-
-
-def _fit_threads_to_cpus() -> str:
-    """Use as many torch threads as there are idle CPUs, and say so.
-
-    More threads than free CPUs can make training many times slower, not a little: the threads
-    spin waiting for each other while other processes hold the CPUs. So the demo takes the CPUs it may use
-    (:func:`available_cpus`) minus the 1-minute load average, at least 1 — unless the user chose
-    (``OMP_NUM_THREADS``).
-    """
-    import torch
-
-    if "OMP_NUM_THREADS" in os.environ:
-        return f"{torch.get_num_threads()} torch threads (OMP_NUM_THREADS)"
-    cpus = available_cpus()
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        load = 0.0
-    threads = max(1, min(cpus, torch.get_num_threads(), round(cpus - load)))
-    torch.set_num_threads(threads)
-    return f"{threads} torch thread{'s' if threads > 1 else ''} (load {load:.1f} on {cpus} CPUs)"

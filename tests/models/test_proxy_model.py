@@ -92,3 +92,39 @@ def test_bad_inputs(tmp_path):
         load_proxy_model(tmp_path / "x.pt")
     with pytest.raises(IsplabError, match="does not exist"):
         load_proxy_model(tmp_path / "missing.pt")
+
+
+def test_affine_head_is_gain_and_offset():
+    """out = x * exp(g) + b: with the head's bias set to g = ln 2 (all channels) and b = 0.1 in
+    channel 1 only, every pixel is doubled and channel 1 shifted, whatever the input."""
+    model = _model()
+    assert model.proxy_config["head"] == "affine" and model.head.out_channels == 6
+    with torch.no_grad():
+        model.head.bias[:3] = torch.log(torch.tensor(2.0))
+        model.head.bias[4] = 0.1
+    x = torch.rand(2, 3, 12, 20)
+    out = model(x, torch.rand(2, 2))
+    expected = 2 * x
+    expected[:, 1] += 0.1
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_add_head_is_the_seeds_residual():
+    model = _model(head="add")
+    assert model.head.out_channels == 3
+    with torch.no_grad():
+        model.head.bias[:] = torch.tensor([0.1, -0.2, 0.3])
+    x = torch.rand(1, 3, 8, 8)
+    torch.testing.assert_close(model(x, torch.rand(1, 2)), x + torch.tensor([0.1, -0.2, 0.3])[:, None, None])
+
+
+def test_head_round_trips_and_old_files_load_as_add(tmp_path):
+    model = _model(head="add")
+    path = save_proxy_model(model, tmp_path / "p.pt")
+    assert load_proxy_model(path).head_kind == "add"
+    state = torch.load(path, weights_only=True)
+    del state["proxy_config"]["head"]  # a file written before heads existed
+    torch.save(state, tmp_path / "old.pt")
+    assert load_proxy_model(tmp_path / "old.pt").head_kind == "add"
+    with pytest.raises(IsplabError, match="unknown proxy head 'mul'"):
+        _model(head="mul")

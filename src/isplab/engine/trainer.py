@@ -42,6 +42,7 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from torch.utils.data import Dataset, Subset
 
+from isplab.engine.threads import fit_threads_to_cpus
 from isplab.errors import IsplabError
 
 
@@ -250,6 +251,8 @@ def build_trainer(
     if early_stopping_patience is not None and monitor is None:
         raise IsplabError("early_stopping_patience needs a metric to watch, but monitor is None")
     accelerator = resolve_accelerator(device)
+    if accelerator == "cpu":  # a busy machine: as many threads as idle CPUs (isplab.engine.threads)
+        fit_threads_to_cpus(devices if isinstance(devices, int) and devices > 0 else 1)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if seed is not None:

@@ -3,9 +3,17 @@
 The architecture of the DarkProxies seed: a U-Net whose encoder levels have ``width``,
 ``2 width``, ... ``2^depth width`` channels (default ``width=32, depth=4``: 32, 64, 128, 256,
 512), with the block's parameters broadcast as constant channels and concatenated to the input
-and to the input of every encoder level, and the network's output added to its input
-(``out = x + unet(x, p)``). The last layer is zero-initialised, so an untrained proxy is the
-identity.
+and to the input of every encoder level. How the network's output ``y`` acts on the input is the
+``head``:
+
+- ``"add"`` (the seed's): ``out = x + y`` (``C`` output channels);
+- ``"affine"`` (default): ``out = x * exp(g) + b`` with ``g, b`` the ``2 C`` output channels, a
+  per-pixel, per-channel gain and offset. Exposure (``x * 2^EV``) and white balance (``x * m_c``)
+  are then a gain that is a smooth function of the parameters alone, which a residual ``x + y``
+  can only approximate pixel value by pixel value; anything the additive head can represent, the
+  affine head can too (``g = 0``). ``g`` is clamped to [-12, 12] so a bad step cannot overflow.
+
+The last layer is zero-initialised, so an untrained proxy is the identity.
 
 Parameters enter **normalised to [0, 1]**: ``u = (value - low) / (high - low)`` over the ranges
 the model was built with (``ranges``); :meth:`ProxyUNet.to_unit` and :meth:`ProxyUNet.from_unit`
@@ -28,9 +36,10 @@ from torch import nn
 from isplab.errors import IsplabError
 from isplab.models.checkpoint import load_model, save_model
 
-__all__ = ["PROXY_ARCHS", "ProxyUNet", "build_proxy_model", "save_proxy_model", "load_proxy_model"]
+__all__ = ["PROXY_ARCHS", "PROXY_HEADS", "ProxyUNet", "build_proxy_model", "save_proxy_model", "load_proxy_model"]
 
 PROXY_ARCHS = ("unet",)
+PROXY_HEADS = ("affine", "add")
 CONFIG_KEY = "proxy_config"
 
 
@@ -51,9 +60,12 @@ class ProxyUNet(nn.Module):
         channels: image channels ``C`` (3 for RGB).
         width: channels of the first level.
         depth: down-sampling steps (``depth + 1`` levels, the deepest ``2^depth * width`` wide).
+        head: ``"affine"`` or ``"add"`` (see the module docstring).
     """
 
-    def __init__(self, ranges: list[tuple[float, float]], channels: int = 3, width: int = 32, depth: int = 4) -> None:
+    def __init__(
+        self, ranges: list[tuple[float, float]], channels: int = 3, width: int = 32, depth: int = 4, head: str = "affine"
+    ) -> None:
         super().__init__()
         if not ranges:
             raise IsplabError("a proxy needs at least one parameter (ranges is empty)")
@@ -62,7 +74,9 @@ class ProxyUNet(nn.Module):
                 raise IsplabError(f"bad parameter range [{low}, {high}]: expected low < high")
         if width < 1 or depth < 0 or channels < 1:
             raise IsplabError(f"bad proxy size: width {width}, depth {depth}, channels {channels} (expected >= 1, >= 0, >= 1)")
-        self.n_params, self.channels, self.width, self.depth = len(ranges), channels, width, depth
+        if head not in PROXY_HEADS:
+            raise IsplabError(f"unknown proxy head {head!r}: expected one of {', '.join(PROXY_HEADS)}")
+        self.n_params, self.channels, self.width, self.depth, self.head_kind = len(ranges), channels, width, depth, head
         self.register_buffer("low", torch.tensor([float(r[0]) for r in ranges]), persistent=False)
         self.register_buffer("high", torch.tensor([float(r[1]) for r in ranges]), persistent=False)
         p = self.n_params
@@ -77,7 +91,7 @@ class ProxyUNet(nn.Module):
         for level in range(depth, 0, -1):
             self.ups.append(nn.ConvTranspose2d(widths[level], widths[level - 1], 2, stride=2))
             self.decoders.append(_block(2 * widths[level - 1], widths[level - 1]))
-        self.head = nn.Conv2d(widths[0], channels, 1)
+        self.head = nn.Conv2d(widths[0], channels * (2 if head == "affine" else 1), 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
@@ -113,7 +127,11 @@ class ProxyUNet(nn.Module):
             skips.append(y)
         for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips[:-1])):
             y = decoder(torch.cat([up(y), skip], dim=1))
-        return x + self.head(y)[..., :h, :w]
+        y = self.head(y)[..., :h, :w]
+        if self.head_kind == "add":
+            return x + y
+        gain, offset = y.split(self.channels, dim=1)
+        return x * torch.exp(gain.clamp(-12.0, 12.0)) + offset
 
 
 def build_proxy_model(
@@ -123,6 +141,7 @@ def build_proxy_model(
     channels: int = 3,
     width: int = 32,
     depth: int = 4,
+    head: str = "affine",
     meta: dict[str, Any] | None = None,
 ) -> ProxyUNet:
     """Build a proxy by architecture name; ``meta`` (JSON-like: what the proxy models) is stored
@@ -134,13 +153,14 @@ def build_proxy_model(
     if arch not in PROXY_ARCHS:
         raise IsplabError(f"unknown proxy arch {arch!r}: expected one of {', '.join(PROXY_ARCHS)}")
     ranges = [(float(lo), float(hi)) for lo, hi in ranges]
-    model = ProxyUNet(ranges, channels=channels, width=width, depth=depth)
+    model = ProxyUNet(ranges, channels=channels, width=width, depth=depth, head=head)
     model.proxy_config = {
         "arch": arch,
         "ranges": [list(r) for r in ranges],
         "channels": channels,
         "width": width,
         "depth": depth,
+        "head": head,
         "meta": dict(meta or {}),
     }
     return model
@@ -160,7 +180,13 @@ def load_proxy_model(path: str | Path) -> ProxyUNet:
 
     def build(c: dict) -> ProxyUNet:
         return build_proxy_model(
-            c["ranges"], arch=c["arch"], channels=c["channels"], width=c["width"], depth=c["depth"], meta=c.get("meta")
+            c["ranges"],
+            arch=c["arch"],
+            channels=c["channels"],
+            width=c["width"],
+            depth=c["depth"],
+            head=c.get("head", "add"),  # files written before the affine head existed
+            meta=c.get("meta"),
         )
 
     return load_model(path, CONFIG_KEY, build, "proxy model")

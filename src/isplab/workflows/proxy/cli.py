@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from isplab.cli_options import Device, Devices, NumNodes, Overwrite, Progress, Resume, Seed, Strategy, Workers, exit_interrupted, trainer_options
 
-app = typer.Typer(help="Neural proxies of darktable's processing blocks: datasets (generate), training (train), scores (test), slider regression (regress), sweeps (sweep).", no_args_is_help=True)
+app = typer.Typer(help="Neural proxies of darktable's processing blocks: datasets (generate), training (train), scores (test), slider regression (regress), sweeps (sweep), chains (pipeline).", no_args_is_help=True)
 console = Console(stderr=True, soft_wrap=True)
 
 
@@ -86,6 +86,7 @@ def train_command(
     param: Annotated[list[str] | None, typer.Option("-p", "--param", help="The parameters the proxy takes (comma-separated or repeated); must be the dataset's varied ones. Default: those.", show_default=False)] = None,
     width: Annotated[int, typer.Option("--width", help="U-Net width: encoder channels width, 2 width, ... 2^depth width.")] = 32,
     depth: Annotated[int, typer.Option("--depth", help="Down-sampling steps of the U-Net.")] = 4,
+    head: Annotated[str, typer.Option("--head", help="How the U-Net acts on the input: affine (out = x exp(g) + b, per pixel) or add (out = x + y, the seed's).")] = "affine",
     iters: Annotated[int, typer.Option("--iters", help="Training iterations (the total, also when resuming).")] = 20_000,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Budget in epochs instead of --iters: epochs x (patches-per-epoch // batch-size) iterations.", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Patches per step and per device.")] = 8,
@@ -113,7 +114,7 @@ def train_command(
     if epochs is not None:
         iters = max(1, epochs * (patches_per_epoch // max(1, batch_size)))
     config = ProxyTrainConfig(
-        params=param, width=width, depth=depth, patch=patch, batch_size=batch_size, lr=lr, iters=iters,
+        params=param, width=width, depth=depth, head=head, patch=patch, batch_size=batch_size, lr=lr, iters=iters,
         eval_every=eval_every, patches_per_epoch=patches_per_epoch, loss=loss, holdout_params=holdout_params,
         seed=seed, workers=workers, **options.as_kwargs(),
     )  # fmt: skip
@@ -211,3 +212,63 @@ def sweep_command(
     if scores:
         console.print(f"proxy vs renderer: PSNR {min(scores):.2f} to {max(scores):.2f} dB over {len(scores)} frames", highlight=False)
     console.print(f"wrote {len(r.frames)} frames, {r.mp4} and {r.gif}", highlight=False)
+
+
+pipeline_app = typer.Typer(
+    help="Chains of proxies in darktable's pipeline order, described by a TOML file (docs/proxy.md, Pipeline): "
+    "score the chain against the real backend (eval) or recover every chained parameter from a target (regress).",
+    no_args_is_help=True,
+)
+app.add_typer(pipeline_app, name="pipeline")
+Config = Annotated[Path, typer.Argument(metavar="CONFIG", help="Pipeline description (TOML): blocks with their model.pt, images, backend.", show_default=False)]
+
+
+@pipeline_app.command("eval")
+def pipeline_eval_command(
+    config: Config,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder: pipeline_eval.json, pipeline_eval.csv, pipeline_grid.png.", show_default=False)],
+    settings: Annotated[int, typer.Option("--settings", "-n", help="Random settings: a Latin hypercube over every chained parameter.")] = 16,
+    seed: Seed = 0,
+    device: Device = "auto",
+    overwrite: Overwrite = False,
+) -> None:
+    """Render N random settings with the backend (all chained modules in one XMP) and with the chained proxies; PSNR per setting, mean and worst, grid of the worst and median."""
+    from isplab.workflows.proxy.pipeline import EvalOptions, evaluate_pipeline
+
+    r = evaluate_pipeline(EvalOptions(config=config, output=output, settings=settings, seed=seed, device=device, overwrite=overwrite))
+    console.print(f"chain {' -> '.join(r.order)} ({r.backend}), {len(r.settings)} settings", highlight=False)
+    for s in r.settings:
+        values = ", ".join(f"{k} {v:.4g}" for k, v in s["values"].items())
+        console.print(f"setting {s['index']} ({s['image']}): PSNR {s['psnr']:.2f} dB  [{values}]", highlight=False)
+    console.print(f"PSNR mean {r.mean_psnr:.2f} dB, median {r.median_psnr:.2f} dB, worst {r.worst_psnr:.2f} dB (setting {r.worst_index})", highlight=False)
+    for path in r.written:
+        console.print(f"wrote {path}", highlight=False)
+
+
+@pipeline_app.command("regress")
+def pipeline_regress_command(
+    config: Config,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder: pipeline_regress.json, render_back.tif/.xmp, target.tif (generated target).", show_default=False)],
+    target: Annotated[Path | None, typer.Option("--target", help="Target image (TIFF, linear, the backend's render size). Default: the backend's render of a random setting (truth known).", show_default=False)] = None,
+    image: Annotated[Path | None, typer.Option("--image", help="The raw the target comes from (default: the config's first image).", show_default=False)] = None,
+    iters: Annotated[int, typer.Option("--iters", help="Adam steps per restart.")] = 200,
+    lr: Annotated[float, typer.Option("--lr", help="Initial Adam rate on unit parameters (cosine-annealed to 1 %).")] = 0.05,
+    restarts: Annotated[int, typer.Option("--restarts", help="Random starts; the lowest final proxy loss wins.")] = 3,
+    seed: Seed = 0,
+    device: Device = "auto",
+    overwrite: Overwrite = False,
+) -> None:
+    """Recover every chained parameter from a target through the frozen proxies, write them into one XMP and render it back."""
+    from isplab.workflows.proxy.pipeline import RegressOptions, regress_pipeline
+
+    r = regress_pipeline(RegressOptions(config=config, output=output, target=target, image=image, iters=iters, lr=lr,
+                                        restarts=restarts, seed=seed, device=device, overwrite=overwrite))  # fmt: skip
+    console.print(f"chain {' -> '.join(r.order)} ({r.backend}): {len(r.restarts)} restarts, {r.proxy_seconds:.2f} s", highlight=False)
+    for key in r.keys:
+        line = f"{key}: recovered {r.recovered[key]:.4g}"
+        if r.truth is not None:
+            line += f", truth {r.truth[key]:.4g}, error {r.error_percent[key]:.2f}% of range"
+        console.print(line, highlight=False)
+    console.print(f"proxy chain PSNR {r.proxy_psnr:.2f} dB; render-back ({r.backend}) PSNR {r.render_back_psnr:.2f} dB against the target", highlight=False)
+    for path in r.written:
+        console.print(f"wrote {path}", highlight=False)

@@ -45,7 +45,7 @@ from isplab.engine import (
 from isplab.engine.trainer import LAST_CHECKPOINT, iteration_budget, resolve_accelerator
 from isplab.data.epoch import EpochDataset
 from isplab.errors import IsplabError
-from isplab.models.proxy import build_proxy_model, save_proxy_model
+from isplab.models.proxy import PROXY_HEADS, build_proxy_model, save_proxy_model
 from isplab.workflows.proxy.blocks import get_block
 from isplab.workflows.proxy.dataset import ProxyDataset, load_dataset
 
@@ -76,6 +76,8 @@ class ProxyTrainConfig:
     Attributes:
         params: the varied parameters, in channel order (``None``: the dataset's, in table order).
         width, depth: the U-Net (:func:`isplab.models.proxy.build_proxy_model`).
+        head: how the U-Net's output acts on the input: ``affine`` (per-pixel gain and offset) or
+            ``add`` (the seed's residual); see :mod:`isplab.models.proxy`.
         patch: square crop side in pixels (at most the images' smaller side).
         batch_size, lr, iters: Adam on ``iters`` steps (the total, also when resuming).
         eval_every: validate and checkpoint every this many steps.
@@ -90,6 +92,7 @@ class ProxyTrainConfig:
     params: list[str] | None = None
     width: int = 32
     depth: int = 4
+    head: str = "affine"
     patch: int = 128
     batch_size: int = 8
     lr: float = 1e-4
@@ -400,7 +403,7 @@ def train_proxy(
         enable_model_summary=progress,  # Lightning's table is a banner in batch runs and demos
         callbacks=[SaveOnInterrupt(model_dir / "checkpoints" / LAST_CHECKPOINT), *callbacks],
     )
-    model = build_proxy_model(ranges, width=config.width, depth=config.depth, meta=meta)
+    model = build_proxy_model(ranges, width=config.width, depth=config.depth, head=config.head, meta=meta)
     module = ProxyModule(model, config, loss, log_file=log_file)
     options = {**asdict(config), "block": block, "dataset": str(data.root.resolve()), "params": params, "loss": loss}
     sizes = (
@@ -435,6 +438,8 @@ def _check_config(config: ProxyTrainConfig) -> None:
     for name in ("iters", "eval_every", "batch_size", "patches_per_epoch", "width", "patch", "val_max"):
         if getattr(config, name) < 1:
             raise IsplabError(f"{name} must be at least 1, got {getattr(config, name)}")
+    if config.head not in PROXY_HEADS:
+        raise IsplabError(f"unknown proxy head {config.head!r}: expected one of {', '.join(PROXY_HEADS)}")
     if config.loss is not None and config.loss not in LOSSES:
         raise IsplabError(f"unknown loss {config.loss!r}: expected one of {', '.join(LOSSES)}")
     if not 0 <= config.holdout_params < 1:
@@ -447,7 +452,9 @@ def _check_same_run(checkpoint: Path, ranges, config: ProxyTrainConfig, meta: di
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False).get("proxy_config")
     if saved is None:
         return
-    now = {"ranges": [list(map(float, r)) for r in ranges], "width": config.width, "depth": config.depth, "block": meta["block"], "params": meta["params"]}
-    was = {"ranges": saved["ranges"], "width": saved["width"], "depth": saved["depth"], "block": saved["meta"].get("block"), "params": saved["meta"].get("params")}
+    now = {"ranges": [list(map(float, r)) for r in ranges], "width": config.width, "depth": config.depth, "head": config.head,
+           "block": meta["block"], "params": meta["params"]}  # fmt: skip
+    was = {"ranges": saved["ranges"], "width": saved["width"], "depth": saved["depth"], "head": saved.get("head", "add"),
+           "block": saved["meta"].get("block"), "params": saved["meta"].get("params")}  # fmt: skip
     if now != was:
         raise IsplabError(f"cannot resume from {checkpoint}: it was trained as {was} but the options give {now}")
