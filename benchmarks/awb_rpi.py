@@ -9,8 +9,16 @@ same images (it was trained on them, so its number is in-sample too), training w
 TFLite latency per inference (median over ``--latency-runs`` LiteRT invocations, batch 1) of our
 exported in-sample model and of the reference model. Errors are in mireds.
 
-Training uses ``TrainConfig()`` defaults (``--arch``/``--epochs`` override). ``--quick`` (2 folds,
-3 epochs, 50 latency runs) is a smoke test only: its accuracy numbers are meaningless.
+Training uses ``TrainConfig()`` defaults (``--arch``/``--epochs`` override; ``--config FILE`` starts
+from a TrainConfig JSON such as a search's ``best_config.json``). ``--quick`` (2 folds, 3 epochs,
+50 latency runs) is a smoke test only: its accuracy numbers are meaningless.
+
+    .venv/bin/python benchmarks/awb_rpi.py --search STUDY_DIR [--search-all] [--json out.json]
+
+reads an ``isplab awb search`` study instead: for the configurations on its Pareto front (every
+finished one with ``--search-all``) the grouped CV error the search measured, the parameter count,
+and the real float32 TFLite size and LiteRT latency of that architecture (exported untrained: size
+and speed do not depend on the weights), next to Raspberry Pi's reference model's size and latency.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from isplab.workflows.awb.constants import TARGET_SIZES
 from isplab.workflows.awb.dataset import load_dataset
 from isplab.workflows.awb.evaluate import ErrorSummary, cross_validate, evaluate_model, evaluate_tflite
 from isplab.workflows.awb.export import export_awb
+from isplab.workflows.awb.predict import predict
 from isplab.workflows.awb.train import train_model
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "awb-rpi"
@@ -146,6 +155,128 @@ def goals(results: dict[str, dict]) -> list[str]:
     return lines
 
 
+def search_results(study_dir: Path, data: Path, latency_runs: int, all_trials: bool, console: Console) -> dict:
+    """Size/latency vs CV error of a search's configurations (see the module docstring)."""
+    from isplab.workflows.awb.model import build_awb_model
+    from isplab.workflows.awb.search import pareto_front, read_trials, study_settings
+
+    settings = study_settings(study_dir)
+    target = settings["target"]
+    trials = read_trials(study_dir)
+    finished = [t for t in trials if t["cv_mean"] is not None and t["size_bytes"] is not None]
+    front = {finished[i]["number"] for i in pareto_front([(t["cv_mean"], t["size_bytes"]) for t in finished])}
+    h, w = TARGET_SIZES[target]
+    rng = np.random.default_rng(0)
+    example = (rng.uniform(0.02, 0.9, (1, h, w, 3)).astype(np.float32), np.array([400.0], dtype=np.float32))
+    measured: dict[str, tuple[int, float]] = {}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for trial in sorted(finished, key=lambda t: t["size_bytes"]):
+            if not (all_trials or trial["number"] in front):
+                continue
+            config = trial["config"]
+            key = json.dumps([config["arch"], config["ensemble"], config["arch_options"]], sort_keys=True)
+            if key not in measured:
+                torch.manual_seed(0)
+                model = build_awb_model(target, config["arch"], ensemble=config["ensemble"], **config["arch_options"])
+                path = Path(tmp) / f"{len(measured)}.tflite"
+                export_awb(model.eval(), target, path, random_checks=20)
+                measured[key] = (path.stat().st_size, tflite_latency(path, *example, latency_runs))
+            size, latency = measured[key]
+            rows.append({**{k: trial[k] for k in ("number", "arch", "ensemble", "parameters", "size_bytes", "cv_mean",
+                                                   "cv_median", "cv_p95", "cv_worst", "seconds")},
+                         "arch_options": config["arch_options"], "pareto": trial["number"] in front,
+                         "tflite_bytes": size, "latency_ms": latency * 1e3})
+            console.log(f"trial {trial['number']}: {size / 1024:.1f} KB, {latency * 1e3:.3f} ms")
+    reference_path = data / "reference-models" / f"model_{target}.tflite"
+    reference = None
+    if reference_path.is_file():
+        reference = {"tflite_bytes": reference_path.stat().st_size,
+                     "latency_ms": tflite_latency(reference_path, *example, latency_runs) * 1e3}
+    states: dict[str, int] = {}
+    for t in trials:
+        states[t["state"]] = states.get(t["state"], 0) + 1
+    return {"study": str(study_dir.resolve()), "settings": settings, "states": states, "rows": rows,
+            "reference": reference}
+
+
+def search_table(result: dict) -> Table:
+    settings = result["settings"]
+    states = ", ".join(f"{n} {s}" for s, n in sorted(result["states"].items()))
+    table = Table(title=f"{settings['target']}: {settings['folds']}-fold grouped CV error (mireds) vs TFLite size and "
+                        f"latency (batch 1, median); trials: {states}; * Pareto front")
+    for column in ("trial", "arch", "ens", "params", "KB", "ms", "mean", "median", "p95", "worst"):
+        table.add_column(column, justify="left" if column == "arch" else "right")
+    for r in result["rows"]:
+        table.add_row(f"{r['number']}{'*' if r['pareto'] else ''}", r["arch"], str(r["ensemble"]), str(r["parameters"]),
+                      f"{r['tflite_bytes'] / 1024:.1f}", f"{r['latency_ms']:.3f}", f"{r['cv_mean']:.2f}",
+                      f"{r['cv_median']:.2f}", f"{r['cv_p95']:.2f}", f"{r['cv_worst']:.1f}")
+    if result["reference"]:
+        ref = result["reference"]
+        table.add_row("ref", "Raspberry Pi", "1", "", f"{ref['tflite_bytes'] / 1024:.1f}", f"{ref['latency_ms']:.3f}",
+                      "", "", "", "")
+    return table
+
+
+def per_sensor_results(target: str, data: Path, config: TrainConfig, folds: int, finetune_epochs: int,
+                       min_images: int, console: Console) -> dict:
+    """Grouped K-fold CV of the shared model against per-sensor fine-tuned copies of it.
+
+    In each fold the shared model is trained on the fold's training images (all sensors); then, for
+    every sensor with at least ``min_images`` training images in the fold, a copy is fine-tuned
+    on that sensor's training images only (``finetune_epochs``, a tenth of the learning rate, no
+    early stopping) and scores that sensor's held-out images. Sensors with fewer images keep the
+    shared model. Both are scored on the same held-out images, per sensor and overall.
+    """
+    from isplab.workflows.awb.dataset import grouped_kfold, mired_error
+
+    dataset = load_dataset(data / target / "train", target)
+    sensors = np.array([s.sensor for s in dataset.samples])
+    shared = np.full(len(dataset), np.nan)
+    tuned = np.full(len(dataset), np.nan)
+    finetune = dataclasses.replace(config, epochs=finetune_epochs, lr=config.lr * 0.1, patience=None)
+    for index, (train_idx, test_idx) in enumerate(grouped_kfold(dataset.samples, folds, seed=0)):
+        model = train_model(dataset.subset(train_idx), config, progress=False)
+        shared[test_idx] = predict(model, dataset.images[test_idx], dataset.lux[test_idx])
+        tuned[test_idx] = shared[test_idx]
+        for sensor in sorted(set(sensors[test_idx])):
+            own_train = train_idx[sensors[train_idx] == sensor]
+            if len(own_train) < min_images:
+                continue
+            own = train_model(dataset.subset(own_train), finetune, input_model=model, progress=False)
+            own_test = test_idx[sensors[test_idx] == sensor]
+            tuned[own_test] = predict(own, dataset.images[own_test], dataset.lux[own_test])
+        console.log(f"{target} fold {index}: shared {np.mean(mired_error(shared[test_idx], dataset.true_temp[test_idx])):.2f}, "
+                    f"per-sensor {np.mean(mired_error(tuned[test_idx], dataset.true_temp[test_idx])):.2f} mireds")
+    shared_err = mired_error(shared, dataset.true_temp)
+    tuned_err = mired_error(tuned, dataset.true_temp)
+    rows = {}
+    for sensor in sorted(set(sensors)) + ["all"]:
+        mask = np.ones(len(dataset), bool) if sensor == "all" else sensors == sensor
+        rows[sensor] = {"images": int(mask.sum()),
+                        "shared": _summary(shared_err[mask]),
+                        "per_sensor": _summary(tuned_err[mask])}
+    return {"folds": folds, "finetune_epochs": finetune_epochs, "min_images": min_images, "sensors": rows}
+
+
+def _summary(errors: np.ndarray) -> dict:
+    from isplab.workflows.awb.evaluate import summarise
+
+    return summarise(errors).as_dict()
+
+
+def per_sensor_table(results: dict[str, dict]) -> Table:
+    table = Table(title="Shared model vs per-sensor fine-tuned models: grouped CV error (mireds), same held-out images")
+    for column in ("target", "sensor", "images", "shared mean", "per-sensor mean", "shared worst", "per-sensor worst"):
+        table.add_column(column, justify="left" if column in ("target", "sensor") else "right")
+    for target, r in results.items():
+        for i, (sensor, row) in enumerate(r["sensors"].items()):
+            table.add_row(target if i == 0 else "", sensor, str(row["images"]), f"{row['shared']['mean']:.2f}",
+                          f"{row['per_sensor']['mean']:.2f}", f"{row['shared']['worst']:.1f}",
+                          f"{row['per_sensor']['worst']:.1f}", end_section=sensor == "all")
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DATA, help="the awb-rpi data folder (default ../shared/data/awb-rpi)")
@@ -156,18 +287,54 @@ def main() -> None:
     parser.add_argument("--latency-runs", type=int, default=None, help="TFLite invocations timed (default 200; 50 with --quick)")
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 folds, 3 epochs (accuracy meaningless)")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--config", type=Path, help="TrainConfig JSON to train with (e.g. a search's best_config.json)")
+    parser.add_argument("--search", type=Path, metavar="STUDY_DIR", help="report an `isplab awb search` study instead")
+    parser.add_argument("--search-all", action="store_true", help="with --search: measure every finished trial, not only the Pareto front")
+    parser.add_argument("--per-sensor", action="store_true",
+                        help="compare the shared model with per-sensor fine-tuned copies under grouped CV instead")
+    parser.add_argument("--finetune-epochs", type=int, default=None, help="with --per-sensor: epochs of fine-tuning (default 30; 1 with --quick)")
+    parser.add_argument("--min-sensor-images", type=int, default=20, help="with --per-sensor: fewer training images keep the shared model")
     args = parser.parse_args()
 
     console = Console()
+    if args.search is not None:
+        from isplab.errors import IsplabError
+
+        try:
+            result = search_results(args.search, args.data, args.latency_runs or 200, args.search_all, console)
+        except IsplabError as e:
+            console.print(f"[red]error:[/] {e}")
+            sys.exit(2)
+        console.print(search_table(result))
+        if args.json:
+            args.json.write_text(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
+                                             "machine": platform.processor() or platform.machine(), **result}, indent=2))
+            console.print(f"wrote {args.json}")
+        return
     if not args.data.is_dir():
         console.print(f"[red]AWB data not found at {args.data.resolve()}[/]: this benchmark needs Raspberry Pi's "
                       "statistics images (pisp/train, vc4/train, reference-models); pass --data DIR.")
         sys.exit(2)
     overrides = {"arch": args.arch, "epochs": args.epochs or (3 if args.quick else None)}
-    config = dataclasses.replace(TrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
+    start = TrainConfig()
+    if args.config is not None:
+        from isplab.workflows.awb.config import load_train_config
+
+        start = load_train_config(args.config)
+    config = dataclasses.replace(start, **{k: v for k, v in overrides.items() if v is not None})
     folds = args.folds or (2 if args.quick else 5)
     latency_runs = args.latency_runs or (50 if args.quick else 200)
 
+    if args.per_sensor:
+        epochs = args.finetune_epochs or (1 if args.quick else 30)
+        per_sensor = {t: per_sensor_results(t, args.data, config, folds, epochs, args.min_sensor_images, console)
+                      for t in args.targets}
+        console.print(per_sensor_table(per_sensor))
+        if args.json:
+            args.json.write_text(json.dumps({"quick": args.quick, "config": dataclasses.asdict(config),
+                                             "per_sensor": per_sensor}, indent=2))
+            console.print(f"wrote {args.json}")
+        return
     results = {t: benchmark_target(t, args.data, config, folds, latency_runs, console) for t in args.targets}
     console.print(error_table(results, folds))
     console.print(cost_table(results))

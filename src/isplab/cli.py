@@ -52,13 +52,13 @@ def data_synth(
     size: str = typer.Option("512x384", "--size", help="Image size WIDTHxHEIGHT (even)."),
     pattern: str = typer.Option("RGGB", "--pattern", help="CFA pattern: RGGB, BGGR, GRBG or GBRG."),
     source: list[str] = typer.Option(
-        None, "--source", help="Source image(s): a built-in name (astronaut, chart, texture, ...) or an image file. Repeatable."
+        None, "--source", help="Source image(s), repeatable: 'training' (default: dead-leaves and procedural scenes, real training cameras), 'heldout' (the bundled photographs, held-out cameras; for testing), a built-in name (deadleaves, chart, texture, astronaut, ...) or an image file."
     ),
     noise: bool = typer.Option(True, "--noise/--no-noise", help="Add shot/read noise."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dataset in OUT_DIR."),
 ) -> None:
     """Synthesise DNG raws from sRGB images by unprocessing (Brooks et al. 2019), with ground truth."""
-    from isplab.data.sources import SOURCES
+    from isplab.data.sources import TRAINING_SOURCES
     from isplab.data.synth import SensorSpec, parse_size, synthesize_dataset
 
     result = synthesize_dataset(
@@ -67,7 +67,7 @@ def data_synth(
         seed=seed,
         size=parse_size(size),
         sensor=SensorSpec(pattern=pattern),
-        sources=source or SOURCES,
+        sources=source or TRAINING_SOURCES,
         noise=noise,
         overwrite=overwrite,
     )
@@ -144,10 +144,9 @@ from isplab.workflows.sky.cli import app as sky_app  # noqa: E402
 
 app.add_typer(sky_app, name="sky")
 
-for _name, _issue, _what in [
-    ("genisp", None, "GenISP: minimal neural ISP for low-light detection"),
-]:
-    app.add_typer(_not_yet(_name, _issue, _what), name=_name)
+from isplab.workflows.genisp.cli import app as genisp_app  # noqa: E402
+
+app.add_typer(genisp_app, name="genisp")
 
 
 @app.command("demo")

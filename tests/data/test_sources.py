@@ -97,7 +97,7 @@ def test_chart_patches_have_the_published_colours_in_place(seed):
         np.testing.assert_allclose(found[r, c] * 255, rgb, atol=0.01, err_msg=f"{name} at row {r}, column {c}")
 
 
-@pytest.mark.parametrize("name", SOURCES)
+@pytest.mark.parametrize("name", [*SOURCES, "deadleaves"])
 def test_every_source_gives_srgb_of_requested_size(name):
     image = load_source(name, (96, 64), np.random.default_rng(1))
     assert image.shape == (64, 96, 3)
@@ -133,7 +133,7 @@ def test_check_sources_refuses_unknown_names_and_folders(tmp_path):
     image = tmp_path / "mine.png"
     iio.imwrite(image, np.zeros((8, 8, 3), np.uint8))
     assert check_sources(["chart", str(image)]) == ("chart", str(image))
-    with pytest.raises(IsplabError, match=r"^unknown source 'nosuch': expected one of chart, astronaut"):
+    with pytest.raises(IsplabError, match=r"^unknown source 'nosuch': expected one of training, heldout, deadleaves, chart"):
         check_sources(["chart", "nosuch"])
     with pytest.raises(IsplabError, match=r"is a folder: expected an image file"):
         check_sources([str(tmp_path)])
@@ -144,10 +144,36 @@ def test_check_sources_refuses_unknown_names_and_folders(tmp_path):
 def test_round_robin_order_interleaves_photographs_and_scenes():
     """Sample i uses source i mod len(sources), in the documented interleaved order."""
     assert SOURCES == ("chart", "astronaut", "texture", "coffee", "gradient", "chelsea", "rocket", "motorcycle", "hubble")
-    assert sorted(SOURCES) == sorted([*SKIMAGE_PHOTOS, *PROCEDURAL])
+    assert sorted(SOURCES) == sorted([*SKIMAGE_PHOTOS, *(name for name in PROCEDURAL if name != "deadleaves")])
     sources = ("gradient", "chart", "coffee")
     used = [synthesize_sample(i, 0, (96, 64), SensorSpec(), sources, noise=False)[3] for i in range(5)]
     assert used == ["gradient", "chart", "coffee", "gradient", "chart"]
     # ...and the content is that source's: sample 1's target is the chart with its patches.
     target = synthesize_sample(1, 0, (240, 160), SensorSpec(), sources, noise=False)[1]
     np.testing.assert_allclose(chart_patch_colours(target)[2, 2] * 255, CHECKER[2, 2][1], atol=0.01)
+
+
+def test_heldout_photographs_and_groups():
+    """'heldout' stands for every bundled photograph (scikit-learn's only when it is installed),
+    'training' for generated scenes only; no photograph is a training source."""
+    from isplab.data.sources import (
+        SKLEARN_PHOTOS,
+        TRAINING_SOURCES,
+        expand_sources,
+        heldout_photos,
+        is_heldout_photo,
+        sklearn_available,
+    )
+
+    assert expand_sources(["training"]) == TRAINING_SOURCES
+    assert not any(is_heldout_photo(name) for name in TRAINING_SOURCES)
+    assert set(TRAINING_SOURCES) <= set(PROCEDURAL) and TRAINING_SOURCES.count("deadleaves") == 3
+    assert expand_sources(["heldout", "chart"]) == (*heldout_photos(), "chart")
+    if sklearn_available():
+        assert heldout_photos() == (*SKIMAGE_PHOTOS, *SKLEARN_PHOTOS)
+        china = load_source("china", (64, 48), np.random.default_rng(0))
+        assert china.shape == (48, 64, 3) and china.std() > 0.05
+    else:
+        assert heldout_photos() == tuple(SKIMAGE_PHOTOS)
+        with pytest.raises(IsplabError, match="source 'china' needs scikit-learn, which is not installed"):
+            check_sources(["china"])

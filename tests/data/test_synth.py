@@ -64,7 +64,7 @@ def test_a_half_written_dataset_also_counts_as_one(tmp_path):
 
 
 @pytest.mark.parametrize("sources, message", [
-    (["chart", "nosuch"], r"unknown source 'nosuch': expected one of chart, astronaut"),
+    (["chart", "nosuch"], r"unknown source 'nosuch': expected one of training, heldout, deadleaves, chart"),
     (["missing.png"], r"unknown source 'missing.png'"),
 ])
 def test_bad_sources_are_refused_before_anything_is_written(tmp_path, sources, message):
@@ -91,3 +91,63 @@ def test_a_failing_sample_is_reported_and_the_rest_written(tmp_path):
 def test_bad_size_is_explained(text):
     with pytest.raises(IsplabError, match="bad size"):
         parse_size(text)
+
+
+def test_generated_scenes_get_training_cameras_and_photographs_held_out_ones(tmp_path):
+    from isplab.data.cameras import TEST_CAMERAS, camera_split
+
+    train = synthesize_dataset(tmp_path / "train", 3, size=(64, 48), sources=["training"], progress=False)
+    heldout = synthesize_dataset(tmp_path / "test", 3, size=(64, 48), sources=["heldout"], progress=False)
+    legacy = synthesize_dataset(tmp_path / "legacy", 1, size=(64, 48), progress=False)
+    assert [s["source"] for s in train.samples] == ["deadleaves", "chart", "deadleaves"]
+    assert [s["source"] for s in heldout.samples] == ["astronaut", "chelsea", "coffee"]
+    train_cameras = set(camera_split("train"))
+    for sample in train.samples:
+        first, second = (part.rsplit(" x ", 1)[0] for part in sample["camera"].split(" + "))
+        assert {first, second} <= train_cameras
+    assert all(s["camera"] in TEST_CAMERAS for s in heldout.samples)
+    assert legacy.samples[0]["camera"] == "legacy mix"
+    settings = json.loads(heldout.manifest.read_text())["settings"]
+    assert settings["camera_split"] == "test" and settings["sources"][:2] == ["astronaut", "chelsea"]
+    # the DNG records the held-out camera's own matrix and the sample's ISO
+    sample = heldout.samples[0]
+    raw = read_raw(heldout.out_dir / sample["file"])
+    np.testing.assert_allclose(raw.color_matrix, sample["xyz_to_camera"], atol=1e-4)
+    assert raw.iso == pytest.approx(round(sample["iso"]))
+
+
+def test_real_camera_samples_render_back_to_their_target():
+    """render() with the sample's metadata reproduces the (clipping-aware) target of a smooth scene."""
+    import torch
+
+    from isplab.data.synth import synthesize_sample
+    from isplab.isp.pipeline import render
+
+    sensor = SensorSpec()
+    for index in range(3):
+        mosaic, target, params, _, _ = synthesize_sample(index, 0, (96, 64), sensor, ("gradient",), noise=False,
+                                                         camera_split="test")
+        raw = (torch.from_numpy(mosaic.astype(np.float64)) - sensor.black_level) / (sensor.white_level - sensor.black_level)
+        gains = torch.from_numpy(params.wb_gains * params.brightness_gain)
+        out = render(raw[None, None], sensor.pattern, gains, torch.from_numpy(params.ccm))[0].permute(1, 2, 0).numpy()
+        assert np.abs(out - target)[4:-4, 4:-4].mean() < 2e-3, params.camera
+
+
+def test_cli_synth_defaults_to_generated_scenes_and_offers_deadleaves_and_heldout(tmp_path):
+    from typer.testing import CliRunner
+
+    from isplab.cli import app
+    from isplab.data.cameras import TEST_CAMERAS
+    from isplab.data.sources import TRAINING_SOURCES
+
+    runner = CliRunner()
+    for name, extra in (("default", []), ("leaves", ["--source", "deadleaves"]), ("heldout", ["--source", "heldout"])):
+        result = runner.invoke(app, ["data", "synth", str(tmp_path / name), "-n", "2", "--size", "64x48", *extra])
+        assert result.exit_code == 0, result.output
+    load = lambda name: json.loads((tmp_path / name / "manifest.json").read_text())
+    assert [s["source"] for s in load("default")["samples"]] == list(TRAINING_SOURCES[:2])
+    assert load("default")["settings"]["camera_split"] == "train"
+    assert [s["source"] for s in load("leaves")["samples"]] == ["deadleaves", "deadleaves"]
+    assert all(s["camera"] in TEST_CAMERAS for s in load("heldout")["samples"])
+    help_text = runner.invoke(app, ["data", "synth", "--help"]).output
+    assert "heldout" in help_text and "deadleaves" in help_text

@@ -4,16 +4,21 @@ import numpy as np
 import pytest
 import torch
 
+from isplab.data.cameras import TEST_CAMERAS, xyz_to_camera
 from isplab.data.sources import load_source
 from isplab.data.unprocess import (
     add_noise,
     illuminant_neutral,
+    noise_levels_for_iso,
+    process_rgb,
     random_noise_levels,
     random_xyz_to_camera,
     sample_params,
     unprocess,
+    unprocess_rgb,
 )
 from isplab.engine.metrics import psnr
+from isplab.errors import IsplabError
 from isplab.isp import bayer
 from isplab.isp.pipeline import render
 
@@ -99,3 +104,59 @@ def test_unprocess_mosaic_carries_the_illuminant_colour():
     planes = bayer.pack(raw[:, 0], "RGGB")[0].mean(dim=(-1, -2)).numpy()
     rgb = np.array([planes[0], (planes[1] + planes[2]) / 2, planes[3]])
     np.testing.assert_allclose(rgb / rgb[1], params.as_shot_neutral, rtol=1e-6)
+
+
+def test_noise_scales_with_iso_as_brooks_et_al():
+    """Shot noise proportional to ISO; read noise log-linear in it (slope 2.18, intercept 1.20)."""
+    shot100, read100 = noise_levels_for_iso(100.0)
+    shot6400, read6400 = noise_levels_for_iso(6400.0)
+    assert shot100 == pytest.approx(1e-4) and shot6400 == pytest.approx(6.4e-3)
+    assert read100 == pytest.approx(np.exp(2.18 * np.log(1e-4) + 1.20))
+    assert read6400 / read100 == pytest.approx(64.0**2.18)
+    rng = np.random.default_rng(0)
+    scattered = np.log([noise_levels_for_iso(800.0, rng)[1] for _ in range(3000)])
+    assert scattered.mean() == pytest.approx(np.log(noise_levels_for_iso(800.0)[1]), abs=0.02)
+    assert scattered.std() == pytest.approx(0.26, abs=0.02)
+    with pytest.raises(IsplabError, match="ISO must be positive"):
+        noise_levels_for_iso(0.0)
+
+
+def test_real_camera_params_carry_iso_exposure_and_camera():
+    rng = np.random.default_rng(2)
+    for _ in range(30):
+        p = sample_params(rng, camera_split="test")
+        assert p.camera in TEST_CAMERAS
+        np.testing.assert_array_equal(p.xyz_to_camera, xyz_to_camera(p.camera))
+        assert 100 <= p.iso <= 12000 and -1.0 <= p.exposure_ev <= 0.5
+        assert p.shot_noise == pytest.approx(1e-4 * p.iso / 100)
+        # the exposure error is folded into the brightness gain: base gain in [1, 2] divided by 2^ev
+        assert 1.0 - 1e-9 <= p.brightness_gain * 2**p.exposure_ev <= 2.0 + 1e-9
+    legacy = sample_params(np.random.default_rng(3))
+    assert legacy.camera == "legacy mix" and legacy.exposure_ev == 0.0 and legacy.iso is None
+
+
+def test_overexposed_raw_clips_and_the_target_is_its_ideal_rendering():
+    """A bright grey overexposed by a stop saturates the sensor: the target keeps the clipping."""
+    p = sample_params(np.random.default_rng(0), camera_split="val", noise=False)
+    ccm, gains = _batch([p], "ccm"), _batch([p], "wb_gains")
+    srgb = torch.full((1, 3, 4, 4), 0.9, dtype=torch.float64)
+    srgb[..., :2] = 0.3
+    camera = unprocess_rgb(srgb, ccm, gains, torch.tensor([0.5], dtype=torch.float64))  # gain 1/2: one stop over
+    clipped = camera.clamp(0, 1)
+    assert camera[..., 2:].min() > 1.0 and camera[..., :2].max() < 1.0
+    out = process_rgb(clipped, ccm, gains, torch.tensor([0.5], dtype=torch.float64))
+    # the saturated pixels render as a saturated sensor (1, 1, 1) does, not as the scene's 0.9 grey
+    saturated = process_rgb(torch.ones(1, 3, 1, 1, dtype=torch.float64), ccm, gains, torch.tensor([0.5], dtype=torch.float64))
+    np.testing.assert_allclose(out[..., 2:].numpy(), saturated.expand(1, 3, 4, 2).numpy(), atol=1e-12)
+    assert np.abs(out[..., 2:].numpy() - 0.9).max() > 0.05
+    np.testing.assert_allclose(out[..., :2].numpy(), 0.3, atol=1e-6)  # the rest is the scene itself
+
+
+def test_process_rgb_is_render_without_the_mosaic():
+    """On a flat patch demosaicking is exact, so render() of the mosaic equals process_rgb()."""
+    p = sample_params(np.random.default_rng(4), camera_split="train", noise=False)
+    ccm, gains, brightness = _batch([p], "ccm"), _batch([p], "wb_gains"), _batch([p], "brightness_gain")
+    camera = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64).reshape(1, 3, 1, 1).expand(1, 3, 8, 8)
+    expected = process_rgb(camera, ccm, gains, brightness)
+    rendered = render(bayer.mosaic(camera, "RGGB").unsqueeze(1), "RGGB", gains * brightness[:, None], ccm)
+    np.testing.assert_allclose(rendered.numpy(), expected.numpy(), atol=1e-6)

@@ -9,6 +9,7 @@ import pytest
 from isplab.errors import IsplabError
 from isplab.models.awb import build_awb_net, load_awb_model, save_awb_model
 from isplab.models.checkpoint import MODEL_KINDS
+from isplab.models.genisp import genisp, load_genisp, save_genisp
 from isplab.models.isp import build_isp_model, load_isp_model, save_isp_model
 from isplab.models.proxy import build_proxy_model, load_proxy_model, save_proxy_model
 
@@ -26,6 +27,7 @@ def model_files(tmp_path_factory):
         "proxy model": (save_proxy_model(build_proxy_model([(0.0, 1.0)], width=4, depth=2), folder / "proxy.pt"),
                         load_proxy_model),
         "sky model": (save_sky_model(build_sky_model("resnet18", 3, [8, 8, 8]), folder / "sky.pt"), load_sky_model),
+        "GenISP model": (save_genisp(genisp(), folder / "genisp.pt"), load_genisp),
     }
 
 

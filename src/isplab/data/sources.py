@@ -1,8 +1,14 @@
 """Source images for synthetic raw data that need no download.
 
-Two kinds: the colour photographs shipped inside scikit-image's wheel, and procedurally generated
-scenes (a colour-checker-like chart, smooth gradients, band-limited textures). Every source returns
-an sRGB float32 image ``(H, W, 3)`` in [0, 1].
+Two kinds: the colour photographs shipped inside scikit-image's wheel (and scikit-learn's, when it
+is installed), and generated scenes (dead-leaves scenes, :mod:`isplab.data.deadleaves`; a
+colour-checker-like chart, smooth gradients, band-limited textures). Every source returns an sRGB
+float32 image ``(H, W, 3)`` in [0, 1].
+
+The photographs are the **held-out set** (:data:`HELDOUT`, :func:`heldout_photos`): training data
+should come only from generated scenes (:data:`TRAINING_SOURCES`), so that a model is scored on
+scenes it never saw. :data:`SOURCES` is the original round-robin of photographs and procedural
+scenes, kept for the workflows that use it; each name stays usable on its own.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from isplab.data.deadleaves import dead_leaves
 from isplab.errors import IsplabError
 
 # Colour photographs bundled in scikit-image's package data (no pooch download needed).
@@ -24,6 +31,9 @@ SKIMAGE_PHOTOS = {
     "motorcycle": "motorcycle_left.png",
     "hubble": "hubble_deep_field.jpg",
 }
+#: scikit-learn's sample photographs (``sklearn.datasets.load_sample_image``), used only when
+#: scikit-learn is installed (it is not a dependency of isplab)
+SKLEARN_PHOTOS = {"china": "china.jpg", "flower": "flower.jpg"}
 
 # The 24 patches of the ColorChecker Classic, 8-bit sRGB (D65), as published by X-Rite/BabelColor.
 COLOR_CHECKER_SRGB = np.array(
@@ -48,6 +58,31 @@ def skimage_photo(name: str) -> np.ndarray:
     if image is None:
         raise IsplabError(f"{path}: scikit-image's bundled photo is missing or unreadable")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+
+
+def sklearn_photo(name: str) -> np.ndarray:
+    """Load one of :data:`SKLEARN_PHOTOS` as float32 sRGB (needs scikit-learn)."""
+    if name not in SKLEARN_PHOTOS:
+        raise IsplabError(f"unknown scikit-learn photo {name!r}: expected one of {', '.join(SKLEARN_PHOTOS)}")
+    try:
+        from sklearn.datasets import load_sample_image
+    except ImportError:
+        raise IsplabError(f"source {name!r} needs scikit-learn, which is not installed") from None
+    return np.asarray(load_sample_image(SKLEARN_PHOTOS[name]), dtype=np.float32)[..., :3] / 255.0
+
+
+def sklearn_available() -> bool:
+    """Whether scikit-learn (and so :data:`SKLEARN_PHOTOS`) can be imported."""
+    try:
+        import sklearn.datasets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def heldout_photos() -> tuple[str, ...]:
+    """The held-out photographs available here: scikit-image's, then scikit-learn's if installed."""
+    return tuple(SKIMAGE_PHOTOS) + (tuple(SKLEARN_PHOTOS) if sklearn_available() else ())
 
 
 def color_chart(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -99,6 +134,7 @@ def texture(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
 
 
 PROCEDURAL: dict[str, Callable[[tuple[int, int], np.random.Generator], np.ndarray]] = {
+    "deadleaves": dead_leaves,
     "chart": color_chart,
     "gradient": gradient,
     "texture": texture,
@@ -106,6 +142,14 @@ PROCEDURAL: dict[str, Callable[[tuple[int, int], np.random.Generator], np.ndarra
 
 # Round-robin order used by the dataset writer: photographs and procedural scenes interleaved.
 SOURCES = ("chart", "astronaut", "texture", "coffee", "gradient", "chelsea", "rocket", "motorcycle", "hubble")
+#: Round-robin of generated scenes only, for training: half dead-leaves, then the procedural ones.
+TRAINING_SOURCES = ("deadleaves", "chart", "deadleaves", "texture", "deadleaves", "gradient")
+#: Source name that stands for every held-out photograph (:func:`heldout_photos`).
+HELDOUT = "heldout"
+#: Source name that stands for :data:`TRAINING_SOURCES`.
+TRAINING = "training"
+#: Every built-in source name, for messages and help.
+KNOWN_SOURCES = (TRAINING, HELDOUT, *PROCEDURAL, *SKIMAGE_PHOTOS, *SKLEARN_PHOTOS)
 
 
 def random_crop_resized(image: np.ndarray, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -133,18 +177,40 @@ def check_sources(names: Sequence[str]) -> tuple[str, ...]:
     Raises:
         IsplabError: no names, an unknown name, or a path that is a folder.
     """
-    names = tuple(str(name) for name in names)
+    names = expand_sources(names)
     if not names:
-        raise IsplabError(f"no source images given: expected one or more of {', '.join(SOURCES)} or image files")
+        raise IsplabError(f"no source images given: expected one or more of {', '.join(KNOWN_SOURCES)} or image files")
     for name in names:
         if name in PROCEDURAL or name in SKIMAGE_PHOTOS:
             continue
+        if name in SKLEARN_PHOTOS:
+            if not sklearn_available():
+                raise IsplabError(f"source {name!r} needs scikit-learn, which is not installed")
+            continue
         path = Path(name)
         if path.is_dir():
-            raise IsplabError(f"source {path} is a folder: expected an image file or one of {', '.join(SOURCES)}")
+            raise IsplabError(f"source {path} is a folder: expected an image file or one of {', '.join(KNOWN_SOURCES)}")
         if not path.is_file():
-            raise IsplabError(f"unknown source {name!r}: expected one of {', '.join(SOURCES)} or an image file")
+            raise IsplabError(f"unknown source {name!r}: expected one of {', '.join(KNOWN_SOURCES)} or an image file")
     return names
+
+
+def expand_sources(names: Sequence[str]) -> tuple[str, ...]:
+    """Replace the group names :data:`TRAINING` and :data:`HELDOUT` by their members."""
+    expanded: list[str] = []
+    for name in (str(name) for name in names):
+        if name == TRAINING:
+            expanded.extend(TRAINING_SOURCES)
+        elif name == HELDOUT:
+            expanded.extend(heldout_photos())
+        else:
+            expanded.append(name)
+    return tuple(expanded)
+
+
+def is_heldout_photo(name: str) -> bool:
+    """Whether ``name`` is one of the held-out photographs (which training data should not use)."""
+    return name in SKIMAGE_PHOTOS or name in SKLEARN_PHOTOS
 
 
 def load_source(name: str, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -159,6 +225,8 @@ def load_source(name: str, size: tuple[int, int], rng: np.random.Generator) -> n
         return PROCEDURAL[name](size, rng)
     if name in SKIMAGE_PHOTOS:
         return random_crop_resized(skimage_photo(name), size, rng)
+    if name in SKLEARN_PHOTOS:
+        return random_crop_resized(sklearn_photo(name), size, rng)
     path = Path(name)
     if path.is_file():
         from isplab.io.image import read_image, to_float
@@ -167,4 +235,4 @@ def load_source(name: str, size: tuple[int, int], rng: np.random.Generator) -> n
         if image.ndim != 3 or image.shape[2] < 3:
             raise IsplabError(f"{path}: expected an RGB image, got shape {image.shape}")
         return random_crop_resized(image[..., :3], size, rng)
-    raise IsplabError(f"unknown source {name!r}: expected one of {', '.join(SOURCES)} or an image file")
+    raise IsplabError(f"unknown source {name!r}: expected one of {', '.join(KNOWN_SOURCES)} or an image file")

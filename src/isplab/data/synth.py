@@ -2,6 +2,12 @@
 
 Every sample is generated from its own random stream ``default_rng([seed, index])``, so a dataset
 is deterministic for a seed and sample ``i`` does not depend on how many samples are written.
+
+Cameras (``camera_split``, see :func:`isplab.data.unprocess.sample_params`): ``"auto"`` gives
+generated scenes (dead leaves, procedural) the real training cameras, the held-out photographs
+the held-out test cameras, and any other mix the original four-camera recipe. With a real-camera
+split the raw also has an exposure error and clips at saturation, and the target is the ideal
+rendering of that clipped raw (:func:`isplab.data.unprocess.process_rgb`).
 """
 
 from __future__ import annotations
@@ -16,8 +22,22 @@ import numpy as np
 import torch
 
 from isplab import __version__
-from isplab.data.sources import SOURCES, check_sources, load_source
-from isplab.data.unprocess import UnprocessParams, add_noise, sample_params, unprocess
+from isplab.data.sources import (
+    PROCEDURAL,
+    SOURCES,
+    check_sources,
+    is_heldout_photo,
+    load_source,
+)
+from isplab.data.unprocess import (
+    BASE_SHOT_NOISE,  # shot-noise variance coefficient of the simulated sensor at ISO 100
+    UnprocessParams,
+    add_noise,
+    process_rgb,
+    sample_params,
+    unprocess,
+    unprocess_rgb,
+)
 from isplab.errors import IsplabError
 from isplab.io.dng import write_dng
 from isplab.io.image import to_uint16, write_image
@@ -27,7 +47,6 @@ from isplab.isp import bayer
 
 MANIFEST_JSON = "manifest.json"
 MANIFEST_CSV = "manifest.csv"
-BASE_SHOT_NOISE = 1e-4  # shot-noise variance coefficient of the simulated sensor at ISO 100
 
 
 @dataclass
@@ -65,6 +84,18 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def resolve_camera_split(sources: Sequence[str], camera_split: str | None = "auto") -> str | None:
+    """``"auto"`` -> ``"test"`` for held-out photographs only, ``"train"`` for generated scenes only,
+    ``None`` (the original camera mix) otherwise; anything else is returned as given."""
+    if camera_split != "auto":
+        return camera_split
+    if all(is_heldout_photo(name) for name in sources):
+        return "test"
+    if all(name in PROCEDURAL for name in sources):
+        return "train"
+    return None
+
+
 def synthesize_sample(
     index: int,
     seed: int,
@@ -72,8 +103,9 @@ def synthesize_sample(
     sensor: SensorSpec,
     sources: Sequence[str] = SOURCES,
     noise: bool = True,
+    camera_split: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, UnprocessParams, str, dict]:
-    """Make one sample.
+    """Make one sample (``camera_split``: see the module docstring; ``None`` is the original recipe).
 
     Returns:
         ``(mosaic uint16 (H, W), clean sRGB target float32 (H, W, 3), params, source, exif)``.
@@ -81,16 +113,17 @@ def synthesize_sample(
     rng = np.random.default_rng([seed, index])
     source = sources[index % len(sources)]
     target = load_source(source, size, rng)
-    params = sample_params(rng, noise=noise)
+    params = sample_params(rng, noise=noise, camera_split=camera_split)
 
     as_tensor = lambda v: torch.as_tensor(np.asarray(v), dtype=torch.float32)[None]  # noqa: E731
-    raw = unprocess(
-        torch.from_numpy(target).permute(2, 0, 1)[None],
-        as_tensor(params.ccm),
-        as_tensor(params.wb_gains),
-        as_tensor(params.brightness_gain),
-        sensor.pattern,
-    )
+    srgb = torch.from_numpy(target).permute(2, 0, 1)[None]
+    ccm, gains, brightness = as_tensor(params.ccm), as_tensor(params.wb_gains), as_tensor(params.brightness_gain)
+    if camera_split is None:
+        raw = unprocess(srgb, ccm, gains, brightness, sensor.pattern)
+    else:  # the sensor clips; the target is what an ideal ISP makes of the clipped raw
+        camera = unprocess_rgb(srgb, ccm, gains, brightness).clamp(0, 1)
+        raw = bayer.mosaic(camera, sensor.pattern).unsqueeze(1)
+        target = process_rgb(camera, ccm, gains, brightness)[0].permute(1, 2, 0).contiguous().numpy()
     noise_seed = int(rng.integers(2**62))  # drawn even without noise: the same stream either way
     if noise:
         generator = torch.Generator().manual_seed(noise_seed)
@@ -98,8 +131,9 @@ def synthesize_sample(
     scale = sensor.white_level - sensor.black_level
     digital = (raw[0, 0].double().numpy() * scale + sensor.black_level).round()
     mosaic = digital.clip(0, sensor.white_level).astype(np.uint16)
+    iso = params.iso if params.iso is not None else max(100, round(100 * params.shot_noise / BASE_SHOT_NOISE))
     exif = {
-        "iso": float(max(100, round(100 * params.shot_noise / BASE_SHOT_NOISE))) if noise else 100.0,
+        "iso": float(round(iso)) if noise else 100.0,
         "exposure_time": float(1.0 / rng.choice([2000, 1000, 500, 250, 125, 60, 30, 15])),
         "aperture": float(rng.choice([1.8, 2.0, 2.8, 4.0, 5.6])),
     }
@@ -114,13 +148,14 @@ def synthesize_raw(
     sources: Sequence[str] = SOURCES,
     noise: bool = True,
     path: str | Path | None = None,
+    camera_split: str | None = None,
 ) -> tuple[RawImage, np.ndarray, UnprocessParams, str]:
     """:func:`synthesize_sample` as the :class:`~isplab.io.RawImage` a DNG of it holds.
 
     Returns:
         ``(raw, clean sRGB target float32 (H, W, 3), params, source)``; ``raw.path`` is ``path``.
     """
-    mosaic, target, params, source, exif = synthesize_sample(index, seed, size, sensor, sources, noise)
+    mosaic, target, params, source, exif = synthesize_sample(index, seed, size, sensor, sources, noise, camera_split)
     raw = RawImage(
         path=Path(path) if path is not None else None,
         mosaic=mosaic,
@@ -150,6 +185,7 @@ def synthesize_dataset(
     noise: bool = True,
     overwrite: bool = False,
     progress: bool = True,
+    camera_split: str | None = "auto",
 ) -> SynthResult:
     """Write ``count`` synthetic DNGs, their clean sRGB targets and a manifest to ``out_dir``.
 
@@ -169,6 +205,11 @@ def synthesize_dataset(
     sensor = sensor or SensorSpec()
     sensor.pattern = bayer.check_pattern(sensor.pattern)
     sources = check_sources(sources)  # every argument is checked before anything is written
+    camera_split = resolve_camera_split(sources, camera_split)
+    if camera_split is not None:
+        from isplab.data.cameras import camera_split as check_split
+
+        check_split(camera_split)
     out_dir = Path(out_dir)
     previous = _dataset_files(out_dir)
     prepare_output_dir(out_dir, overwrite=overwrite, names=previous, what="dataset folder")
@@ -186,7 +227,8 @@ def synthesize_dataset(
         try:
             dng_path = out_dir / f"{stem}.dng"
             target_path = out_dir / f"{stem}_target.png"
-            raw, target, params, source = synthesize_raw(index, seed, size, sensor, sources, noise, path=dng_path)
+            raw, target, params, source = synthesize_raw(index, seed, size, sensor, sources, noise, path=dng_path,
+                                                         camera_split=camera_split)
             write_dng(dng_path, raw, overwrite=overwrite)
             write_image(target_path, to_uint16(target), overwrite=overwrite)
         except Exception as error:  # a batch job reports a failure and goes on
@@ -209,7 +251,8 @@ def synthesize_dataset(
                 "aperture": raw.aperture,
             }
         )
-    _write_manifest(result, seed=seed, size=size, sensor=sensor, noise=noise, count=count)
+    _write_manifest(result, seed=seed, size=size, sensor=sensor, noise=noise, count=count, sources=list(sources),
+                    camera_split=camera_split)
     return result
 
 

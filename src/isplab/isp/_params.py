@@ -68,3 +68,12 @@ def as_float_tensor(value) -> torch.Tensor:
     if isinstance(value, torch.Tensor) and value.is_floating_point():
         return value
     return torch.as_tensor(value, dtype=torch.float64)
+
+
+def eager_inplace_ok(*tensors: torch.Tensor) -> bool:
+    """True when ops may work in place on buffers they own: no autograd graph is being recorded for
+    ``tensors`` and nothing is tracing or exporting the computation (where in-place ops and Python
+    loops would be baked into the graph)."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+        return False
+    return not (torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors))

@@ -9,11 +9,16 @@ input is reflect-padded the same way, which is how the tests compare them.)
 
 from __future__ import annotations
 
+import functools
+import queue
+import threading
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
 from isplab.errors import IsplabError
-from isplab.isp._params import cfa_map, check_image
+from isplab.isp._params import check_image, eager_inplace_ok
 from isplab.isp.bayer import check_pattern
 
 METHODS = ("malvar", "bilinear")
@@ -51,8 +56,15 @@ _MALVAR_RB_AT_BR = [
     [0.0, 2.0, 0.0, 2.0, 0.0],
     [0.0, 0.0, -1.5, 0.0, 0.0],
 ]
-# Sources stacked by _interpolate: 0 the mosaic itself, then the four filters.
+# The source each output reads at each CFA site: the mosaic itself, or one of the four filters.
 _SRC_CFA, _SRC_G_AT_RB, _SRC_ROW, _SRC_COL, _SRC_RB_AT_BR = range(5)
+_KERNELS = {
+    "bilinear": ((_BILINEAR_G_AT_RB, _BILINEAR_AT_G_ROW, _BILINEAR_AT_G_COL, _BILINEAR_RB_AT_BR), 4.0),
+    "malvar": ((_MALVAR_G_AT_RB, _MALVAR_AT_G_ROW, _MALVAR_AT_G_COL, _MALVAR_RB_AT_BR), 8.0),
+}
+# Packed rows per chunk on the CPU: the chunk's planes and temporaries stay in cache, and each op
+# still has enough elements to use every thread.
+_CHUNK_ELEMENTS = 1 << 16
 
 
 def _pad_cfa_reflect(x: torch.Tensor, pad: int) -> torch.Tensor:
@@ -61,10 +73,6 @@ def _pad_cfa_reflect(x: torch.Tensor, pad: int) -> torch.Tensor:
     if h <= pad or w <= pad:
         raise IsplabError(f"mosaic must be at least {pad + 1}x{pad + 1} to demosaic, got {h}x{w}")
     return F.pad(x, (pad, pad, pad, pad), mode="reflect")
-
-
-def _kernels(kernels: list[list[list[float]]], scale: float, like: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(kernels, dtype=like.dtype, device=like.device).unsqueeze(1) / scale
 
 
 def _sources(pattern: str) -> list[list[int]]:
@@ -86,20 +94,212 @@ def _sources(pattern: str) -> list[list[int]]:
     return table
 
 
-def _interpolate(mosaic: torch.Tensor, pattern: str, kernels: list, scale: float) -> torch.Tensor:
-    """Filter the mosaic once with each interpolation kernel, then pick per site and channel.
+Tap = tuple[int, int, int]  # (packed plane = tile position, row shift, column shift) into the padded planes
 
-    Both methods are four kernels on the single-channel mosaic (G at R/B, R/B at the two kinds of
-    green site, R at B and B at R) plus the mosaic itself; a gather selects, for every output
-    pixel, the source its CFA position calls for.
+
+@functools.lru_cache(maxsize=None)
+def _plan(pattern: str, method: str) -> tuple[tuple[tuple[float, tuple[Tap, ...]], ...], ...]:
+    """Each output's recipe on the packed planes, for outputs ordered (channel R, G, B) x (tile position).
+
+    Output channel ``c`` at tile position ``(dy, dx)`` of packed site ``(i, j)`` is the mosaic pixel
+    ``(2i + dy, 2j + dx)``; a kernel tap at offset ``(a, b)`` reads mosaic pixel
+    ``(2i + dy + a, 2j + dx + b)``, which is packed plane ``((dy + a) % 2, (dx + b) % 2)`` at packed
+    site ``(i + (dy + a) // 2, j + (dx + b) // 2)``. Planes padded by one packed site on each side
+    (two mosaic pixels) make that a slice starting at ``(dy + a + 2) // 2`` in ``0..2``. A recipe is
+    the taps grouped by weight: ``sum(weight * sum(plane slices))``, the kernel's scale folded in.
+    """
+    if method not in _KERNELS:
+        raise IsplabError(f"unknown demosaic method {method!r}: expected one of {', '.join(METHODS)}")
+    kernels, scale = _KERNELS[method]
+    table = _sources(pattern)
+    recipes = []
+    for channel in range(3):
+        for position in range(4):
+            dy, dx = divmod(position, 2)
+            source = table[channel][position]
+            if source == _SRC_CFA:
+                recipes.append(((1.0, ((position, 1, 1),)),))
+                continue
+            kernel = kernels[source - 1]
+            radius = len(kernel) // 2
+            groups: dict[float, list[Tap]] = {}
+            for a in range(-radius, radius + 1):
+                for b in range(-radius, radius + 1):
+                    weight = kernel[a + radius][b + radius]
+                    if weight:
+                        tap = (((dy + a) % 2) * 2 + (dx + b) % 2, (dy + a + 2) // 2, (dx + b + 2) // 2)
+                        groups.setdefault(weight / scale, []).append(tap)
+            recipes.append(tuple((weight, tuple(taps)) for weight, taps in groups.items()))
+    return tuple(recipes)
+
+
+def _pad_for_packing(mosaic: torch.Tensor, method: str) -> torch.Tensor:
+    """``(B, 1, H, W)`` -> ``(B, 1, 2h + 4, 2w + 4)`` with h, w = ceil(H/2), ceil(W/2).
+
+    The mosaic sits at offset (2, 2), so packing keeps its CFA phase; the kernel's reach (1 pixel for
+    bilinear, 2 for Malvar) is reflected about the edge photosite, anything beyond it is zero and
+    never read with a non-zero weight (the extra row/column of an odd size feeds only cropped outputs).
+    """
+    h, w = mosaic.shape[-2:]
+    reach = len(_KERNELS[method][0][0]) // 2
+    x = _pad_cfa_reflect(mosaic, reach)
+    extra = 2 - reach
+    if extra or h % 2 or w % 2:
+        x = F.pad(x, (extra, extra + w % 2, extra, extra + h % 2))
+    return x
+
+
+def _interpolate_packed(q: torch.Tensor, pattern: str, method: str, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Demosaic padded packed planes ``(B, 4, n + 2, m + 2)`` (tile order) to RGB ``(B, 3, 2n, 2m)``.
+
+    Each output channel at each tile position is one small weighted sum of shifted plane slices at
+    packed resolution (instead of full-resolution 5x5 kernels on every pixel and a selection);
+    partial sums shared by several outputs are computed once.
+
+    With ``out`` (a ``(B, 3, 2n, 2m)`` tensor, possibly a view) the sums are accumulated in place
+    straight into its interleaved sites and ``out`` is returned: no autograd. Without it the result
+    is built out of place (autograd records it) and interleaved with ``pixel_shuffle``.
+    """
+    batch, _, rows, cols = q.shape
+    n, m = rows - 2, cols - 2
+    inplace = out is not None
+    sums: dict[tuple[Tap, ...], torch.Tensor] = {}
+
+    def tap_sum(taps: tuple[Tap, ...]) -> torch.Tensor:
+        if taps not in sums:
+            slices = [q[:, p, r : r + n, c : c + m] for p, r, c in taps]
+            total = slices[0] + slices[1] if len(slices) > 1 else slices[0]
+            for more in slices[2:]:
+                total = total.add_(more) if inplace else total + more
+            sums[taps] = total
+        return sums[taps]
+
+    results = []
+    for index, recipe in enumerate(_plan(pattern, method)):
+        channel, position = divmod(index, 4)
+        (weight, taps), rest = recipe[0], recipe[1:]
+        if inplace:
+            dy, dx = divmod(position, 2)
+            target = out[:, channel, dy::2, dx::2]
+            torch.mul(tap_sum(taps), weight, out=target)
+            for weight, taps in rest:
+                target.add_(tap_sum(taps), alpha=weight)
+        else:
+            target = tap_sum(taps) * weight if weight != 1.0 else tap_sum(taps)
+            for weight, taps in rest:
+                target = torch.add(target, tap_sum(taps), alpha=weight)
+            results.append(target)
+    if inplace:
+        return out
+    return F.pixel_shuffle(torch.stack(results, dim=1), 2)  # (B, 12 = channel x position, n, m) -> (B, 3, 2n, 2m)
+
+
+def demosaic_packed(
+    mosaic: torch.Tensor,
+    pattern: str,
+    method: str,
+    *,
+    prepare: Callable[[torch.Tensor, bool], torch.Tensor] | None = None,
+    finish: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
+    needs_grad: bool = False,
+) -> torch.Tensor:
+    """Demosaic with per-phase sums on packed planes, with hooks for the per-pixel ops around it.
+
+    Args:
+        mosaic: ``(B, 1, H, W)``.
+        pattern: a checked CFA pattern; method: ``"malvar"`` or ``"bilinear"``.
+        prepare: per-site op on padded packed planes ``(B, 4, n, m)`` in tile order before
+            demosaicing (white balance, clipping), called as ``prepare(planes, inplace)``; with
+            ``inplace`` it may modify ``planes`` (a buffer of its own).
+        finish: per-pixel op after demosaicing (colour matrix, gamma), called as
+            ``finish(rgb, out)`` on ``(B, 3, rows, cols)`` camera RGB: with ``out`` (same shape) it
+            writes its result there and may overwrite ``rgb``; with ``out=None`` it returns its
+            result out of place.
+        needs_grad: an input of ``prepare``/``finish`` requires a gradient.
+
+    When no gradient is needed (and nothing traces the call) a CPU image is processed in chunks of
+    packed rows with in-place ops, so that temporaries stay in cache, on ``torch.get_num_threads()``
+    threads; otherwise in one piece, out of place.
+
+    Returns:
+        ``(B, 3, H, W)``, contiguous.
     """
     check_image(mosaic, 1, "mosaic")
-    table = torch.tensor(_sources(pattern), device=mosaic.device)  # (3, 4)
-    pad = len(kernels[0]) // 2
-    filtered = F.conv2d(_pad_cfa_reflect(mosaic, pad), _kernels(kernels, scale, mosaic))  # (B, 4, H, W)
-    sources = torch.cat([mosaic, filtered], dim=1)  # (B, 5, H, W) indexed by _SRC_*
-    index = cfa_map(table, *mosaic.shape[-2:]).transpose(0, 1)  # (1, 3, H, W)
-    return torch.gather(sources, 1, index.expand(mosaic.shape[0], -1, -1, -1))
+    height, width = mosaic.shape[-2:]
+    padded = _pad_for_packing(mosaic, method)
+    batch = mosaic.shape[0]
+    h, w = padded.shape[-2] // 2 - 2, padded.shape[-1] // 2 - 2
+    grad = torch.is_grad_enabled() and (needs_grad or mosaic.requires_grad)
+    if grad or not eager_inplace_ok():
+        q = F.pixel_unshuffle(padded, 2)
+        out = _interpolate_packed(q if prepare is None else prepare(q, False), pattern, method)
+        out = out if finish is None else finish(out, None)
+    else:
+        out = mosaic.new_empty(batch, 3, 2 * h, 2 * w)
+        chunked = mosaic.device.type == "cpu"
+        step = max(1, _CHUNK_ELEMENTS // max(1, w * batch)) if chunked else h
+
+        def chunk(top: int) -> None:
+            bottom = min(h, top + step)
+            q = F.pixel_unshuffle(padded[:, :, 2 * top : 2 * bottom + 4], 2)
+            if prepare is not None:
+                q = prepare(q, True)
+            target = out[:, :, 2 * top : 2 * bottom]
+            if finish is None:
+                _interpolate_packed(q, pattern, method, out=target)
+            else:
+                finish(_interpolate_packed(q, pattern, method, out=torch.empty_like(target)), target)
+
+        if chunked:
+            _in_threads(chunk, range(0, h, step))
+        else:
+            chunk(0)
+    if out.shape[-2:] != (height, width):
+        out = out[..., :height, :width].contiguous()
+    return out
+
+
+def _in_threads(work: Callable[[int], None], items: range) -> None:
+    """Run ``work`` on every item, spread over ``torch.get_num_threads()`` threads that each run
+    their ops single-threaded.
+
+    Chunks are small, so one OpenMP team per op would spend its time in barriers (and much more
+    when the cores are shared with other processes); whole chunks per thread scale instead.
+    torch ops release the GIL.
+    """
+    threads = min(torch.get_num_threads(), len(items))
+    if threads <= 1:
+        for item in items:
+            work(item)
+        return
+    pending: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for item in items:
+        pending.put(item)
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        torch.set_num_threads(1)  # this thread's OpenMP/MKL setting (also the default of new threads, restored below)
+        try:
+            while not errors:
+                try:
+                    item = pending.get_nowait()
+                except queue.Empty:
+                    return
+                work(item)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(e)
+
+    original = torch.get_num_threads()
+    pool = [threading.Thread(target=worker, name=f"isplab-demosaic-{i}", daemon=True) for i in range(threads)]
+    try:
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+    finally:
+        torch.set_num_threads(original)
+    if errors:
+        raise errors[0]
 
 
 def demosaic_bilinear(mosaic: torch.Tensor, pattern: str) -> torch.Tensor:
@@ -112,8 +312,7 @@ def demosaic_bilinear(mosaic: torch.Tensor, pattern: str) -> torch.Tensor:
     Returns:
         ``(B, 3, H, W)`` RGB, same dtype and device; not clipped.
     """
-    kernels = [_BILINEAR_G_AT_RB, _BILINEAR_AT_G_ROW, _BILINEAR_AT_G_COL, _BILINEAR_RB_AT_BR]
-    return _interpolate(mosaic, pattern, kernels, 4.0)
+    return demosaic_packed(mosaic, check_pattern(pattern), "bilinear")
 
 
 def demosaic_malvar(mosaic: torch.Tensor, pattern: str) -> torch.Tensor:
@@ -126,8 +325,7 @@ def demosaic_malvar(mosaic: torch.Tensor, pattern: str) -> torch.Tensor:
     Returns:
         ``(B, 3, H, W)`` RGB, same dtype and device; not clipped (the kernels can overshoot).
     """
-    kernels = [_MALVAR_G_AT_RB, _MALVAR_AT_G_ROW, _MALVAR_AT_G_COL, _MALVAR_RB_AT_BR]
-    return _interpolate(mosaic, pattern, kernels, 8.0)
+    return demosaic_packed(mosaic, check_pattern(pattern), "malvar")
 
 
 def demosaic(mosaic: torch.Tensor, pattern: str, method: str = "malvar") -> torch.Tensor:

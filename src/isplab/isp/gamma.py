@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from isplab.isp._params import eager_inplace_ok
+
 # End of the linear segment in linear light, and its image. The standard's rounded constants make
 # the power segment start 3e-8 lower (0.04044991); values in that sliver decode linearly, as in
 # colour-science, so the round trip is exact except within ~1e-8 of the breakpoint.
@@ -21,8 +23,21 @@ def linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
     Any shape; differentiable everywhere (the power is evaluated on clamped input so its infinite
     slope at 0 never reaches the gradient).
     """
+    if eager_inplace_ok(x):
+        return linear_to_srgb_(x.clone())
     power = 1.055 * x.clamp(min=_LINEAR_BREAK) ** (1 / 2.4) - 0.055
     return torch.where(x <= _LINEAR_BREAK, 12.92 * x, power)
+
+
+def linear_to_srgb_(x: torch.Tensor) -> torch.Tensor:
+    """:func:`linear_to_srgb` in place on ``x`` (which it returns); the same values, no autograd.
+
+    For buffers the caller owns (it saves a full-size temporary per step on large images).
+    """
+    linear = x <= _LINEAR_BREAK
+    low = x * 12.92
+    x.clamp_(min=_LINEAR_BREAK).pow_(1 / 2.4).mul_(1.055).sub_(0.055)
+    return torch.where(linear, low, x, out=x)
 
 
 def srgb_to_linear(x: torch.Tensor) -> torch.Tensor:

@@ -17,12 +17,11 @@ import torch
 from torch import nn
 
 from isplab.errors import IsplabError
-from isplab.isp.bayer import check_pattern
-from isplab.isp.color import apply_color_matrix
-from isplab.isp.demosaic import METHODS, demosaic
-from isplab.isp.gamma import linear_to_srgb
-from isplab.isp.tone import smoothstep_tone
-from isplab.isp.white_balance import apply_wb_mosaic
+from isplab.isp._params import check_image, per_sample
+from isplab.isp.bayer import channel_index, check_pattern
+from isplab.isp.demosaic import METHODS, demosaic_packed
+from isplab.isp.gamma import linear_to_srgb, linear_to_srgb_
+from isplab.isp.tone import smoothstep_tone, smoothstep_tone_
 
 
 def render(
@@ -51,14 +50,42 @@ def render(
     Returns:
         ``(B, 3, H, W)`` sRGB, in [0, 1] when ``clip``.
     """
-    x = apply_wb_mosaic(raw, wb_gains, pattern)
-    if clip:
-        x = x.clamp(0.0, 1.0)
-    x = apply_color_matrix(demosaic(x, pattern, demosaic_method), ccm)
-    if clip:
-        x = x.clamp(0.0, 1.0)
-    x = linear_to_srgb(x)
-    return smoothstep_tone(x) if tone else x
+    check_image(raw, 1, "mosaic")
+    pattern = check_pattern(pattern)
+    if demosaic_method not in METHODS:
+        raise IsplabError(f"unknown demosaic method {demosaic_method!r}: expected one of {', '.join(METHODS)}")
+    # White balance per tile position (packed-plane order) and the colour matrix, (B', ...), B' in {1, B}.
+    gains = per_sample(wb_gains, raw, (3,), "gains")[:, channel_index(pattern), None, None]
+    matrix = per_sample(ccm, raw, (3, 3), "color matrix")
+
+    def prepare(planes: torch.Tensor, inplace: bool) -> torch.Tensor:
+        # Steps 1-2 on the padded packed planes (reflection keeps each site's colour, so it commutes).
+        if inplace:
+            planes = planes.mul_(gains)
+            return planes.clamp_(0.0, 1.0) if clip else planes
+        planes = planes * gains
+        return planes.clamp(0.0, 1.0) if clip else planes
+
+    def finish(rgb: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        # Steps 4-7 on camera RGB (B, 3, rows, cols): the colour matrix is one batched matmul.
+        batch = rgb.shape[0]
+        if out is None:
+            x = torch.matmul(matrix, rgb.reshape(batch, 3, -1)).reshape(rgb.shape)
+            x = x.clamp(0.0, 1.0) if clip else x
+            x = linear_to_srgb(x)
+            return smoothstep_tone(x) if tone else x
+        x = torch.matmul(matrix, rgb.reshape(batch, 3, -1), out=out.view(batch, 3, -1))
+        if clip:
+            x.clamp_(0.0, 1.0)
+        x = linear_to_srgb_(x)
+        if tone:
+            smoothstep_tone_(x)
+        return out
+
+    return demosaic_packed(
+        raw, pattern, demosaic_method, prepare=prepare, finish=finish,
+        needs_grad=gains.requires_grad or matrix.requires_grad,
+    )
 
 
 class ClassicalISP(nn.Module):

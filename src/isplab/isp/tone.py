@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from isplab.errors import IsplabError
-from isplab.isp._params import per_sample
+from isplab.isp._params import eager_inplace_ok, per_sample
 
 
 def smoothstep_tone(x: torch.Tensor) -> torch.Tensor:
@@ -13,8 +13,17 @@ def smoothstep_tone(x: torch.Tensor) -> torch.Tensor:
 
     ``3x^2 - 2x^3`` on ``x`` clamped to [0, 1]. Any shape.
     """
+    if eager_inplace_ok(x):
+        return smoothstep_tone_(x.clone())
     x = x.clamp(0.0, 1.0)
     return 3.0 * x**2 - 2.0 * x**3
+
+
+def smoothstep_tone_(x: torch.Tensor) -> torch.Tensor:
+    """:func:`smoothstep_tone` in place on ``x`` (which it returns); the same values, no autograd."""
+    x.clamp_(0.0, 1.0)
+    square = x**2
+    return torch.sub(square.mul_(3.0), x.pow_(3).mul_(2.0), out=x)
 
 
 def inverse_smoothstep_tone(y: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,9 @@ Architectures (``arch``):
   its layout), lux fed to the head, and a regression in mireds bounded to the temperature range.
 * ``"histogram"``: a CNN over the zones' 2-D log-chroma histogram plus lux (the colour
   constancy literature's representation); measured worse than ``"chroma"`` on held-out scenes.
+* ``"small"``: ``"chroma"``'s features, pooling and head with depthwise-separable convs and a
+  narrower head; with its defaults 4673 parameters, 7x fewer than the reference's PiSP network, and
+  a float32 TFLite file smaller than Raspberry Pi's (``tests/models/test_awb_small.py`` checks both).
 
 ``ensemble=N`` (any arch) builds :class:`AWBEnsemble`: N independently initialised members whose
 mireds are averaged, still one module and one TFLite file.
@@ -36,7 +39,7 @@ from torch import nn
 from isplab.errors import IsplabError
 from isplab.models.checkpoint import load_model, save_model
 
-ARCHS = ("reference", "chroma", "histogram")
+ARCHS = ("reference", "chroma", "histogram", "small")
 
 
 def reference_features(image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
@@ -264,6 +267,58 @@ class HistogramAWBNet(nn.Module):
         return 1e6 / self.mireds(image, lux)
 
 
+class SmallAWBNet(nn.Module):
+    """``"chroma"`` made small: one full 3x3 conv, then depthwise-separable blocks (a 3x3 conv per
+    channel followed by a 1x1 conv mixing channels), global average and max pooling, lux, and a
+    bounded mired regression.
+
+    Args:
+        size: zone grid ``(H, W)``.
+        temperature_range: ``(low, high)`` kelvin the prediction is bounded to.
+        width: channels of the first conv (the second separable block has twice as many).
+        hidden: size of the head's hidden layer.
+        dropout: dropout before the output layer.
+    """
+
+    def __init__(
+        self,
+        size: tuple[int, int],
+        temperature_range: tuple[float, float],
+        width: int = 16,
+        hidden: int = 32,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.size = tuple(size)
+
+        def separable(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cin, 3, padding=1, groups=cin), nn.Conv2d(cin, cout, 1), nn.ReLU()]
+
+        self.pool_input = nn.AvgPool2d(2) if self.size[0] > 16 else nn.Identity()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
+            *separable(width, 2 * width), nn.MaxPool2d(2),
+            *separable(2 * width, 2 * width),
+        )
+        self.head = nn.Sequential(
+            nn.Linear(4 * width + 1, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 1)
+        )
+        low, high = (1e6 / t for t in reversed(temperature_range))
+        self.mired_low, self.mired_span = low, high - low
+
+    def mireds(self, image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, 3)``, ``(B,)`` -> ``(B,)`` predicted mireds within the temperature range."""
+        _check_input(image, lux, self.size)
+        image = self.pool_input(image.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x = self.features(chroma_features(image))
+        pooled = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3)), (torch.log(lux.clamp(min=1.0)) / 10.0)[:, None]], 1)
+        return self.mired_low + self.mired_span * torch.sigmoid(self.head(pooled)[:, 0])
+
+    def forward(self, image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, 3)``, ``(B,)`` -> ``(B,)`` kelvin."""
+        return 1e6 / self.mireds(image, lux)
+
+
 class AWBEnsemble(nn.Module):
     """Average of several AWB models' predictions, taken in mireds."""
 
@@ -298,12 +353,12 @@ def build_awb_net(
     """Build an AWB network by architecture name (see the module docstring for the contract).
 
     Args:
-        arch: ``"reference"``, ``"chroma"`` or ``"histogram"``.
+        arch: ``"reference"``, ``"chroma"``, ``"histogram"`` or ``"small"``.
         size: zone grid ``(H, W)`` of the statistics the network takes.
         temperature_range: ``(low, high)`` kelvin of its predictions.
         ensemble: number of independently initialised members averaged (1: a single model).
         **options: the architecture's keyword arguments (reference: ``filters``, ``dropout``,
-            ``classes``; chroma: ``width``, ``hidden``, ``dropout``; histogram: ``bins``,
+            ``classes``; chroma and small: ``width``, ``hidden``, ``dropout``; histogram: ``bins``,
             ``extent``, ``width``, ``hidden``, ``dropout``).
 
     Returns:
@@ -325,7 +380,9 @@ def build_awb_net(
         raise IsplabError(f"ensemble must be >= 1, got {ensemble}")
     if "filters" in options:
         options["filters"] = tuple(options["filters"])
-    cls = {"reference": ReferenceAWBNet, "chroma": ChromaAWBNet, "histogram": HistogramAWBNet}[arch]
+    cls = {
+        "reference": ReferenceAWBNet, "chroma": ChromaAWBNet, "histogram": HistogramAWBNet, "small": SmallAWBNet,
+    }[arch]
     try:
         members = [cls(size, (low, high), **options) for _ in range(ensemble)]
     except TypeError as e:

@@ -38,6 +38,7 @@ MODEL_KINDS = {
     "isp_config": "ISP model",
     "proxy_config": "proxy model",
     "sky_config": "sky model",
+    "genisp_config": "GenISP model",
 }
 
 

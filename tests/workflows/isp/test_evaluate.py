@@ -87,7 +87,8 @@ def test_ms_ssim_scales_and_skip(tmp_path: Path):
     for side in (22, 44, 81, 161):
         scales = evaluate.ms_ssim_scales(side, side)
         assert 0 < evaluate.ms_ssim(image[..., :side, :side], image[..., :side, :side].flip(-1), scales).item() < 1
-    assert "ms_ssim (skipped" in result.summary() and "skipped" in result.summary().splitlines()[-1]
+    line = next(line for line in result.summary().splitlines() if line.startswith("ms_ssim"))
+    assert line.startswith("ms_ssim (skipped") and line.endswith(": skipped")
 
 
 def test_outputs_side_by_side_and_report(tmp_path: Path):
@@ -130,3 +131,79 @@ def test_predict_pads_to_the_model_multiple():
     torch.testing.assert_close(out, padded.clamp(0, 1))
     with pytest.raises(IsplabError, match="batch_size must be at least 1"):
         evaluate.test_isp(model, None, batch_size=0)
+
+
+def test_delta_e2000_per_image_pooled_and_worst(tmp_path: Path):
+    """ΔE2000 per image matches colour-science's CIEDE2000 on the same outputs; the worst come first."""
+    import colour
+
+    root = write_mai(tmp_path / "mai", 3, 24)
+    result = evaluate.test_isp(HalfRGB(), open_pairs(root, "test"))
+    expected = []
+    for pred, target in numpy_outputs(root, 3):
+        lab = [colour.XYZ_to_Lab(colour.sRGB_to_XYZ(image)) for image in (pred, target)]
+        expected.append(colour.delta_E(*lab, method="CIE 2000").mean())
+    np.testing.assert_allclose([row["delta_e2000"] for row in result.rows], expected, atol=0.05)
+    assert result.delta_e2000 == pytest.approx(np.mean(expected), abs=0.05)
+    assert result.delta_e2000_pooled == pytest.approx(np.mean(expected), abs=0.05)  # same sizes: same weights
+    assert [row["name"] for row in result.worst(2)] == [str(i) for i in np.argsort(expected)[::-1][:2]]
+    assert "worst images by ΔE2000: " + f"{result.worst(1)[0]['name']} (" in result.summary()
+
+
+@pytest.fixture(scope="module")
+def heldout(tmp_path_factory):
+    from isplab.workflows.isp.data import heldout_set
+
+    return heldout_set(tmp_path_factory.mktemp("heldout") / "clean", 4, size=(128, 96), noise=False)
+
+
+def test_heldout_set_uses_photographs_and_held_out_cameras(heldout):
+    import json
+
+    from isplab.data.cameras import TEST_CAMERAS
+    from isplab.data.sources import SKIMAGE_PHOTOS
+
+    manifest = json.loads((heldout / "manifest.json").read_text())
+    assert [s["source"] for s in manifest["samples"]] == list(SKIMAGE_PHOTOS)[:4]
+    assert all(s["camera"] in TEST_CAMERAS for s in manifest["samples"])
+    assert manifest["settings"]["camera_split"] == "test"
+
+
+def test_baselines_score_the_same_raws(heldout, tmp_path: Path):
+    """On noiseless held-out raws the metadata pipelines (isplab's oracle, LibRaw) get colours right,
+    grey-world with a generic matrix does not; the report tabulates all of them."""
+    source = open_pairs(heldout, "test")
+    model = build_isp_model("punet", 4).eval()
+    result = evaluate.test_isp(model, source, baselines=evaluate.BASELINES, out_dir=tmp_path / "out")
+    oracle, grey, libraw = (result.baselines[name] for name in ("oracle", "greyworld", "libraw"))
+    assert oracle["delta_e2000"] < 6.0 and oracle["psnr_mean"] > 25.0
+    assert abs(libraw["delta_e2000"] - oracle["delta_e2000"]) < 1.5
+    assert grey["delta_e2000"] > oracle["delta_e2000"] + 3.0
+    assert [row["method"] for row in result.comparison()] == ["model", "oracle", "greyworld", "libraw"]
+    for row in result.rows:
+        assert row["oracle_delta_e2000"] < row["greyworld_delta_e2000"] or row["greyworld_delta_e2000"] < 8
+    html = result.report.read_text()
+    assert "The model and the classical baselines on the same raws" in html
+    assert "The 4 worst images by ΔE2000" in html
+
+
+def test_oracle_render_reproduces_a_clean_target(heldout):
+    """The oracle baseline is isplab's render with the file's metadata: on a clean raw, close to the target."""
+    import json
+
+    from isplab.io.image import read_image, to_float
+
+    sample = json.loads((heldout / "manifest.json").read_text())["samples"][0]
+    rendered = evaluate.baseline_render("oracle", heldout / sample["file"], sample["brightness_gain"])
+    target = torch.from_numpy(to_float(read_image(heldout / sample["target"]))).permute(2, 0, 1)
+    assert (rendered - target).abs()[:, 4:-4, 4:-4].median() < 0.02
+    swapped = evaluate.baseline_render("oracle", heldout / sample["file"], sample["brightness_gain"] * 2)
+    assert (swapped - target).abs().mean() > 0.05  # the brightness gain is applied
+
+
+def test_baselines_need_metadata_and_known_names(tmp_path: Path, heldout):
+    root = write_mai(tmp_path / "mai", 1, 24)
+    with pytest.raises(IsplabError, match="baselines need raws with white balance and colour matrix"):
+        evaluate.test_isp(HalfRGB(), open_pairs(root, "test"), baselines=("oracle",))
+    with pytest.raises(IsplabError, match="unknown baseline 'dcraw': expected one of oracle, greyworld, libraw"):
+        evaluate.test_isp(HalfRGB(), open_pairs(heldout, "test"), baselines=("dcraw",))

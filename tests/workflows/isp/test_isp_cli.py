@@ -136,3 +136,20 @@ def test_missing_arguments_and_bad_values_are_refused(tmp_path):
     assert refused("isp", "export", "--quantize", "int4", "nowhere.pt", cwd=tmp_path) == (
         "bad --quantize 'int4': expected float16 or int8")
     assert refused("isp", "export", "nowhere.pt", cwd=tmp_path) == "ISP model file 'nowhere.pt' does not exist"
+
+
+def test_test_command_reports_delta_e_worst_images_and_baselines(tmp_path):
+    """`isp test` on the held-out set prints ΔE2000, the worst images and the classical baselines."""
+    from isplab.models.isp import build_isp_model, save_isp_model
+    from isplab.workflows.isp.data import heldout_set
+
+    data = heldout_set(tmp_path / "heldout", 2, size=(64, 48))
+    model = save_isp_model(build_isp_model("punet", 4), tmp_path / "model.pt")
+    result = CliRunner().invoke(app, ["isp", "test", str(data), "-m", str(model), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "delta_e2000 (per-image mean of pixel means)" in result.output
+    assert "worst images by ΔE2000: synth_0000" in result.output
+    for name in ("model", "oracle", "greyworld", "libraw"):
+        assert re.search(rf"^{name} +\d+\.\d\d  \d\.\d{{4}} +\d+\.\d\d", result.output, flags=re.MULTILINE), name
+    quiet = CliRunner().invoke(app, ["isp", "test", str(data), "-m", str(model), "--device", "cpu", "--no-baselines"])
+    assert quiet.exit_code == 0 and "oracle" not in quiet.output

@@ -19,6 +19,7 @@ DARKTABLE_MD = {
     "sharpen": (1, 12),
     "hazeremoval": (1, 8),
     "lowpass": (4, 28),
+    "denoiseprofile": (11, 412),
 }
 
 

@@ -147,7 +147,7 @@ def test_introspection_matches_the_block_table(darktable):
             if block.name != "temperature":
                 assert f["default"] == pytest.approx(p.default, abs=1e-6), (block.name, p.name)
         for table_field in block.fields:  # the values isplab writes for the other fields are darktable's defaults
-            if block.name != "temperature":
+            if block.name != "temperature" and table_field.count == 1:  # arrays carry no default
                 assert fields[table_field.name]["default"] == pytest.approx(table_field.value, abs=1e-6), table_field.name
 
 

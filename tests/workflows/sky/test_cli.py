@@ -167,3 +167,35 @@ def test_ctrl_c_saves_last_ckpt_and_resume_finishes(run, tmp_path):
     train_sky(root / "data", model_dir, config, resume=True, progress=False)
     assert torch.load(model_dir / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 6
     assert (model_dir / "model.pt").is_file()
+
+
+@pytest.mark.slow
+def test_predict_alpha_exr_and_sky_replacement_through_the_cli(tmp_path, isplab_cli):
+    import OpenEXR
+    import torch
+
+    from isplab.workflows.sky.model import build_sky_model, load_sky_model, save_sky_model
+    from isplab.workflows.sky.predict import TileOptions, predict_alpha, replace_sky
+    from isplab.workflows.sky.synth import make_sample
+
+    torch.manual_seed(0)
+    save_sky_model(build_sky_model("resnet18", 3, [8, 8, 8]), tmp_path / "m.pt")
+    image, *_ = make_sample(1, 0, (96, 64))
+    write_image(tmp_path / "pano.exr", image)
+    sky = np.full((32, 64, 3), (0.2, 0.5, 2.0), np.float32)  # another size: resized to the image
+    write_image(tmp_path / "sky.exr", sky)
+    out = tmp_path / "out"
+    args = ("sky", "predict", tmp_path / "pano.exr", "-m", tmp_path / "m.pt", "-o", out, "--device", "cpu", "--tile", "64",
+            "--overlap", "48", "--margin", "16", "--alpha", "exr", "--replace-sky", tmp_path / "sky.exr")
+    result = isplab_cli(*args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    alpha = predict_alpha(load_sky_model(tmp_path / "m.pt"), image, True, TileOptions(64, 48, 16))
+    with OpenEXR.File(str(out / "pano_alpha.exr")) as exr:
+        np.testing.assert_allclose(exr.channels()["Y"].pixels, alpha, atol=1e-6)
+    expected = replace_sky(image, alpha, sky)
+    np.testing.assert_allclose(read_image(out / "pano_replaced.exr"), expected, rtol=1e-5, atol=1e-6)
+    assert not (out / "pano_alpha.png").exists()
+    bad = isplab_cli(*args[:-1], tmp_path / "gone.exr", "--match-exposure", "--overwrite")
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1 and "replacement sky panorama" in bad.stderr
+    lonely = isplab_cli(*args[:-2], "--match-exposure", "--overwrite")
+    assert lonely.returncode == 1 and "--match-exposure needs --replace-sky" in lonely.stderr

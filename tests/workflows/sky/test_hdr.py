@@ -166,3 +166,13 @@ def test_tone_map_values():
     expected = round((0.18 / 1.18) ** (1 / 2.2) * 255)
     assert np.all(tone_map(hdr, True) == expected)
     assert np.all(tone_map(np.full((2, 2, 3), 2.0, np.float32), False) == 255)
+
+
+@pytest.mark.parametrize("enc", ENCODINGS)
+def test_torch_encoding_equals_the_numpy_one(enc):
+    import torch
+
+    from isplab.workflows.sky.hdr import log_encode_torch
+
+    got = log_encode_torch(torch.from_numpy(HDR_VALUES.astype(np.float32)), enc).numpy()
+    np.testing.assert_allclose(got, log_encode(HDR_VALUES.astype(np.float32), enc), rtol=1e-5, atol=2e-6)

@@ -75,6 +75,47 @@ def test_tiled_equals_whole_image(depth, tile, overlap, margin):
     assert np.abs(tiled - whole).max() < 1e-3
 
 
+@pytest.mark.slow
+def test_default_tiling_equals_whole_image_for_the_default_model():
+    # the default U-Net (ResNet-34, 5 stages) with random weights sees farthest past a tile's edge
+    # (benchmarks/sky.py --tile-study: below 1e-3 from ~340 px in, a trained one from ~150 px)
+    torch.manual_seed(0)
+    model = build_sky_model().eval()
+    image, *_ = make_sample(5, 0, (2304, 256))  # two 2048 x 256 tiles, 1792 pixels shared
+    whole = predict_alpha(model, image, True, TileOptions(tile=0))
+    assert whole.std() > 0.1
+    tiled = predict_alpha(model, image, True)  # the defaults
+    assert np.abs(tiled - whole).max() < 1e-3
+    # the old default margin (192) is not enough for this network
+    narrow = predict_alpha(model, image, True, TileOptions(overlap=512, margin=192))
+    assert np.abs(narrow - whole).max() > 1e-3
+
+
+def test_tiling_mutations_break_tile_equals_whole(monkeypatch):
+    """The tile == whole test above catches a missing window, a missing margin and off-grid tiles."""
+    from isplab.workflows.sky import predict
+
+    image, *_ = make_sample(0, 0, (640, 320))
+    model = _sharp_model(3)
+    options = TileOptions(tile=256, overlap=160, margin=64, batch=2)
+    whole = predict_alpha(model, image, True, TileOptions(tile=0))
+    assert np.abs(predict_alpha(model, image, True, options) - whole).max() < 1e-3
+    assert np.abs(predict_alpha(model, image, True, TileOptions(256, 160, 0)) - whole).max() > 1e-2  # no margin
+    with monkeypatch.context() as m:  # no blending window: a plain mean of the overlapping tiles
+        m.setattr(predict, "_ramp", lambda length, *args: np.ones(length))
+        assert np.abs(predict_alpha(model, image, True, options) - whole).max() > 1e-2
+    starts = predict._starts
+    with monkeypatch.context() as m:  # tile origins 4 pixels off the 8-pixel pooling grid
+        m.setattr(predict, "_starts", lambda size, tile, step: [min(s + 4, size - tile) if 0 < s < size - tile else s for s in starts(size, tile, step)])
+        assert np.abs(predict_alpha(model, image, True, options) - whole).max() > 1e-2
+
+
+def test_cli_tiling_defaults_are_the_tile_options_defaults():
+    from isplab.workflows.sky import cli
+
+    assert (cli.TILE, cli.OVERLAP, cli.MARGIN, cli.TILE_BATCH) == tuple(vars(TileOptions()).values())
+
+
 def test_prediction_of_odd_sizes_is_padded_and_cropped():
     image, *_ = make_sample(1, 0, (200, 100))
     model = _sharp_model(3)
@@ -85,7 +126,7 @@ def test_prediction_of_odd_sizes_is_padded_and_cropped():
     x = torch.from_numpy(network_input(padded, True)).permute(2, 0, 1)[None]
     with torch.no_grad():
         direct = torch.sigmoid(model(x))[0, 0, :100].numpy()
-    np.testing.assert_allclose(alpha, direct, atol=1e-6)
+    np.testing.assert_allclose(alpha, direct, atol=1e-5)  # tiles are encoded in float32 (torch), the reference in float64
     tiled = predict_alpha(model, image, True, TileOptions(tile=64, overlap=48, margin=16))
     assert tiled.shape == (100, 200) and np.abs(tiled - alpha).mean() < 0.05
 
@@ -170,3 +211,77 @@ def test_export_refuses_an_existing_file(tmp_path):
     with pytest.raises(IsplabError, match=r"m\.onnx already exists"):
         export_sky(tmp_path / "m.pt", tmp_path / "m.onnx")
     assert (tmp_path / "m.onnx").read_bytes() == b"old"
+
+
+def test_replace_sky_values():
+    from isplab.workflows.sky.predict import exposure_scale, replace_sky
+
+    pixels = np.zeros((4, 6, 3), np.float32)
+    pixels[..., 0], pixels[..., 1], pixels[..., 2] = 3.0, 1.0, 0.25  # channels differ: a swap shows
+    replacement = np.zeros((4, 6, 3), np.float32)
+    replacement[..., 0], replacement[..., 1], replacement[..., 2] = 0.5, 7.0, 100.0
+    alpha = np.zeros((4, 6), np.float32)
+    alpha[0], alpha[1] = 1.0, 0.5
+    out = replace_sky(pixels, alpha, replacement)
+    np.testing.assert_array_equal(out[0], replacement[0])  # alpha 1: the replacement, exactly
+    np.testing.assert_array_equal(out[2:], pixels[2:])  # alpha 0: the image, exactly
+    np.testing.assert_allclose(out[1], (pixels[1] + replacement[1]) / 2, rtol=1e-6)  # alpha 0.5: the mean
+    # a panorama of another size is resized to the image (equirectangular: a plain resize)
+    big = np.repeat(np.repeat(replacement, 3, 0), 3, 1)
+    np.testing.assert_allclose(replace_sky(pixels, alpha, big), out, rtol=1e-6)
+    gradient = np.repeat(np.linspace(0, 1, 12, dtype=np.float32)[None, :, None], 3, 2) * np.ones((8, 1, 1), np.float32)
+    resized = replace_sky(pixels, np.ones((4, 6), np.float32), gradient)
+    np.testing.assert_allclose(resized[0, :, 0], [(2 * i + 0.5) / 11 for i in range(6)], atol=1e-6)  # area averages of pairs
+    # exposure matching: median luminance over alpha >= 0.5 of the image / of the replacement
+    lum = lambda rgb: 0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2]
+    scale = lum(pixels[0, 0]) / lum(replacement[0, 0])
+    assert exposure_scale(pixels, replacement, alpha) == pytest.approx(scale, rel=1e-6)
+    matched = replace_sky(pixels, alpha, replacement, match_exposure=True)
+    np.testing.assert_allclose(matched[0], replacement[0] * scale, rtol=1e-6)
+    np.testing.assert_array_equal(matched[3], pixels[3])
+    assert lum(matched[0, 0]) == pytest.approx(lum(pixels[0, 0]), rel=1e-6)
+    assert exposure_scale(pixels, replacement, np.zeros((4, 6), np.float32)) == 1.0  # no sky: unchanged
+
+
+def test_predict_files_writes_alpha_exr_and_the_replaced_sky(tmp_path):
+    import OpenEXR
+
+    from isplab.io.image import read_image, write_image
+    from isplab.workflows.sky.predict import OutputOptions, predict_files, replace_sky
+
+    image, *_ = make_sample(3, 0, (128, 64))
+    write_image(tmp_path / "pano.exr", image)
+    panorama, *_ = make_sample(4, 0, (256, 128))
+    write_image(tmp_path / "new_sky.exr", panorama)
+    save_sky_model(_sharp_model(3), tmp_path / "m.pt")
+    outputs = OutputOptions(alpha="exr", replace_sky=tmp_path / "new_sky.exr", match_exposure=True)
+    result = predict_files([tmp_path / "pano.exr"], tmp_path / "m.pt", tmp_path / "out", TileOptions(tile=0), device="cpu", outputs=outputs)
+    assert not result.failures
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pano_alpha.exr", "pano_mask.png", "pano_overlay.png", "pano_replaced.exr"]
+    alpha = predict_alpha(load_sky_model(tmp_path / "m.pt"), image, True, TileOptions(tile=0))
+    with OpenEXR.File(str(tmp_path / "out/pano_alpha.exr")) as exr:  # one float32 channel named Y, the values exactly
+        channels = exr.channels()
+        assert list(channels) == ["Y"] and channels["Y"].pixels.dtype == np.float32
+        np.testing.assert_array_equal(channels["Y"].pixels, alpha)
+    replaced = read_image(tmp_path / "out/pano_replaced.exr")
+    np.testing.assert_array_equal(replaced, replace_sky(image, alpha, panorama, match_exposure=True))
+    assert np.abs(replaced - replace_sky(image, alpha, panorama)).max() > 0.01  # the exposure was matched
+
+
+def test_an_unusable_replacement_is_refused_before_any_work(tmp_path):
+    from isplab.io.image import write_image
+    from isplab.workflows.sky.predict import OutputOptions, predict_files
+
+    write_image(tmp_path / "a.png", np.zeros((32, 32, 3), np.uint8))
+    save_sky_model(_sharp_model(3), tmp_path / "m.pt")
+    bad = np.ones((8, 8, 3), np.float32)
+    bad[1, 1, 0] = np.nan
+    write_image(tmp_path / "nan_sky.exr", bad)
+    (tmp_path / "junk_sky.exr").write_bytes(b"not an exr")
+    for name, match in (("nan_sky.exr", r"replacement sky panorama: .*nan_sky\.exr.*1 NaN"), ("junk_sky.exr", r"replacement sky panorama: .*junk_sky\.exr"),
+                        ("missing.exr", r"replacement sky panorama: .*not found.*missing\.exr")):
+        with pytest.raises(IsplabError, match=match):
+            predict_files([tmp_path / "a.png"], tmp_path / "m.pt", tmp_path / "out", device="cpu", outputs=OutputOptions(replace_sky=tmp_path / name))
+        assert not list((tmp_path / "out").iterdir())
+    with pytest.raises(IsplabError, match="unknown alpha format 'tif'"):
+        predict_files([tmp_path / "a.png"], tmp_path / "m.pt", tmp_path / "out", device="cpu", outputs=OutputOptions(alpha="tif"))

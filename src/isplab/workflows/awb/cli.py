@@ -55,7 +55,7 @@ _TRAINING_OPTIONS: dict[str, tuple[Any, Any]] = {
     "batch_size": (Annotated[int, typer.Option("--batch-size", help="Images per step.")], _DEFAULTS.batch_size),
     "lr": (Annotated[float, typer.Option("--lr", help="Adam learning rate.")], _DEFAULTS.lr),
     "arch": (
-        Annotated[str, typer.Option("--arch", help="Network: chroma (isplab's), reference (Raspberry Pi's) or histogram.")],
+        Annotated[str, typer.Option("--arch", help="Network: chroma (isplab's), reference (Raspberry Pi's), histogram or small.")],
         _DEFAULTS.arch,
     ),
     "ensemble": (Annotated[int, typer.Option("--ensemble", help="Members averaged in one model.")], _DEFAULTS.ensemble),
@@ -69,6 +69,14 @@ _TRAINING_OPTIONS: dict[str, tuple[Any, Any]] = {
         _DEFAULTS.patience or 0,
     ),
     "tuning_dir": (TuningDir, None),
+    "config_file": (
+        Annotated[
+            Path | None,
+            typer.Option("--config", help="TrainConfig JSON to start from (e.g. awb search's best_config.json); "
+                         "options given on the command line override it (default: none)."),
+        ],
+        None,
+    ),
     "seed": (Seed, _DEFAULTS.seed),
     "device": (Device, "auto"),
     "devices": (Devices, "1"),
@@ -77,12 +85,40 @@ _TRAINING_OPTIONS: dict[str, tuple[Any, Any]] = {
 }
 
 
-def train_config(values: dict[str, Any]) -> TrainConfig:
+#: Option (parameter name) -> the TrainConfig fields it sets, where they differ.
+_OPTION_FIELDS = {"early_stopping": ("patience",), "config_file": ()}
+
+
+def train_config(values: dict[str, Any], given: set[str] | None = None) -> TrainConfig:
     """The :class:`TrainConfig` of the training options' values (keyed by parameter name).
 
+    With ``values["config_file"]`` (``--config``), that JSON file is the starting point and only the
+    options named in ``given`` (those typed on the command line; default: those whose value is not
+    the default) replace its values.
+
     Raises:
-        IsplabError: a value out of range or unknown (``--devices``, ``--loss``, ``--epochs``...).
+        IsplabError: a value out of range or unknown (``--devices``, ``--loss``, ``--epochs``...), or
+            a bad config file.
     """
+    values = {"config_file": None, **values}
+    config = _options_config(values)
+    if values["config_file"] is None:
+        return config
+    from dataclasses import replace
+
+    from isplab.workflows.awb.config import load_train_config
+
+    if given is None:
+        given = {name for name, (_, default) in _TRAINING_OPTIONS.items() if values.get(name, default) != default}
+    overrides = {
+        field: getattr(config, field)
+        for name in given if name in _TRAINING_OPTIONS
+        for field in _OPTION_FIELDS.get(name, (name,))
+    }
+    return replace(load_train_config(values["config_file"]), **overrides)
+
+
+def _options_config(values: dict[str, Any]) -> TrainConfig:
     trainer = trainer_options(values["device"], values["devices"], values["strategy"], values["num_nodes"])
     for name in ("epochs", "batch_size", "ensemble"):
         if values[name] < 1:
@@ -122,8 +158,16 @@ def training_options(command: Callable[..., None]) -> Callable[..., None]:
 
     @functools.wraps(command)
     def wrapper(**values: Any) -> None:
+        import click
+        from click.core import ParameterSource
+
         options = {name: values.pop(name) for name in _TRAINING_OPTIONS}
-        return command(**values, config=train_config(options))
+        context = click.get_current_context(silent=True)
+        given = None
+        if context is not None:
+            given = {name for name in options
+                     if context.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)}
+        return command(**values, config=train_config(options, given))
 
     wrapper.__signature__ = signature.replace(parameters=own + shared)
     wrapper.__annotations__ = {p.name: p.annotation for p in own + shared}
@@ -395,6 +439,71 @@ def export_command(
         f"max {result.max_mired_difference:.3f}, mean {result.mean_mired_difference:.3f} mireds from PyTorch "
         f"over {result.images_checked} images ({tolerance})", highlight=False, soft_wrap=True,
     )
+
+
+@app.command("search")
+def search_command(
+    dataset: Path = typer.Argument(..., help="Dataset folder of statistics PNGs."),
+    target: Target = ...,
+    trials: int = typer.Option(50, "--trials", help="Finished + pruned trials the study should hold (a resume counts earlier ones)."),
+    output: Path = typer.Option(Path("runs/awb-search"), "--output", "-o", help="Study folder (study.db, trials.csv, pareto.json/.png, best_config.json)."),
+    folds: int = typer.Option(5, "--folds", help="Grouped K-fold CV scoring each trial (scenes never split)."),
+    workers: int = typer.Option(1, "--workers", help="Parallel processes sharing the study, each with cores/K threads."),
+    device: Device = "auto",
+    timeout: float | None = typer.Option(None, "--timeout", help="After this many seconds start no trial and stop running ones at their next fold (failed; --resume redoes them) (default: none)."),
+    seed: Seed = 0,
+    arch: list[str] = typer.Option([], "--arch", help="Architectures searched (repeatable; default: all, reference chroma histogram small)."),
+    min_epochs: int = typer.Option(30, "--min-epochs", help="Smallest maximum-epochs tried."),
+    max_epochs: int = typer.Option(200, "--max-epochs", help="Largest maximum-epochs tried."),
+    max_ensemble: int = typer.Option(5, "--max-ensemble", help="Ensembles of 1..this many members are tried."),
+    tuning_dir: TuningDir = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the study in OUTPUT (same target, folds, seed, space).")] = False,
+    overwrite: Overwrite = False,
+) -> None:
+    """Optuna search over architecture, width, ensemble, loss, augmentation, LR and epochs, scored by grouped CV.
+
+    Bad trials are pruned after a fold; re-lighting is searched when --tuning-dir is given. Writes
+    the Pareto front of CV error vs size and best_config.json for `isplab awb train --config`."""
+    from isplab.models.awb import ARCHS
+    from isplab.workflows.awb.config import config_json
+    from isplab.workflows.awb.search import SearchSpace, search
+
+    space = SearchSpace(archs=tuple(arch) or ARCHS, epochs=(min_epochs, max_epochs), max_ensemble=max_ensemble,
+                        relight=tuning_dir is not None)
+    base = TrainConfig(seed=seed, tuning_dir=str(tuning_dir) if tuning_dir else None)
+    try:
+        result = search(
+            dataset, output, target=target, trials=trials, folds=folds, workers=workers, device=device,
+            timeout=timeout, seed=seed, resume=resume, overwrite=overwrite, space=space, base=base,
+            log=lambda text: err.print(text, highlight=False, soft_wrap=True),
+        )
+    except KeyboardInterrupt:
+        from isplab.workflows.awb.search import write_outputs
+
+        if (output / "study.db").is_file():
+            try:
+                write_outputs(output)
+            except Exception:  # noqa: BLE001 - the study itself is what matters; the summaries can be redone
+                pass
+        err.print(f"search interrupted: the finished trials are in {output / 'study.db'}; the same command with "
+                  "--resume continues it", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    table = Table(title=f"Pareto front: {folds}-fold grouped CV mean error vs float32 size estimate")
+    for column in ("trial", "arch", "ensemble", "params", "KB", "mean", "median", "p95", "worst"):
+        table.add_column(column, justify="left" if column == "arch" else "right")
+    for row in result.pareto:
+        table.add_row(str(row["number"]), row["arch"], str(row["ensemble"]), str(row["parameters"]),
+                      f"{row['size_bytes'] / 1024:.1f}", f"{row['cv_mean']:.2f}", f"{row['cv_median']:.2f}",
+                      f"{row['cv_p95']:.2f}", f"{row['cv_worst']:.1f}")
+    console.print(table)
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(result.counts.items()))
+    best = result.best
+    console.print(f"{counts}; best trial {best['number']}: CV mean {best['cv_mean']:.2f}, worst {best['cv_worst']:.1f} "
+                  f"mireds, {best['parameters']} parameters", highlight=False)
+    console.print(config_json(result.best_config), highlight=False, soft_wrap=True)
+    console.print(f"wrote {output / 'best_config.json'} (isplab awb train DATASET MODEL.pt --target {target} "
+                  f"--config {output / 'best_config.json'}), trials.csv, pareto.json, pareto.png", highlight=False,
+                  soft_wrap=True)
 
 
 @app.command("tuning")

@@ -5,10 +5,14 @@ Kept free of torch imports so the command line can show its defaults without loa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
-__all__ = ["LOSSES", "TrainConfig", "reference_config"]
+from isplab.errors import IsplabError
+
+__all__ = ["LOSSES", "TrainConfig", "load_train_config", "reference_config", "train_config_from_dict"]
 
 LOSSES = ("mse", "l1")
 
@@ -77,3 +81,44 @@ def reference_config(**overrides: Any) -> TrainConfig:
     )
     settings.update(overrides)
     return TrainConfig(**settings)
+
+
+def train_config_from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
+    """A :class:`TrainConfig` from a JSON-like dict (:func:`dataclasses.asdict` of one, or part of it).
+
+    Missing keys take the defaults; ``filters`` lists in ``arch_options`` stay lists (the network
+    builder makes them tuples).
+
+    Raises:
+        IsplabError: not a dict, or keys :class:`TrainConfig` does not have (naming ``source``).
+    """
+    if not isinstance(values, dict):
+        raise IsplabError(f"{source}: expected a JSON object of training options, got {type(values).__name__}")
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise IsplabError(f"{source}: unknown training options {', '.join(unknown)} (expected some of {', '.join(sorted(known))})")
+    if not isinstance(values.get("arch_options", {}), dict):
+        raise IsplabError(f"{source}: arch_options must be a JSON object")
+    return TrainConfig(**values)
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    """Read a :class:`TrainConfig` JSON file (e.g. ``isplab awb search``'s ``best_config.json``).
+
+    Raises:
+        IsplabError: missing file, not JSON, or unknown keys, naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise IsplabError(f"training config {path} not found")
+    try:
+        values = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise IsplabError(f"training config {path} is not JSON: {e}") from None
+    return train_config_from_dict(values, str(path))
+
+
+def config_json(config: TrainConfig) -> str:
+    """``config`` as the indented JSON :func:`load_train_config` reads."""
+    return json.dumps(asdict(config), indent=2)

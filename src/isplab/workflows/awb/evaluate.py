@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import csv
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from os import PathLike
 from pathlib import Path
@@ -205,6 +205,7 @@ def cross_validate(
     *,
     weights: np.ndarray | None = None,
     progress: bool = False,
+    on_fold: Callable[[FoldResult, float], None] | None = None,
 ) -> CVResult:
     """Grouped ``k``-fold cross-validation: a fresh model per fold, scored on the held-out fold.
 
@@ -219,6 +220,9 @@ def cross_validate(
         seed: fold assignment seed (training randomness is ``config.seed``).
         weights: optional ``(N,)`` per-image repeat counts for training (duplicates file).
         progress: show the trainer's progress bars.
+        on_fold: called after each fold with its :class:`FoldResult` and the mean mired error of
+            all images held out so far (after the last fold: the result's ``model.mean``); what it
+            raises (e.g. ``optuna.TrialPruned`` to stop a bad configuration early) propagates.
     """
     if weights is not None and len(weights) != len(dataset):
         raise IsplabError(f"got {len(weights)} weights for a dataset of {len(dataset)} images")
@@ -237,18 +241,15 @@ def cross_validate(
         timings.append(time.perf_counter() - start)
         predicted[test_idx] = predict(model, dataset.images[test_idx], dataset.lux[test_idx])
         fold_of[test_idx] = index
+        if on_fold is not None:
+            done = fold_of >= 0
+            on_fold(
+                _fold_result(dataset, predicted, index, train_idx, test_idx, timings[index]),
+                float(mired_error(predicted[done], dataset.true_temp[done]).mean()),
+            )
     result = evaluate_predictions(dataset, predicted, fold_of)
-    model_errors = mired_error(predicted, dataset.true_temp)
-    camera_errors = mired_error(dataset.camera_temp, dataset.true_temp)
     folds = tuple(
-        FoldResult(
-            index=index,
-            train_count=len(train_idx),
-            test_count=len(test_idx),
-            model=summarise(model_errors[test_idx]),
-            camera=summarise(camera_errors[test_idx]),
-            train_seconds=timings[index],
-        )
+        _fold_result(dataset, predicted, index, train_idx, test_idx, timings[index])
         for index, (train_idx, test_idx) in enumerate(splits)
     )
     return CVResult(
@@ -258,6 +259,20 @@ def cross_validate(
         predicted=result.predicted,
         target=result.target,
         folds=folds,
+    )
+
+
+def _fold_result(
+    dataset: AWBDataset, predicted: np.ndarray, index: int, train_idx: np.ndarray, test_idx: np.ndarray, seconds: float
+) -> FoldResult:
+    true = dataset.true_temp[test_idx]
+    return FoldResult(
+        index=index,
+        train_count=len(train_idx),
+        test_count=len(test_idx),
+        model=summarise(mired_error(predicted[test_idx], true)),
+        camera=summarise(mired_error(dataset.camera_temp[test_idx], true)),
+        train_seconds=seconds,
     )
 
 

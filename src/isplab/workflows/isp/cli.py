@@ -62,7 +62,7 @@ def _dataset(positional: Path | None, alias: Path | None) -> Path:
 
 @app.command("train")
 def train(
-    dataset: Annotated[Path | None, typer.Argument(metavar="DATASET", help="Dataset root: MAI (train/mediatek_raw + fujifilm), Zurich, or a DNG folder.", show_default=False)] = None,
+    dataset: Annotated[Path | None, typer.Argument(metavar="DATASET", help="Dataset root: MAI (train/mediatek_raw + fujifilm), Zurich, or DNG folders train/ and val/ (e.g. from isplab data synth: generated scenes, training cameras).", show_default=False)] = None,
     model_dir: Annotated[Path | None, typer.Argument(metavar="MODEL_DIR", help="Run folder: model.pt, config.json, log.txt, checkpoints/ and logs/ go here.", show_default=False)] = None,
     arch: Annotated[str, typer.Option("--arch", help="punet, lfnet or nafnet.")] = "punet",
     num_maps_base: Annotated[int, typer.Option("--num-maps-base", help="Base channel count (e.g. 8, 16, 32).")] = 16,
@@ -123,24 +123,29 @@ def test(
     split: Annotated[str, typer.Option("--split", help="Which split to score (test, val, train).")] = "test",
     out: Annotated[Path | None, typer.Option("--output", "-o", help="Write side-by-side images and report.html here.", show_default=False)] = None,
     max_images: Annotated[int | None, typer.Option("--max-images", help="Score only the first N images (default: all).", show_default=False)] = None,
+    baselines: Annotated[bool, typer.Option("--baselines/--no-baselines", help="Also score the classical baselines (oracle metadata, grey-world, LibRaw) on the same raws; DNG folders only.")] = True,
     device: Device = "auto",
     overwrite: Overwrite = False,
     data: DataAlias = None,
     out_alias: Annotated[Path | None, typer.Option("--out", hidden=True)] = None,
 ) -> None:
-    """PSNR (challenge batch-pooled and per-image mean), SSIM and MS-SSIM on a split."""
+    """PSNR (challenge batch-pooled and per-image mean), SSIM, MS-SSIM and ΔE2000 on a split, the worst images, and the baselines.
+
+    The held-out set of real photographs (held-out cameras): `isplab data synth HELDOUT --source heldout -n 16`, then `isplab isp test HELDOUT -m MODEL`.
+    """
     from isplab.engine.trainer import resolve_accelerator
     from isplab.models.isp import load_isp_model
     from isplab.workflows.isp.data import open_pairs
-    from isplab.workflows.isp.evaluate import test_isp
+    from isplab.workflows.isp.evaluate import BASELINES, test_isp
 
     if out is not None and out_alias is not None and out != out_alias:
         raise IsplabError(f"two output folders given ({out} and --out {out_alias}): expected one --output")
     out = out or out_alias
     source = open_pairs(_dataset(dataset, data), split)
     accelerator = resolve_accelerator(device)
+    chosen = BASELINES if baselines and source.packing == "dng" else ()
     result = test_isp(load_isp_model(model), source, out_dir=out, max_images=max_images, device=accelerator,
-                      overwrite=overwrite)
+                      overwrite=overwrite, baselines=chosen)
     console.print(result.summary())
 
 

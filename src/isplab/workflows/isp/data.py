@@ -16,6 +16,11 @@ Packings (:data:`PACKINGS`) turn a raw mosaic into the network's ``(4, H/2, W/2)
 - ``"dng"``: black/white level normalisation from the file (clipped to [0, 1]), then
   :func:`isplab.isp.bayer.pack` into the canonical R, Gr, Gb, B order.
 
+Data for training and honest testing: :func:`heldout_set` writes the held-out test set of real
+photographs (scikit-image's, and scikit-learn's when installed) unprocessed with held-out cameras;
+training data should come from generated scenes only (``isplab data synth`` without ``--source``,
+or :func:`training_set`).
+
 Augmentation (:class:`PatchDataset`) transforms the RAW MOSAIC and the target together, then
 re-packs: one of the 8 rotations/flips is applied to a crop two pixels larger than the patch, and
 the patch is cut at the 0/1-pixel offset that puts every colour back on its original CFA site
@@ -51,6 +56,55 @@ CHALLENGE_SCALE = 4 * 255
 #: the CFA the challenge's plane names imply (R at raw[0::2, 0::2], B at raw[1::2, 1::2])
 CHALLENGE_PATTERN = "RGGB"
 TARGET_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+
+
+#: seed of the held-out set, so every user and the benchmark score on the same raws
+HELDOUT_SEED = 2019
+#: size of the held-out raws (width, height)
+HELDOUT_SIZE = (512, 384)
+
+
+def heldout_set(
+    out_dir: str | Path,
+    count: int | None = None,
+    *,
+    seed: int = HELDOUT_SEED,
+    size: tuple[int, int] = HELDOUT_SIZE,
+    noise: bool = True,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Write the held-out test set: real photographs unprocessed with held-out cameras (noisy DNGs).
+
+    Each photograph of :func:`isplab.data.sources.heldout_photos` in turn (a random crop of it), a
+    random test camera of :mod:`isplab.data.cameras`, illuminant, ISO and exposure; ``count``
+    defaults to two raws per photograph. The same arguments give the same files (``isplab isp
+    test OUT_DIR -m MODEL`` then scores a model on them, with the classical baselines).
+
+    Returns:
+        ``out_dir``.
+    """
+    from isplab.data.sources import HELDOUT, heldout_photos
+    from isplab.data.synth import synthesize_dataset
+
+    count = 2 * len(heldout_photos()) if count is None else count
+    synthesize_dataset(out_dir, count, seed=seed, size=size, sources=(HELDOUT,), noise=noise, overwrite=overwrite,
+                       progress=progress, camera_split="test")
+    return Path(out_dir)
+
+
+def training_set(
+    out_dir: str | Path, count: int, *, seed: int = 0, size: tuple[int, int] = (256, 192), camera_split: str = "train",
+    noise: bool = True, overwrite: bool = False, progress: bool = False,
+) -> Path:
+    """Write ``count`` training (or, with ``camera_split="val"``, validation) pairs from generated
+    scenes only (:data:`isplab.data.sources.TRAINING_SOURCES`) with that split's cameras."""
+    from isplab.data.sources import TRAINING
+    from isplab.data.synth import synthesize_dataset
+
+    synthesize_dataset(out_dir, count, seed=seed, size=size, sources=(TRAINING,), noise=noise, overwrite=overwrite,
+                       progress=progress, camera_split=camera_split)
+    return Path(out_dir)
 
 
 def pack_challenge(mosaic: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,8 @@ __all__ = [
     "get_block",
     "ParamSpec",
     "parse_param_specs",
+    "IOP_ORDER_V30",
+    "pipeline_order",
 ]
 
 #: darktable releases whose struct layouts this table describes (major.minor).
@@ -75,7 +77,12 @@ class Field:
 
     name: str
     ctype: str  # float, int, enum or bool: all 4 bytes, little-endian
-    value: float | int  # what isplab writes when the field is not being sampled
+    value: float | int | tuple  # what isplab writes when the field is not being sampled (arrays: every element)
+    count: int = 1  # elements of an array field (float a[3] -> 3); 1 for a scalar
+
+    @property
+    def size(self) -> int:
+        return 4 * self.count
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,7 @@ class Block:
     before_demosaic: bool = False  # darktable applies it to the raw mosaic
     notes: str = ""
     ties: tuple[tuple[str, str], ...] = ()  # (field, parameter): the field is written equal to the parameter
+    builtin: bool = True  # isplab's builtin backend has an op for it
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.fields]
@@ -104,7 +112,7 @@ class Block:
 
     @property
     def struct_format(self) -> str:
-        return "<" + "".join(_CTYPES[f.ctype] for f in self.fields)
+        return "<" + "".join((str(f.count) if f.count > 1 else "") + _CTYPES[f.ctype] for f in self.fields)
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -120,9 +128,11 @@ class Block:
 
     def offset(self, name: str) -> int:
         """Byte offset of a field in the struct."""
-        for i, f in enumerate(self.fields):
+        offset = 0
+        for f in self.fields:
             if f.name == name:
-                return 4 * i
+                return offset
+            offset += f.size
         raise KeyError(name)
 
     def defaults(self) -> dict[str, float]:
@@ -154,7 +164,10 @@ class Block:
         row = []
         for f in self.fields:
             value = full.get(f.name, f.value)
-            row.append(float(value) if f.ctype == "float" else int(value))
+            if f.count > 1:
+                row.extend(float(v) if f.ctype == "float" else int(v) for v in value)
+            else:
+                row.append(float(value) if f.ctype == "float" else int(value))
         data = struct.pack(self.struct_format, *row)
         assert len(data) == self.struct_bytes
         return data
@@ -169,7 +182,12 @@ class Block:
             raise IsplabError(
                 f"{self.operation} params are {len(data)} bytes: expected {self.struct_bytes} (version {self.modversion})"
             )
-        return {f.name: v for f, v in zip(self.fields, struct.unpack(self.struct_format, data))}
+        values = list(struct.unpack(self.struct_format, data))
+        out: dict = {}
+        for f in self.fields:
+            out[f.name] = tuple(values[: f.count]) if f.count > 1 else values[0]
+            del values[: f.count]
+        return out
 
     def as_dict(self) -> dict:
         return {
@@ -311,10 +329,81 @@ _LOWPASS = Block(
     space="CIE Lab",
 )
 
+# src/iop/denoiseprofile.c, dt_iop_denoiseprofile_params_t (v11, 412 bytes): profiled denoising,
+# wavelets mode (darktable's default), Y0U0V0 colour mode. a[0] = -1 asks darktable to pick the
+# noise profile for the image itself; the
+# wavelet-band curves x[6][7], y[6][7] are written flat, as darktable initialises them (x = band / 6,
+# y = 0.5). Darktable's GUI soft ranges are not in the table (sampling defaults to the hard range:
+# pass -p strength=LO:HI for a useful one). isplab's builtin backend has no denoiser.
+_DENOISEPROFILE = Block(
+    name="denoiseprofile",
+    operation="denoiseprofile",
+    modversion=11,
+    struct_bytes=412,
+    fields=(
+        Field("radius", "float", 1.0),
+        Field("nbhood", "float", 7.0),
+        Field("strength", "float", 1.0),
+        Field("shadows", "float", 1.0),
+        Field("bias", "float", 0.0),
+        Field("scattering", "float", 0.0),
+        Field("central_pixel_weight", "float", 0.1),
+        Field("overshooting", "float", 1.0),
+        Field("a", "float", (-1.0, -1.0, -1.0), 3),
+        Field("b", "float", (-1.0, -1.0, -1.0), 3),
+        Field("mode", "enum", 1),  # MODE_WAVELETS
+        Field("x", "float", tuple(band / 6.0 for _ in range(6) for band in range(7)), 42),
+        Field("y", "float", (0.5,) * 42, 42),
+        Field("wb_adaptive_anscombe", "bool", 1),
+        Field("fix_anscombe_and_nlmeans_norm", "bool", 1),
+        Field("use_new_vst", "bool", 1),
+        Field("wavelet_color_mode", "enum", 1),  # MODE_Y0U0V0
+    ),
+    params=(
+        Param("strength", "", 0.001, 1000.0, 1.0, "denoising strength (1 = matched to the profiled noise)"),
+        Param("shadows", "", 0.0, 1.8, 1.0, "preserve shadows: lower smooths dark areas more"),
+        Param("bias", "", -1000.0, 100.0, 0.0, "bias correction of the variance-stabilising transform"),
+    ),
+    space="linear camera RGB (after demosaic, before input colour profile)",
+    notes="a[0] = -1: darktable's noise profile for the image",
+    builtin=False,
+)
+
 #: Every block a proxy can learn, by name.
 BLOCKS: dict[str, Block] = {
-    b.name: b for b in (_EXPOSURE, _TEMPERATURE, _COLORBALANCERGB, _SHARPEN, _HAZEREMOVAL, _LOWPASS)
+    b.name: b for b in (_EXPOSURE, _TEMPERATURE, _COLORBALANCERGB, _SHARPEN, _HAZEREMOVAL, _LOWPASS, _DENOISEPROFILE)
 }
+
+
+#: Where darktable runs each block in the pixelpipe: the module's position in darktable's default
+#: "v3.0" module order for raw files (``v30_order`` in darktable 4.2's ``src/common/iop_order.c``,
+#: used unless the display-referred workflow asks for the legacy order). darktable applies the
+#: modules of a history in this order, whatever order the XMP lists them in.
+IOP_ORDER_V30: dict[str, float] = {
+    "rawprepare": 1.0,
+    "temperature": 3.0,
+    "highlights": 4.0,
+    "demosaic": 8.0,
+    "denoiseprofile": 9.0,
+    "hazeremoval": 14.0,
+    "exposure": 21.0,
+    "colorin": 28.0,
+    "lowpass": 33.0,
+    "sharpen": 35.0,
+    "colorbalancergb": 41.5,
+    "colorout": 70.0,
+}
+
+
+def pipeline_order(names) -> list[str]:
+    """``names`` (blocks) sorted by darktable's pipeline order (:data:`IOP_ORDER_V30` of their
+    modules).
+
+    Raises:
+        IsplabError: an unknown block.
+    """
+    blocks = [get_block(n) for n in names]
+    return [b.name for b in sorted(blocks, key=lambda b: IOP_ORDER_V30[b.operation])]
 
 
 def get_block(name: str) -> Block:

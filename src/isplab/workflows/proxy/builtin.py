@@ -183,6 +183,8 @@ def apply_block(block: Block, x: torch.Tensor, values: dict[str, float], scale: 
     """
     if block.name == "temperature":
         raise IsplabError("temperature acts on the raw mosaic: use develop(..., gains) instead of apply_block")
+    if block.name not in _OPS:
+        raise IsplabError(f"block {block.name} has no builtin op: use the darktable backend")
     op = _OPS[block.name]
     kwargs = dict(values)
     for name in _SPATIAL.get(block.name, ()):

@@ -17,7 +17,7 @@ console = Console(stderr=True, soft_wrap=True)
 
 @app.command("generate")
 def generate_command(
-    block: Annotated[str, typer.Argument(help="Block: exposure, temperature, colorbalancergb, sharpen, hazeremoval or lowpass.", show_default=False)],
+    block: Annotated[str, typer.Argument(help="Block: exposure, temperature, colorbalancergb, sharpen, hazeremoval, lowpass or denoiseprofile (darktable only).", show_default=False)],
     output_dir: Annotated[Path, typer.Argument(metavar="OUTPUT_DIR", help="Dataset folder (dataset.json, inputs/, outputs/, manifest).", show_default=False)],
     count: Annotated[int, typer.Option("-n", "--count", help="Samples: Latin-hypercube parameter vectors, image i mod M each.")] = 64,
     param: Annotated[
@@ -253,6 +253,7 @@ def pipeline_regress_command(
     image: Annotated[Path | None, typer.Option("--image", help="The raw the target comes from (default: the config's first image).", show_default=False)] = None,
     iters: Annotated[int, typer.Option("--iters", help="Adam steps per restart.")] = 200,
     lr: Annotated[float, typer.Option("--lr", help="Initial Adam rate on unit parameters (cosine-annealed to 1 %).")] = 0.05,
+    polish: Annotated[int, typer.Option("--polish", help="L-BFGS iterations after Adam, per restart (0: Adam only).")] = 30,
     restarts: Annotated[int, typer.Option("--restarts", help="Random starts; the lowest final proxy loss wins.")] = 3,
     seed: Seed = 0,
     device: Device = "auto",
@@ -261,7 +262,7 @@ def pipeline_regress_command(
     """Recover every chained parameter from a target through the frozen proxies, write them into one XMP and render it back."""
     from isplab.workflows.proxy.pipeline import RegressOptions, regress_pipeline
 
-    r = regress_pipeline(RegressOptions(config=config, output=output, target=target, image=image, iters=iters, lr=lr,
+    r = regress_pipeline(RegressOptions(config=config, output=output, target=target, image=image, iters=iters, lr=lr, polish=polish,
                                         restarts=restarts, seed=seed, device=device, overwrite=overwrite))  # fmt: skip
     console.print(f"chain {' -> '.join(r.order)} ({r.backend}): {len(r.restarts)} restarts, {r.proxy_seconds:.2f} s", highlight=False)
     for key in r.keys:

@@ -43,6 +43,8 @@ __all__ = [
     "check_layouts",
     "base_history",
     "block_history",
+    "chain_history",
+    "write_chain_xmp",
     "render",
 ]
 
@@ -211,7 +213,7 @@ def check_layouts(info: DarktableInfo, blocks: list[Block]) -> bool:
                 f"{where} has {block.operation} params version {actual.get('version')} of {actual.get('size')} bytes; "
                 f"isplab writes version {block.modversion} of {block.struct_bytes} bytes: unsupported struct layout"
             )
-        expected = [(f.name, "enum" if f.ctype == "enum" else f.ctype, 4 * i) for i, f in enumerate(block.fields)]
+        expected = [(f.name, "other" if f.count > 1 else f.ctype, block.offset(f.name)) for f in block.fields]  # arrays: "other"
         got = [(f["name"], f["type"], f["offset"]) for f in actual["fields"]]
         if expected != got:
             first = next(((e, g) for e, g in zip(expected, got) if e != g), (expected[len(got):][:1], got[len(expected):][:1]))
@@ -308,6 +310,23 @@ def _messages(text: str) -> list[str]:
     return keep
 
 
+def chain_history(steps: list[tuple[Block, dict[str, float] | None]], wb_gains: np.ndarray) -> list[HistoryItem]:
+    """The history of a render with several blocks: the base pipeline (as-shot white balance
+    unless ``temperature`` is one of the blocks; highlight reconstruction off) and one item per
+    ``(block, values)`` step (``values=None``: disabled). darktable applies them in its own
+    pipeline order, not in the order listed."""
+    names = [block.name for block, _ in steps]
+    if len(set(names)) != len(names):
+        raise IsplabError(f"blocks {', '.join(names)}: each block may appear once in a render")
+    base = base_history(_TEMPERATURE if "temperature" in names else steps[0][0], wb_gains)
+    return [*base, *(block_history(block, values) for block, values in steps)]
+
+
 def write_job_xmp(path: Path, block: Block, values: dict[str, float] | None, wb_gains: np.ndarray) -> Path:
     """The sidecar of one render: base pipeline plus the block (``values=None``: disabled)."""
-    return write_sidecar(path, [*base_history(block, wb_gains), block_history(block, values)])
+    return write_sidecar(path, chain_history([(block, values)], wb_gains))
+
+
+def write_chain_xmp(path: Path, steps: list[tuple[Block, dict[str, float] | None]], wb_gains: np.ndarray) -> Path:
+    """The sidecar of one render of several blocks (:func:`chain_history`)."""
+    return write_sidecar(path, chain_history(steps, wb_gains))

@@ -364,6 +364,8 @@ def generate(opts: GenerateOptions) -> GenerateResult:
         raise IsplabError(f"-n must be at least 1, got {opts.count}")
     if opts.backend not in BACKENDS:
         raise IsplabError(f"unknown --backend {opts.backend!r}: expected one of {', '.join(BACKENDS)}")
+    if opts.backend == "builtin" and not block.builtin:
+        raise IsplabError(f"block {block.name} has no builtin op: generate it with --backend darktable")
     if opts.workers is not None and opts.workers < 1:
         raise IsplabError(f"--workers must be at least 1, got {opts.workers}")
     if opts.synth_images < 1:

@@ -37,7 +37,7 @@ from isplab.workflows.proxy.blocks import get_block
 from isplab.workflows.proxy.dataset import ProxyDataset, load_dataset
 from isplab.workflows.proxy.evaluate import load_proxy
 
-__all__ = ["RegressOptions", "RegressResult", "regress_params", "BlackBox", "regress"]
+__all__ = ["RegressOptions", "RegressResult", "regress_params", "fit_unit", "BlackBox", "regress"]
 
 OUTPUTS = ("regress.json", "render_back.tif", "render_back.xmp")
 
@@ -108,15 +108,51 @@ def regress_params(
         p.requires_grad_(False)
     if start is None:
         start = torch.from_numpy(np.random.default_rng(seed).random((1, model.n_params))).float()
-    u = start.clone().requires_grad_(True)
+    u, _ = fit_unit(lambda v: model(x, v), target, start, iters=iters, lr=lr)
+    return start, u
+
+
+def fit_unit(
+    forward, target: torch.Tensor, start: torch.Tensor, *, iters: int = 100, lr: float = 0.05, final_lr: float | None = None, polish: int = 0
+) -> tuple[torch.Tensor, float]:
+    """The regression loop shared by ``regress`` and ``pipeline regress``: Adam on unit parameters
+    ``u`` (a copy of ``start``) minimising ``MSE(forward(u), target)``, clamping ``u`` to [0, 1]
+    after every step. ``final_lr``: anneal the rate to it (cosine) over the ``iters`` steps;
+    ``None`` keeps ``lr``. ``polish``: then at most this many L-BFGS iterations (strong-Wolfe line
+    search, on ``u`` clamped to [0, 1]).
+
+    Returns:
+        ``(u, loss)``: the unit values reached and the MSE there.
+    """
+    u = start.detach().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([u], lr=lr)
+    schedule = None if final_lr is None else torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, iters), eta_min=final_lr)
     for _ in range(iters):
         optimizer.zero_grad()
-        F.mse_loss(model(x, u), target).backward()
+        F.mse_loss(forward(u), target).backward()
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
         with torch.no_grad():
             u.clamp_(0.0, 1.0)
-    return start, u.detach()
+    if polish > 0:
+        # L-BFGS from where Adam stopped: curvature information finishes ill-conditioned fits
+        # (parameters that trade off against each other) that first-order steps crawl along.
+        u = u.detach().requires_grad_(True)
+        lbfgs = torch.optim.LBFGS([u], lr=1.0, max_iter=polish, history_size=20, line_search_fn="strong_wolfe", tolerance_grad=1e-12, tolerance_change=1e-15)
+
+        def closure():
+            lbfgs.zero_grad()
+            loss = F.mse_loss(forward(u.clamp(0.0, 1.0)), target)
+            loss.backward()
+            return loss
+
+        lbfgs.step(closure)
+        with torch.no_grad():
+            u.clamp_(0.0, 1.0)
+    with torch.no_grad():
+        loss = float(F.mse_loss(forward(u), target))
+    return u.detach(), loss
 
 
 class BlackBox:

@@ -22,6 +22,9 @@ Model = Annotated[Path, typer.Option("--model", "-m", help="Trained model (model
 Tile = Annotated[int, typer.Option("--tile", help="Tile side (0: whole image at once).", show_default=True)]
 Overlap = Annotated[int, typer.Option("--overlap", help="Pixels shared by neighbouring tiles.", show_default=True)]
 Margin = Annotated[int, typer.Option("--margin", help="Pixels of each inner tile edge ignored in the blend.", show_default=True)]
+TileBatch = Annotated[int, typer.Option("--tile-batch", help="Tiles per forward pass (more can be faster on a GPU, and needs more memory).", show_default=True)]
+# the defaults of isplab.workflows.sky.predict.TileOptions (a test checks they agree)
+TILE, OVERLAP, MARGIN, TILE_BATCH = 2048, 896, 384, 1
 Refine = Annotated[bool, typer.Option("--refine", help="Refine the soft mask with a guided filter guided by the image.")]
 RefineRadius = Annotated[int, typer.Option("--refine-radius", help="Guided filter radius in pixels.", show_default=True)]
 RefineEps = Annotated[float, typer.Option("--refine-eps", help="Guided filter epsilon (squared guide units).", show_default=True)]
@@ -98,18 +101,24 @@ def train(
 def predict(
     images: list[Path] = typer.Argument(..., help="Images: EXR, HDR, TIFF, NPY, PNG, JPEG."),
     model: Model = ...,
-    output: Path = typer.Option(..., "--output", "-o", help="Folder for <stem>_mask.png, <stem>_alpha.png, <stem>_overlay.png."),
-    tile: Tile = 1024,
-    overlap: Overlap = 512,
-    margin: Margin = 192,
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for <stem>_mask.png, <stem>_alpha.png|exr, <stem>_overlay.png (and <stem>_replaced.exr)."),
+    alpha: str = typer.Option("png", "--alpha", help="Soft alpha file: png (16-bit) or exr (float32, channel Y).", show_default=True),
+    replace_sky: Path | None = typer.Option(None, "--replace-sky", help="Sky panorama (any input format) to put in place of the sky: writes <stem>_replaced.exr = alpha * panorama + (1 - alpha) * image, the panorama resized to the image."),
+    match_exposure: bool = typer.Option(False, "--match-exposure", help="With --replace-sky: scale the panorama so its median luminance over the predicted sky equals the image's there."),
+    tile: Tile = TILE,
+    overlap: Overlap = OVERLAP,
+    margin: Margin = MARGIN,
+    tile_batch: TileBatch = TILE_BATCH,
     refine: Refine = False,
     refine_radius: RefineRadius = 4,
     refine_eps: RefineEps = 1e-3,
     device: Device = "auto",
     overwrite: Overwrite = False,
 ) -> None:
-    """Binary mask, 16-bit soft alpha and an overlay per image, at any size (overlapping tiles)."""
-    from isplab.workflows.sky.predict import RefineOptions, TileOptions, predict_files
+    """Binary mask, soft alpha and an overlay per image (optionally the image with its sky replaced), at any size (overlapping tiles)."""
+    if match_exposure and replace_sky is None:
+        raise IsplabError("--match-exposure needs --replace-sky PANORAMA")
+    from isplab.workflows.sky.predict import OutputOptions, RefineOptions, TileOptions, predict_files
 
     def report(path: Path, error: str | None) -> None:
         if error:
@@ -118,8 +127,9 @@ def predict(
             console.print(f"done {path}", highlight=False)
 
     result = predict_files(
-        images, model, output, TileOptions(tile, overlap, margin), overwrite=overwrite, device=device,
-        refine=RefineOptions(refine_radius, refine_eps) if refine else None, on_file=report,
+        images, model, output, TileOptions(tile, overlap, margin, tile_batch), overwrite=overwrite, device=device,
+        refine=RefineOptions(refine_radius, refine_eps) if refine else None,
+        outputs=OutputOptions(alpha=alpha, replace_sky=replace_sky, match_exposure=match_exposure), on_file=report,
     )
     if result.failures:
         raise typer.Exit(1)
@@ -132,9 +142,10 @@ def test(
     output: Path = typer.Option(..., "--output", "-o", help="Report folder: metrics.json, per_image.csv, overlays/."),
     held_out: bool = typer.Option(False, "--held-out", help="Only the validation images of the model's run (config.json beside it)."),
     tolerance: float = typer.Option(2.0, "--tolerance", help="Boundary F-score distance tolerance in pixels.", show_default=True),
-    tile: Tile = 1024,
-    overlap: Overlap = 512,
-    margin: Margin = 192,
+    tile: Tile = TILE,
+    overlap: Overlap = OVERLAP,
+    margin: Margin = MARGIN,
+    tile_batch: TileBatch = TILE_BATCH,
     refine: Refine = False,
     refine_radius: RefineRadius = 4,
     refine_eps: RefineEps = 1e-3,
@@ -164,7 +175,7 @@ def test(
     net = load_sky_model(model)
     accelerator = resolve_accelerator(device)
     result = evaluate(
-        net, samples, output, TileOptions(tile, overlap, margin), tolerance=tolerance, device=accelerator, overwrite=overwrite,
+        net, samples, output, TileOptions(tile, overlap, margin, tile_batch), tolerance=tolerance, device=accelerator, overwrite=overwrite,
         refine=RefineOptions(refine_radius, refine_eps) if refine else None,
     )
     table = Table("image", "IoU", "boundary F")

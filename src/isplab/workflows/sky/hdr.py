@@ -160,6 +160,21 @@ def check_hdr(pixels: np.ndarray, path: str | Path) -> None:
         raise IsplabError(f"{path}: HDR image has {found} values; expected finite values >= 0")
 
 
+def log_encode_torch(x, enc: LogEncoding = LogEncoding()):
+    """:func:`log_encode` on a torch tensor, in its own dtype and on its own device (prediction
+    encodes tiles where the network runs); equals :func:`log_encode` within float32 rounding."""
+    import torch
+
+    if enc.input_mul != 1.0:
+        x = x * enc.input_mul
+    x = x + enc.log_epsilon
+    if enc.log_split_around1:
+        y = torch.where(x < 1.0, torch.log(x), torch.pow(x, 1.0 / enc.log_pow) - 1.0)
+    else:
+        y = torch.log(x)
+    return (y + enc.output_bias) * enc.output_scale
+
+
 def network_input(pixels: np.ndarray, hdr: bool, enc: LogEncoding = LogEncoding()) -> np.ndarray:
     """``(H, W, 3)`` pixels -> the network's ``(H, W, 3)`` float32 input: log-encoded HDR or LDR in [0, 1]."""
     return log_encode(pixels, enc) if hdr else np.asarray(pixels, dtype=np.float32)

@@ -1,0 +1,657 @@
+"""Search AWB training recipes with Optuna: architecture, width, ensemble, loss, augmentation, LR, epochs.
+
+Every trial is scored by the same grouped K-fold cross-validation as ``isplab awb evaluate --cv``
+(:func:`~isplab.workflows.awb.evaluate.cross_validate`: scenes never split, folds fixed by the
+search's seed, so every trial sees the same folds and no choice is made on a test fold's own
+training). The objective is the mean out-of-fold error in mireds; after each fold the running
+mean is reported to Optuna, and a :class:`optuna.pruners.MedianPruner` stops trials that are worse
+than the median of earlier trials at the same fold. Each trial records as user attributes its
+worst, median and 95th-percentile error, its parameter count and the float32 size estimate
+(parameters x 4 bytes; the exported float32 file adds a graph of under 16 KB,
+``tests/models/test_awb_small.py``; ``benchmarks/awb_rpi.py --search`` measures the real files).
+
+The study lives in SQLite (``STUDY_DIR/study.db``): ``resume=True`` continues it (``trials`` is
+the total wanted, finished and pruned trials count, trials left running by a killed search are
+marked failed), and ``workers=K`` runs K processes on the same study, each with ``cores / K``
+threads (and on a multi-GPU machine each on its own GPU). Outputs (:data:`SEARCH_FILES`):
+
+* ``trials.csv``: one row per trial (state, errors, size, parameters);
+* ``pareto.json``: the trials no other finished trial beats on both CV mean error and size, plus
+  the best trial overall and the best within :data:`SMALL_BYTES`;
+* ``pareto.png``: CV mean error against size, the Pareto front drawn as a staircase;
+* ``best_config.json`` (and ``best_small_config.json``): the :class:`TrainConfig` JSON that
+  ``isplab awb train --config`` reads.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from isplab.errors import IsplabError
+from isplab.models.awb import ARCHS
+from isplab.workflows.awb.config import LOSSES, TrainConfig, config_json, train_config_from_dict
+
+__all__ = [
+    "SEARCH_FILES", "SMALL_BYTES", "SearchResult", "SearchSpace", "pareto_front", "read_trials",
+    "search", "study_settings", "suggest_config", "write_outputs",
+]
+
+#: What a search writes into its study folder (``--overwrite`` deletes exactly these).
+SEARCH_FILES = (
+    "study.db", "trials.csv", "pareto.json", "pareto.png", "best_config.json", "best_small_config.json",
+)
+#: Size budget of a "small" model: Raspberry Pi's reference float32 TFLite files are 46 KB (PiSP)
+#: and 42 KB (VC4) (``benchmarks/awb_rpi.py`` prints both).
+SMALL_BYTES = 50 * 1024
+STUDY_NAME = "awb"
+
+#: Conv widths searched for the reference network ("valid" convs: VC4's 12x16 grid fits only two).
+REFERENCE_FILTERS = {
+    "pisp": ("8,16,32", "16,32,64", "24,48,96"),
+    "vc4": ("16,32", "32,64", "48,96"),
+}
+#: Width and hidden-layer choices of the other architectures.
+WIDTHS = {"chroma": (8, 12, 16, 24, 32), "small": (8, 12, 16, 24), "histogram": (4, 8, 16)}
+HIDDEN = {"chroma": (16, 32, 64), "small": (16, 32, 64), "histogram": (32, 64)}
+BATCH_SIZES = (16, 32, 64, 128)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What a search varies; recorded in the study, and a resume must use the same.
+
+    Attributes:
+        archs: architectures tried (:data:`isplab.models.awb.ARCHS`).
+        epochs: ``(low, high)`` maximum epochs per model (early stopping may end sooner).
+        max_ensemble: ensembles of 1..max_ensemble members.
+        relight: also search the re-lighting half-width (0..40 mireds); needs the sensors' tuning files.
+    """
+
+    archs: tuple[str, ...] = ARCHS
+    epochs: tuple[int, int] = (30, 200)
+    max_ensemble: int = 5
+    relight: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.archs if a not in ARCHS]
+        if not self.archs or unknown:
+            raise IsplabError(f"bad search archs {', '.join(self.archs) or '(none)'}: expected some of {', '.join(ARCHS)}")
+        low, high = self.epochs
+        if not 1 <= low <= high:
+            raise IsplabError(f"bad search epochs {low}..{high}: expected 1 <= min <= max")
+        if self.max_ensemble < 1:
+            raise IsplabError(f"bad search max ensemble {self.max_ensemble}: expected 1 or more")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"archs": list(self.archs), "epochs": list(self.epochs), "max_ensemble": self.max_ensemble,
+                "relight": self.relight}
+
+
+def suggest_config(trial, target: str, space: SearchSpace, base: TrainConfig | None = None) -> TrainConfig:
+    """Draw one training configuration from ``trial`` (an ``optuna.Trial``).
+
+    ``base`` supplies what is not searched (seed, device, tuning folder, LR factor...). Parameter
+    names are per architecture (``chroma_width``, ``small_width``...) so that each has one fixed
+    set of choices across the study.
+    """
+    base = base or TrainConfig()
+    arch = trial.suggest_categorical("arch", list(space.archs))
+    options: dict[str, Any] = {}
+    if arch == "reference":
+        filters = trial.suggest_categorical(f"reference_filters_{target}", list(REFERENCE_FILTERS[target]))
+        options["filters"] = [int(v) for v in filters.split(",")]
+    else:
+        options["width"] = trial.suggest_categorical(f"{arch}_width", list(WIDTHS[arch]))
+        options["hidden"] = trial.suggest_categorical(f"{arch}_hidden", list(HIDDEN[arch]))
+    epochs = trial.suggest_int("epochs", *space.epochs)
+    patience = max(1, round(trial.suggest_float("patience_fraction", 0.1, 0.5) * epochs))
+    return replace(
+        base,
+        arch=arch,
+        arch_options=options,
+        ensemble=trial.suggest_int("ensemble", 1, space.max_ensemble),
+        loss=trial.suggest_categorical("loss", list(LOSSES)),
+        noise=trial.suggest_float("noise", 0.0, 0.2),
+        lux_noise=trial.suggest_float("lux_noise", 0.0, 0.4),
+        flip=trial.suggest_categorical("flip", [True, False]),
+        zoom=trial.suggest_float("zoom", 0.0, 0.2),
+        relight=trial.suggest_float("relight", 0.0, 40.0) if space.relight else 0.0,
+        lr=trial.suggest_float("lr", 3e-4, 1e-2, log=True),
+        batch_size=trial.suggest_categorical("batch_size", list(BATCH_SIZES)),
+        epochs=epochs,
+        patience=patience,
+        lr_patience=max(1, patience // 2),
+    )
+
+
+def parameter_count(target: str, config: TrainConfig) -> int:
+    """Parameters of the model ``config`` trains for ``target`` (all ensemble members)."""
+    from isplab.workflows.awb.model import build_awb_model
+
+    model = build_awb_model(target, config.arch, ensemble=config.ensemble, **config.arch_options)
+    return sum(p.numel() for p in model.parameters())
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point dominates, both coordinates minimised, sorted by the
+    second coordinate (size) then the first.
+
+    ``a`` dominates ``b`` when ``a <= b`` in both coordinates and ``a < b`` in one; equal points
+    do not dominate each other, so both are kept.
+    """
+    front = []
+    for i, (error, size) in enumerate(points):
+        dominated = any(
+            e <= error and s <= size and (e < error or s < size) for j, (e, s) in enumerate(points) if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: (points[i][1], points[i][0]))
+
+
+# --- running the study ------------------------------------------------------------------------
+
+
+def _quiet_libraries() -> None:
+    import lightning.pytorch  # noqa: F401 - its import sets its loggers' levels: quiet them afterwards
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial gets its own line (_report_trial)
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message=".*will not be re-lit.*")
+
+
+def _storage(db: Path):
+    import optuna
+
+    # A generous lock timeout: K worker processes write to the same SQLite file.
+    return optuna.storages.RDBStorage(f"sqlite:///{db.resolve()}", engine_kwargs={"connect_args": {"timeout": 120}})
+
+
+def _sampler(seed: int, worker: int, parallel: bool, start: int = 0):
+    import optuna
+
+    # Each worker, and each resume (``start``: trials already in the study), draws its own random
+    # numbers, so a resume does not repeat the first run's startup trials; constant_liar keeps
+    # parallel workers apart.
+    state = np.random.SeedSequence([seed, worker, start]).generate_state(1)[0]
+    return optuna.samplers.TPESampler(
+        seed=int(state), multivariate=True, group=True, constant_liar=parallel, n_startup_trials=8
+    )
+
+
+def _pruner():
+    import optuna
+
+    # Compare a trial's running CV mean after each fold with the median of earlier trials there.
+    return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0)
+
+
+class _OutOfTime(Exception):
+    """A trial still running when the search's time is up (recorded as failed: a resume redoes it)."""
+
+
+@dataclass
+class _Objective:
+    dataset: Any  # AWBDataset
+    folds: int
+    fold_seed: int
+    space: SearchSpace
+    base: TrainConfig
+    deadline: float | None = None  # time.time() after which running trials stop at their next fold
+
+    def __call__(self, trial) -> float:
+        import optuna
+
+        from isplab.workflows.awb.evaluate import cross_validate
+
+        config = suggest_config(trial, self.dataset.target, self.space, self.base)
+        parameters = parameter_count(self.dataset.target, config)
+        trial.set_user_attr("parameters", parameters)
+        trial.set_user_attr("size_bytes", 4 * parameters)
+        trial.set_user_attr("process", os.getpid())
+        trial.set_user_attr("config", asdict(replace(config, device="auto", devices=1)))
+        start = time.perf_counter()
+        fold_means: list[float] = []
+
+        def on_fold(fold, running_mean: float) -> None:
+            fold_means.append(fold.model.mean)
+            trial.set_user_attr("fold_means", fold_means)
+            trial.report(running_mean, fold.index)
+            if trial.should_prune():
+                trial.set_user_attr("seconds", time.perf_counter() - start)
+                raise optuna.TrialPruned(f"running CV mean {running_mean:.2f} after fold {fold.index}")
+            if self.deadline is not None and time.time() > self.deadline and fold.index < self.folds - 1:
+                raise _OutOfTime(f"stopped by --timeout after fold {fold.index}")
+
+        try:
+            result = cross_validate(self.dataset, self.folds, config, seed=self.fold_seed, on_fold=on_fold)
+        except optuna.TrialPruned:
+            raise
+        except Exception as e:  # noqa: BLE001 - a configuration that cannot train is a failed trial, not a failed search
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+            trial.set_user_attr("seconds", time.perf_counter() - start)
+            return math.nan  # Optuna records the trial as failed and carries on
+        trial.set_user_attr("seconds", time.perf_counter() - start)
+        for name in ("worst", "median", "p95"):
+            trial.set_user_attr(f"cv_{name}", getattr(result.model, name))
+        return result.model.mean
+
+
+def _run_worker(
+    worker: int, workers: int, db: str, objective: _Objective, target: int, timeout: float | None,
+    seed: int, threads: int | None, storage=None, start: int = 0,
+) -> None:
+    """Run trials until the study holds ``target`` finished + pruned ones (module-level so
+    ``spawn`` can start it)."""
+    import optuna
+    import torch
+
+    _quiet_libraries()
+    if threads:
+        torch.set_num_threads(threads)
+    if objective.deadline is not None:
+        # Spawned workers start late (imports): what is left of the search's time, not a fresh timeout.
+        timeout = objective.deadline - time.time()
+        if timeout <= 0:
+            return
+    study = optuna.load_study(
+        study_name=STUDY_NAME, storage=storage or _storage(Path(db)), sampler=_sampler(seed, worker, workers > 1, start),
+        pruner=_pruner(),
+    )
+    study.optimize(objective, n_trials=None, timeout=timeout, gc_after_trial=True,
+                   callbacks=[_report_trial, _StopAt(target)])
+
+
+class _StopAt:
+    """Stop a worker once the study holds its target of finished + pruned trials, counting those
+    other workers are running (so fast workers take more trials than slow ones, and the total
+    overshoots only when workers finish at the same moment), or after too many failures."""
+
+    def __init__(self, target: int) -> None:
+        self.target, self.failures = target, 0
+
+    def __call__(self, study, trial) -> None:
+        import optuna
+
+        states = optuna.trial.TrialState
+        if trial.state == states.FAIL:
+            self.failures += 1
+        counted = study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED, states.RUNNING))
+        if len(counted) >= self.target or self.failures >= max(5, self.target):
+            study.stop()
+
+
+def _report_trial(study, trial) -> None:
+    """One stderr line per trial (workers print too)."""
+    attrs = trial.user_attrs
+    what = f"{attrs.get('config', {}).get('arch')} x{attrs.get('config', {}).get('ensemble')}, {attrs.get('parameters')} parameters"
+    if trial.value is not None and math.isfinite(trial.value):
+        outcome = f"CV mean {trial.value:.2f}, worst {attrs.get('cv_worst', math.nan):.1f} mireds"
+    elif trial.state.name == "PRUNED":
+        outcome = f"pruned after fold {max(trial.intermediate_values, default=-1)}"
+    else:
+        outcome = f"failed: {attrs.get('error', 'see above')}"
+    print(f"trial {trial.number} ({what}, {attrs.get('seconds', 0):.0f} s): {outcome}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class SearchResult:
+    """What a search left in its study folder.
+
+    Attributes:
+        study_dir: the folder.
+        trials: rows of ``trials.csv`` (:func:`read_trials`).
+        pareto: the Pareto-front rows, smallest first.
+        best: the row of the trial with the lowest CV mean error (``None``: no trial finished).
+        best_small: the best row within :data:`SMALL_BYTES` (``None``: none).
+        best_config: ``best``'s :class:`TrainConfig`.
+    """
+
+    study_dir: Path
+    trials: list[dict[str, Any]]
+    pareto: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    best_small: dict[str, Any] | None
+    best_config: TrainConfig | None
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def search(
+    dataset_dir: str | Path,
+    study_dir: str | Path,
+    *,
+    target: str | None = None,
+    trials: int = 50,
+    folds: int = 5,
+    workers: int = 1,
+    device: str = "auto",
+    timeout: float | None = None,
+    seed: int = 0,
+    resume: bool = False,
+    overwrite: bool = False,
+    space: SearchSpace | None = None,
+    base: TrainConfig | None = None,
+    log: Callable[[str], None] = lambda text: None,
+) -> SearchResult:
+    """Run (or continue) an Optuna search of AWB training recipes; see the module docstring.
+
+    Args:
+        dataset_dir: statistics dataset folder (:func:`~isplab.workflows.awb.dataset.load_dataset`).
+        study_dir: the study folder (:data:`SEARCH_FILES`).
+        target: ``pisp`` or ``vc4`` (default: from the images).
+        trials: finished + pruned trials the study should hold at the end (a resume counts earlier ones).
+        folds: K of the grouped K-fold CV scoring each trial.
+        workers: parallel processes sharing the study (1: in this process).
+        device: where to train (``cpu``, ``cuda``, ``auto``...); ``cuda`` with several GPUs spreads workers over them.
+        timeout: seconds after which no trial starts and running ones stop at their next fold
+            (recorded as failed, so a resume runs them again).
+        seed: sampler and fold seed (training uses ``base.seed``).
+        resume: continue the study in ``study_dir`` (its target, folds, seed and space must match).
+        overwrite: delete a previous search's files in ``study_dir`` first.
+        space: what is searched (default :class:`SearchSpace`).
+        base: options not searched (default :class:`TrainConfig`).
+        log: receives progress lines.
+
+    Raises:
+        IsplabError: bad counts, an existing study without ``resume``/``overwrite`` (or both given),
+            ``resume`` without a study or with other settings, absent hardware, a bad dataset, or
+            every trial failed.
+    """
+    import optuna
+
+    from isplab.engine import resolve_accelerator
+    from isplab.io.paths import prepare_output_dir
+    from isplab.workflows.awb.dataset import load_dataset
+
+    space = space or SearchSpace()
+    base = base or TrainConfig()
+    for name, value, low in (("trials", trials, 1), ("folds", folds, 2), ("workers", workers, 1)):
+        if value < low:
+            raise IsplabError(f"bad --{name} {value}: expected {low} or more")
+    if timeout is not None and timeout <= 0:
+        raise IsplabError(f"bad --timeout {timeout}: expected seconds > 0")
+    if resume and overwrite:
+        raise IsplabError("give --resume (continue the study) or --overwrite (start again), not both")
+    study_dir = Path(study_dir)
+    db = study_dir / "study.db"
+    if db.exists() and not (resume or overwrite):
+        raise IsplabError(
+            f"study folder {study_dir} already holds a search ({db.name}): pass --resume to continue it, "
+            "--overwrite to start again, or choose another folder"
+        )
+    prepare_output_dir(study_dir, overwrite=overwrite, resume=resume, names=SEARCH_FILES, what="study folder")
+    if resume and not db.is_file():
+        raise IsplabError(f"cannot resume: {db} does not exist (start the search without --resume)")
+    accelerator = resolve_accelerator(device)
+    dataset = load_dataset(dataset_dir, target)
+    scenes = len({s.scene for s in dataset.samples})
+    if folds > scenes:
+        raise IsplabError(f"{dataset_dir} has {scenes} scenes: too few for {folds} folds")
+    if space.relight and base.relight == 0 and base.tuning_dir is None:
+        log("relight is searched without a tuning folder: libcamera's installed tuning files must cover the sensors")
+    if overwrite:
+        for name in SEARCH_FILES:
+            path = study_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    _quiet_libraries()
+    settings = {
+        "target": dataset.target, "dataset": str(Path(dataset_dir).resolve()), "images": len(dataset),
+        "folds": folds, "seed": seed, "space": space.as_dict(),
+    }
+    storage = _storage(db)
+    if resume:
+        try:
+            study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
+        except KeyError:
+            raise IsplabError(f"cannot resume: {db} holds no isplab AWB study") from None
+        recorded = study.user_attrs.get("settings")
+        if recorded != settings:
+            differ = sorted(k for k in settings if (recorded or {}).get(k) != settings[k])
+            raise IsplabError(
+                f"cannot resume {db}: it was started with other settings ({', '.join(differ)} differ: "
+                f"{', '.join(f'{k}={(recorded or {}).get(k)!r}' for k in differ)}); use the same, or --overwrite"
+            )
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            # Left running by a search that was killed: nothing is computing it any more.
+            storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    else:
+        study = optuna.create_study(study_name=STUDY_NAME, storage=storage, direction="minimize")
+        study.set_user_attr("settings", settings)
+
+    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    done = len(study.get_trials(deepcopy=False, states=counted))
+    remaining = trials - done
+    base = replace(base, device=accelerator, devices=1, strategy="auto", num_nodes=1)
+    objective = _Objective(dataset, folds, seed, space, base, None if timeout is None else time.time() + timeout)
+    if remaining > 0:
+        log(f"{dataset.target}: {len(dataset)} images, {scenes} scenes; {remaining} trials of {folds}-fold CV "
+            f"on {accelerator} with {workers} worker{'s' if workers > 1 else ''} -> {db}")
+        start = len(study.get_trials(deepcopy=False))
+        _optimize(objective, db, remaining, workers, timeout, seed, accelerator, storage, start, done)
+    else:
+        log(f"{db} already holds {trials - remaining} finished or pruned trials (asked for {trials})")
+    result = write_outputs(study_dir, storage)
+    if result.best is None:
+        errors = [row["error"] for row in result.trials if row.get("error")]
+        raise IsplabError(
+            f"no trial of the search in {study_dir} finished"
+            + (f"; the first failure: {errors[0]}" if errors else " (all pruned or stopped by --timeout)")
+        )
+    return result
+
+
+def _optimize(objective: _Objective, db: Path, remaining: int, workers: int, timeout: float | None, seed: int,
+              accelerator: str, storage, start: int, start_counted: int) -> None:
+    workers = min(workers, remaining)
+    target = start_counted + remaining
+    if workers == 1:
+        _run_worker(0, 1, str(db), objective, target, timeout, seed, None, storage, start)
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    gpus = 0
+    if accelerator == "cuda":
+        import torch
+
+        gpus = torch.cuda.device_count()
+    context = multiprocessing.get_context("spawn")  # CUDA and forked threads do not mix
+    processes = []
+    for worker in range(workers):
+        job = objective if gpus < 2 else replace(objective, base=replace(objective.base, devices=[worker % gpus]))
+        process = context.Process(
+            target=_run_worker, args=(worker, workers, str(db), job, target, timeout, seed, threads, None, start),
+            name=f"isplab-awb-search-{worker}",
+        )
+        process.start()
+        processes.append(process)
+    try:
+        for process in processes:
+            process.join()
+    except KeyboardInterrupt:
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+        raise
+    failed = [p.name for p in processes if p.exitcode not in (0, None)]
+    if failed:
+        raise IsplabError(f"search worker(s) {', '.join(failed)} exited with an error (see their messages above)")
+
+
+# --- reading a study --------------------------------------------------------------------------
+
+
+def read_trials(study_dir: str | Path, storage=None) -> list[dict[str, Any]]:
+    """One dict per trial of the study in ``study_dir``: ``number``, ``state``, ``cv_mean``
+    (``None`` unless finished), ``cv_worst``, ``cv_median``, ``cv_p95``, ``parameters``,
+    ``size_bytes``, ``seconds``, ``arch``, ``ensemble``, ``last_fold`` (the last fold reported),
+    ``error``, ``config`` (:class:`TrainConfig` as a dict) and ``params`` (Optuna's).
+
+    Raises:
+        IsplabError: no ``study.db`` in ``study_dir``, or not an isplab AWB study.
+    """
+    import optuna
+
+    db = Path(study_dir) / "study.db"
+    if not db.is_file():
+        raise IsplabError(f"no search study in {study_dir}: {db} not found")
+    _quiet_libraries()
+    try:
+        study = optuna.load_study(study_name=STUDY_NAME, storage=storage or _storage(db))
+    except KeyError:
+        raise IsplabError(f"{db} holds no isplab AWB study") from None
+    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file
+        raise IsplabError(f"{db} is not a readable Optuna SQLite study: {e}") from None
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        config = attrs.get("config") or {}
+        finished = trial.state == optuna.trial.TrialState.COMPLETE and trial.value is not None
+        rows.append({
+            "number": trial.number,
+            "state": trial.state.name.lower(),
+            "cv_mean": float(trial.value) if finished else None,
+            "cv_worst": attrs.get("cv_worst") if finished else None,
+            "cv_median": attrs.get("cv_median") if finished else None,
+            "cv_p95": attrs.get("cv_p95") if finished else None,
+            "parameters": attrs.get("parameters"),
+            "size_bytes": attrs.get("size_bytes"),
+            "seconds": attrs.get("seconds"),
+            "arch": config.get("arch"),
+            "ensemble": config.get("ensemble"),
+            "last_fold": max(trial.intermediate_values) if trial.intermediate_values else None,
+            "intermediate": {int(k): float(v) for k, v in trial.intermediate_values.items()},
+            "error": attrs.get("error"),
+            "config": config,
+            "params": dict(trial.params),
+        })
+    return rows
+
+
+def study_settings(study_dir: str | Path) -> dict[str, Any]:
+    """What the study in ``study_dir`` was started with: ``target``, ``dataset``, ``images``,
+    ``folds``, ``seed`` and ``space``.
+
+    Raises:
+        IsplabError: no readable isplab AWB study there.
+    """
+    import optuna
+
+    db = Path(study_dir) / "study.db"
+    if not db.is_file():
+        raise IsplabError(f"no search study in {study_dir}: {db} not found")
+    _quiet_libraries()
+    try:
+        return dict(optuna.load_study(study_name=STUDY_NAME, storage=_storage(db)).user_attrs.get("settings", {}))
+    except KeyError:
+        raise IsplabError(f"{db} holds no isplab AWB study") from None
+
+
+CSV_COLUMNS = ("number", "state", "cv_mean", "cv_worst", "cv_median", "cv_p95", "parameters", "size_bytes",
+               "seconds", "arch", "ensemble", "last_fold", "error", "params")
+
+
+def write_outputs(study_dir: str | Path, storage=None) -> SearchResult:
+    """Write ``trials.csv``, ``pareto.json``, ``pareto.png`` and the best configurations from the
+    study in ``study_dir``; returns what they hold."""
+    study_dir = Path(study_dir)
+    rows = read_trials(study_dir, storage)
+    with (study_dir / "trials.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CSV_COLUMNS)
+        for row in rows:
+            writer.writerow(["" if row[c] is None else json.dumps(row[c], sort_keys=True) if c == "params" else row[c]
+                             for c in CSV_COLUMNS])
+    finished = [row for row in rows if row["cv_mean"] is not None and row["size_bytes"] is not None]
+    front = [finished[i] for i in pareto_front([(row["cv_mean"], row["size_bytes"]) for row in finished])]
+    best = min(finished, key=lambda row: row["cv_mean"], default=None)
+    best_small = min((row for row in finished if row["size_bytes"] <= SMALL_BYTES),
+                     key=lambda row: row["cv_mean"], default=None)
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+
+    def brief(row: dict[str, Any] | None) -> dict[str, Any] | None:
+        if row is None:
+            return None
+        return {k: row[k] for k in ("number", "cv_mean", "cv_worst", "cv_median", "cv_p95", "parameters",
+                                     "size_bytes", "seconds", "arch", "ensemble", "config")}
+
+    (study_dir / "pareto.json").write_text(json.dumps({
+        "objective": "grouped K-fold CV mean error (mireds) vs float32 size estimate (parameters x 4 bytes)",
+        "small_bytes": SMALL_BYTES,
+        "counts": counts,
+        "pareto": [brief(row) for row in front],
+        "best": brief(best),
+        "best_small": brief(best_small),
+    }, indent=2))
+    best_config = None
+    for row, name in ((best, "best_config.json"), (best_small, "best_small_config.json")):
+        path = study_dir / name
+        if row is None:
+            if path.exists():
+                path.unlink()
+            continue
+        config = train_config_from_dict(row["config"], f"trial {row['number']}")
+        path.write_text(config_json(config) + "\n")
+        if name == "best_config.json":
+            best_config = config
+    _plot(rows, front, study_dir / "pareto.png")
+    return SearchResult(study_dir, rows, front, best, best_small, best_config, counts)
+
+
+def _plot(rows: list[dict[str, Any]], front: list[dict[str, Any]], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7.0, 4.6), layout="constrained")
+    ax = figure.add_subplot()
+    finished = [row for row in rows if row["cv_mean"] is not None and row["size_bytes"]]
+    colours = dict(zip(ARCHS, ("tab:red", "tab:blue", "tab:green", "tab:orange")))
+    for arch in ARCHS:
+        mine = [row for row in finished if row["arch"] == arch]
+        if mine:
+            ax.scatter([r["size_bytes"] / 1024 for r in mine], [r["cv_mean"] for r in mine], s=22, alpha=0.75,
+                       color=colours.get(arch, "tab:gray"), label=f"{arch} ({len(mine)})")
+    if front:
+        sizes = [r["size_bytes"] / 1024 for r in front]
+        errors = [r["cv_mean"] for r in front]
+        ax.step(sizes, errors, where="post", color="black", linewidth=1.2, label="Pareto front")
+        ax.scatter(sizes, errors, s=60, facecolors="none", edgecolors="black")
+        for row in front:
+            ax.annotate(f"#{row['number']}", (row["size_bytes"] / 1024, row["cv_mean"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.axvline(SMALL_BYTES / 1024, color="tab:gray", linestyle=":", linewidth=1, label=f"{SMALL_BYTES // 1024} KB")
+    if finished:
+        ax.set_xscale("log")
+    ax.set_xlabel("float32 size estimate (KB, parameters x 4 bytes)")
+    ax.set_ylabel("grouped CV mean error (mireds)")
+    pruned = sum(row["state"] == "pruned" for row in rows)
+    ax.set_title(f"AWB search: {len(finished)} finished, {pruned} pruned trials")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    figure.savefig(path, dpi=110)
+
+
+def best_config_dict(result: SearchResult) -> dict[str, Any] | None:
+    """``best_config.json``'s content (``None`` when no trial finished)."""
+    return None if result.best_config is None else json.loads(config_json(result.best_config))
