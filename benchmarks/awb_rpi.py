@@ -19,6 +19,11 @@ reads an ``isplab awb search`` study instead: for the configurations on its Pare
 finished one with ``--search-all``) the grouped CV error the search measured, the parameter count,
 and the real float32 TFLite size and LiteRT latency of that architecture (exported untrained: size
 and speed do not depend on the weights), next to Raspberry Pi's reference model's size and latency.
+
+    .venv/bin/python benchmarks/awb_rpi.py --per-sensor [--config best_config.json] [--finetune-epochs 30]
+
+compares, under the same grouped K-fold CV, the shared model of a target with per-sensor copies of
+it fine-tuned on each sensor's training images (:func:`per_sensor_results`), per sensor and overall.
 """
 
 from __future__ import annotations
@@ -42,7 +47,12 @@ from isplab.export import TFLiteRunner
 from isplab.workflows.awb.config import TrainConfig
 from isplab.workflows.awb.constants import TARGET_SIZES
 from isplab.workflows.awb.dataset import load_dataset
-from isplab.workflows.awb.evaluate import ErrorSummary, cross_validate, evaluate_model, evaluate_tflite
+from isplab.workflows.awb.evaluate import (
+    ErrorSummary,
+    cross_validate,
+    evaluate_model,
+    evaluate_tflite,
+)
 from isplab.workflows.awb.export import export_awb
 from isplab.workflows.awb.predict import predict
 from isplab.workflows.awb.train import train_model

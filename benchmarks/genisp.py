@@ -2,9 +2,9 @@
 (d) normal-light images, on the camera GenISP was trained on and on a second camera without
 retraining; GenISP's parameter count, latency per 12 MP frame and peak memory.
 
-    .venv/bin/python benchmarks/genisp.py [--images 600] [--size 320x224] [--detector-epochs 24]
-        [--genisp-epochs 15] [--batch-size 8] [--device auto] [--threads 2] [--out runs/bench-genisp]
-        [--quick] [--json out.json]
+    .venv/bin/python benchmarks/genisp.py [--images 800] [--size 320x224] [--detector-epochs 24]
+        [--genisp-epochs 15] [--batch-size 8] [--device cpu|cuda] [--threads 2] [--workers 0]
+        [--out runs/bench-genisp] [--quick] [--json out.json]
 
 Steps (data from ``isplab genisp synth``: ``--images`` scenes, 60/20/20 % train/val/test, cameras
 cam-a and cam-b):
@@ -21,6 +21,24 @@ cam-a and cam-b):
 
 The training budget (epochs, steps, wall time) is printed with the table. ``--quick`` (24 tiny
 images, one epoch each, a 1 MP frame) is a smoke test of the script, not a measurement.
+
+Measured (2026-11-30, one H200 with 16 CPU cores, ``--device cuda --threads 14 --workers 8`` and the
+defaults: 800 scenes, 480 for training, 161 test scenes per camera; detector 24 epochs = 1440
+steps, GenISP 15 epochs = 900 steps, about 8 minutes in all). AP / AP50 / AP75 in %:
+
+=================================  ================  ================
+input                              cam-a (trained)   cam-b (unseen)
+=================================  ================  ================
+(a) packed raw                     0.1 / 0.3 / 0.0   0.1 / 0.3 / 0.0
+(b) classical ISP                  1.1 / 3.5 / 0.3   0.4 / 1.7 / 0.1
+(c) GenISP                         23.1 / 52.6 / 15.4  17.9 / 43.6 / 12.2
+(d) normal light (upper bound)     35.3 / 67.6 / 34.3  35.3 / 67.6 / 34.3
+=================================  ================  ================
+
+GenISP has 116,015 parameters; one 4000 x 3000 frame took 0.055 s on the H200 in 1024-pixel tiles
+(peak GPU memory 1.8 GB; 0.026 s and 6.2 GB untiled) and 9.3 s on its 16 CPU threads (tiled, peak
+RSS 3.2 GB). The detector, trained on clean renders, is not robust to the noise the classical ISP
+amplifies, which is why (b) is barely above (a) on this data.
 """
 
 from __future__ import annotations
@@ -41,7 +59,13 @@ from isplab.models.genisp import load_genisp
 from isplab.workflows.genisp.detector import load_detector
 from isplab.workflows.genisp.evaluate import SOURCE_TITLES, SOURCES, evaluate_inputs
 from isplab.workflows.genisp.synth import synthesize
-from isplab.workflows.genisp.train import DetectorTrainConfig, GenISPTrainConfig, open_split, train_detector, train_genisp
+from isplab.workflows.genisp.train import (
+    DetectorTrainConfig,
+    GenISPTrainConfig,
+    open_split,
+    train_detector,
+    train_genisp,
+)
 
 
 def frame_run(model_path: str, size: tuple[int, int], tile: int, device: str, threads: int) -> dict:
@@ -78,7 +102,7 @@ def _in_child(*args) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=600)
+    parser.add_argument("--images", type=int, default=800)
     parser.add_argument("--size", default="320x224", help="synthetic sensor size WIDTHxHEIGHT")
     parser.add_argument("--detector", default="retinanet_resnet18_fpn")
     parser.add_argument("--detector-epochs", type=int, default=24)

@@ -62,6 +62,8 @@ def main() -> None:
     parser.add_argument("--fid-iters", type=int, default=3000)
     parser.add_argument("--fid-width", type=int, default=16)
     parser.add_argument("--fid-patch", type=int, default=96)
+    parser.add_argument("--fid-params", nargs="+", default=[], metavar="BLOCK/SPEC",
+                        help="what varies per block, in generate's -p syntax, e.g. exposure/exposure,black=-0.02:0.02 (default: every parameter over its soft range)")
     parser.add_argument("--fid-head", default="affine", choices=["affine", "add"], help="proxy head (see isplab.models.proxy)")
     parser.add_argument("--regress-samples", type=int, default=5)
     parser.add_argument("--search-renders", type=int, default=60)
@@ -145,13 +147,18 @@ def fidelity(args, console: Console) -> list[dict]:
     budget = (f"{args.fid_count} samples of {args.fid_images} synthetic {size[0]}x{size[1]} images ({backend}), "
               f"width {args.fid_width}, head {args.fid_head}, {args.fid_iters} iterations of 8 {args.fid_patch}px patches, device {args.device}")  # fmt: skip
     console.print(f"fidelity budget: {budget}")
+    specs = dict(item.split("/", 1) for item in args.fid_params)
+    if specs:
+        budget += "; varied: " + "; ".join(f"{b} {v}" for b, v in specs.items())
+        console.print(f"varied: {specs}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for block in args.blocks:
             ds, run = Path(tmp) / f"{block}-data", Path(tmp) / f"{block}-run"
             start = time.perf_counter()
             generate(GenerateOptions(block=block, output=ds, count=args.fid_count, synth_images=args.fid_images,
-                                     backend=backend, size=size, progress=False))  # fmt: skip
+                                     backend=backend, size=size, progress=False,
+                                     params=[specs[block]] if block in specs else None))  # fmt: skip
             gen_s = time.perf_counter() - start
             config = ProxyTrainConfig(width=args.fid_width, head=args.fid_head, patch=min(args.fid_patch, size[1]), iters=args.fid_iters,
                                       eval_every=max(1, args.fid_iters // 4), lr=1e-3, device=args.device)  # fmt: skip

@@ -4,7 +4,7 @@ tile-vs-whole difference, and full-size (8192 x 4096) prediction time and peak m
     .venv/bin/python benchmarks/sky.py [--images 24] [--image-size 512x256] [--encoder resnet34]
         [--epochs 20] [--patches-per-epoch 512] [--size 8192x4096] [--device auto] [--quick] [--json out.json]
     .venv/bin/python benchmarks/sky.py --full-res [--size 8192x4096] [--device cuda] [--model model.pt]
-        [--tile 2048 --overlap 896 --margin 384 --tile-batch 1] [--json out.json]
+        [--tile 2048 --overlap 896 --margin 384 --tile-batch 1] [--nchw] [--json out.json]
     .venv/bin/python benchmarks/sky.py --tile-study [--model model.pt] [--size 1536x1536] [--study-tile 1024]
 
 Default mode (all on data made by ``isplab sky synth``, split by image as ``isplab sky train`` does):
@@ -69,7 +69,7 @@ def _model(model_path: str | None, encoder: str = "resnet34", depth: int = 5, se
 
 
 def full_size_run(model_path: str | None, size: tuple[int, int], tile: TileOptions, device: str, encoder: str = "resnet34",
-                  depth: int = 5) -> dict:
+                  depth: int = 5, channels_last: bool = True) -> dict:
     """In a child process: predict one synthetic HDR image of ``size``; time and peak memory."""
     model = _model(model_path, encoder, depth)
     w, h = size
@@ -84,7 +84,7 @@ def full_size_run(model_path: str | None, size: tuple[int, int], tile: TileOptio
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    alpha = predict_alpha(model, image, True, tile, device=device)
+    alpha = predict_alpha(model, image, True, tile, device=device, channels_last=channels_last)
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -93,7 +93,7 @@ def full_size_run(model_path: str | None, size: tuple[int, int], tile: TileOptio
     n_tiles = len(_starts(-(-h // mult) * mult, th, tile.tile - tile.overlap)) * len(_starts(-(-w // mult) * mult, tw, tile.tile - tile.overlap)) if tile.tile > 0 else 1
     result = {"seconds": seconds, "megapixels_per_second": w * h / 1e6 / seconds, "tiles": n_tiles,
               "peak_rss_mb": peak, "rss_before_mb": before, "image_mb": image.nbytes / 2**20,
-              "sky_fraction": float((alpha >= 0.5).mean()), "torch_threads": torch.get_num_threads()}
+              "sky_fraction": float((alpha >= 0.5).mean()), "torch_threads": torch.get_num_threads(), "channels_last": channels_last}
     if device == "cuda":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
         result["gpu"] = torch.cuda.get_device_name()
@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--margin", type=int, default=defaults.margin)
     parser.add_argument("--tile-batch", type=int, default=defaults.batch)
     parser.add_argument("--study-tile", type=int, default=1024)
+    parser.add_argument("--nchw", action="store_true", help="--full-res: run the network in NCHW instead of channels_last (to compare)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true")
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.tile_study:
         results["tile_study"] = tile_study(args.model, parse_size(args.size or "1536x1536"), args.study_tile, args.seed)
     elif args.full_res:
-        results["full_size"] = full_size(args.model, parse_size(args.size or "8192x4096"), tiles, device)
+        results["full_size"] = full_size(args.model, parse_size(args.size or "8192x4096"), tiles, device, channels_last=not args.nchw)
     else:
         args.size = args.size or "8192x4096"
         train_and_test(args, device, tiles, results)

@@ -5,7 +5,9 @@ Private to :mod:`isplab.isp`; the public ops call these so every op reports shap
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import queue
+import threading
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -77,3 +79,46 @@ def eager_inplace_ok(*tensors: torch.Tensor) -> bool:
     if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
         return False
     return not (torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors))
+
+
+def run_chunks(work: Callable[[int], None], items: range) -> None:
+    """Call ``work(item)`` for every item, on ``torch.get_num_threads()`` threads that each run their
+    ops single-threaded (torch ops release the GIL).
+
+    For per-chunk work on a large image: many small ops, each on an OpenMP team of its own, would
+    spend their time in barriers (far more so when other processes share the cores); whole chunks
+    per thread scale instead. The first exception is re-raised here.
+    """
+    threads = min(torch.get_num_threads(), len(items))
+    if threads <= 1:
+        for item in items:
+            work(item)
+        return
+    pending: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for item in items:
+        pending.put(item)
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        torch.set_num_threads(1)  # this thread's OpenMP/MKL team size (and the default of new threads: restored below)
+        try:
+            while not errors:
+                try:
+                    item = pending.get_nowait()
+                except queue.Empty:
+                    return
+                work(item)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
+            errors.append(e)
+
+    original = torch.get_num_threads()
+    pool = [threading.Thread(target=worker, name=f"isplab-isp-{i}", daemon=True) for i in range(threads)]
+    try:
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+    finally:
+        torch.set_num_threads(original)
+    if errors:
+        raise errors[0]

@@ -10,15 +10,13 @@ input is reflect-padded the same way, which is how the tests compare them.)
 from __future__ import annotations
 
 import functools
-import queue
-import threading
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from isplab.errors import IsplabError
-from isplab.isp._params import check_image, eager_inplace_ok
+from isplab.isp._params import check_image, eager_inplace_ok, run_chunks
 from isplab.isp.bayer import check_pattern
 
 METHODS = ("malvar", "bilinear")
@@ -149,16 +147,30 @@ def _pad_for_packing(mosaic: torch.Tensor, method: str) -> torch.Tensor:
     return x
 
 
+def _padded_rows(mosaic: torch.Tensor, first: int, stop: int) -> torch.Tensor:
+    """Rows ``first:stop`` of the mosaic padded as :func:`_pad_for_packing` pads it, without padding
+    the whole image: equal wherever a kernel has a non-zero weight. Needs H, W >= 6."""
+    height, width = mosaic.shape[-2:]
+    top, bottom = first - 2, stop - 2  # in mosaic rows
+    if top >= 0 and bottom <= height:
+        rows = mosaic[:, :, top:bottom]
+    else:  # reflect about the first/last row (beyond the kernel's reach: any row, never weighted)
+        index = torch.arange(top, bottom, device=mosaic.device).abs_()
+        index = torch.where(index >= height, 2 * (height - 1) - index, index).clamp_(0, height - 1)
+        rows = mosaic.index_select(2, index)
+    return F.pad(rows, (2, 2 + width % 2, 0, 0), mode="reflect")
+
+
 def _interpolate_packed(q: torch.Tensor, pattern: str, method: str, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Demosaic padded packed planes ``(B, 4, n + 2, m + 2)`` (tile order) to RGB ``(B, 3, 2n, 2m)``.
+    """Demosaic padded packed planes ``(B, 4, n + 2, m + 2)`` (tile order).
 
     Each output channel at each tile position is one small weighted sum of shifted plane slices at
     packed resolution (instead of full-resolution 5x5 kernels on every pixel and a selection);
     partial sums shared by several outputs are computed once.
 
-    With ``out`` (a ``(B, 3, 2n, 2m)`` tensor, possibly a view) the sums are accumulated in place
-    straight into its interleaved sites and ``out`` is returned: no autograd. Without it the result
-    is built out of place (autograd records it) and interleaved with ``pixel_shuffle``.
+    With ``out``, a ``(B, 3, 4, n, m)`` buffer, the sums are accumulated in place into it, phase by
+    phase (no autograd), and it is returned. Without it the result is built out of place (autograd
+    records it) and interleaved: ``(B, 3, 2n, 2m)``.
     """
     batch, _, rows, cols = q.shape
     n, m = rows - 2, cols - 2
@@ -176,11 +188,9 @@ def _interpolate_packed(q: torch.Tensor, pattern: str, method: str, out: torch.T
 
     results = []
     for index, recipe in enumerate(_plan(pattern, method)):
-        channel, position = divmod(index, 4)
         (weight, taps), rest = recipe[0], recipe[1:]
         if inplace:
-            dy, dx = divmod(position, 2)
-            target = out[:, channel, dy::2, dx::2]
+            target = out[:, index // 4, index % 4]
             torch.mul(tap_sum(taps), weight, out=target)
             for weight, taps in rest:
                 target.add_(tap_sum(taps), alpha=weight)
@@ -200,7 +210,7 @@ def demosaic_packed(
     method: str,
     *,
     prepare: Callable[[torch.Tensor, bool], torch.Tensor] | None = None,
-    finish: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
+    finish: Callable[[torch.Tensor, bool], torch.Tensor] | None = None,
     needs_grad: bool = False,
 ) -> torch.Tensor:
     """Demosaic with per-phase sums on packed planes, with hooks for the per-pixel ops around it.
@@ -209,97 +219,65 @@ def demosaic_packed(
         mosaic: ``(B, 1, H, W)``.
         pattern: a checked CFA pattern; method: ``"malvar"`` or ``"bilinear"``.
         prepare: per-site op on padded packed planes ``(B, 4, n, m)`` in tile order before
-            demosaicing (white balance, clipping), called as ``prepare(planes, inplace)``; with
-            ``inplace`` it may modify ``planes`` (a buffer of its own).
+            demosaicing (white balance, clipping), called as ``prepare(planes, inplace)``.
         finish: per-pixel op after demosaicing (colour matrix, gamma), called as
-            ``finish(rgb, out)`` on ``(B, 3, rows, cols)`` camera RGB: with ``out`` (same shape) it
-            writes its result there and may overwrite ``rgb``; with ``out=None`` it returns its
-            result out of place.
+            ``finish(rgb, inplace)`` on ``(B, 3, ...)`` camera RGB (any layout after the channel
+            dimension); it returns the same shape.
         needs_grad: an input of ``prepare``/``finish`` requires a gradient.
 
-    When no gradient is needed (and nothing traces the call) a CPU image is processed in chunks of
-    packed rows with in-place ops, so that temporaries stay in cache, on ``torch.get_num_threads()``
-    threads; otherwise in one piece, out of place.
+    With ``inplace`` the hooks may modify their argument (a buffer of the function's own) and
+    must record no autograd graph. That is the case when no gradient is needed and nothing traces
+    the call: a CPU image is then processed in chunks of packed rows, so that temporaries stay in
+    cache, on ``torch.get_num_threads()`` threads. Otherwise it is processed in one piece, out of place.
 
     Returns:
         ``(B, 3, H, W)``, contiguous.
     """
     check_image(mosaic, 1, "mosaic")
     height, width = mosaic.shape[-2:]
-    padded = _pad_for_packing(mosaic, method)
-    batch = mosaic.shape[0]
-    h, w = padded.shape[-2] // 2 - 2, padded.shape[-1] // 2 - 2
+    batch, h, w = mosaic.shape[0], (height + 1) // 2, (width + 1) // 2
     grad = torch.is_grad_enabled() and (needs_grad or mosaic.requires_grad)
     if grad or not eager_inplace_ok():
-        q = F.pixel_unshuffle(padded, 2)
+        q = F.pixel_unshuffle(_pad_for_packing(mosaic, method), 2)
         out = _interpolate_packed(q if prepare is None else prepare(q, False), pattern, method)
-        out = out if finish is None else finish(out, None)
+        out = out if finish is None else finish(out, False)
     else:
+        if min(height, width) < 6:
+            padded = _pad_for_packing(mosaic, method)  # tiny: pad it all (raises if too small)
+
+            def rows_of(first: int, stop: int) -> torch.Tensor:
+                return padded[:, :, first:stop]
+        else:
+
+            def rows_of(first: int, stop: int) -> torch.Tensor:
+                return _padded_rows(mosaic, first, stop)
+
         out = mosaic.new_empty(batch, 3, 2 * h, 2 * w)
         chunked = mosaic.device.type == "cpu"
         step = max(1, _CHUNK_ELEMENTS // max(1, w * batch)) if chunked else h
 
         def chunk(top: int) -> None:
             bottom = min(h, top + step)
-            q = F.pixel_unshuffle(padded[:, :, 2 * top : 2 * bottom + 4], 2)
+            rows = rows_of(2 * top, 2 * bottom + 4)
+            q = mosaic.new_empty(batch, 4, bottom - top + 2, w + 2)
+            for position in range(4):  # strided copies: much faster than pixel_(un)shuffle on the CPU
+                q[:, position].copy_(rows[:, 0, position // 2 :: 2, position % 2 :: 2])
             if prepare is not None:
                 q = prepare(q, True)
-            target = out[:, :, 2 * top : 2 * bottom]
-            if finish is None:
-                _interpolate_packed(q, pattern, method, out=target)
-            else:
-                finish(_interpolate_packed(q, pattern, method, out=torch.empty_like(target)), target)
+            rgb = _interpolate_packed(q, pattern, method, out=mosaic.new_empty(batch, 3, 4, bottom - top, w))
+            if finish is not None:
+                rgb = finish(rgb, True)
+            for position in range(4):
+                dy, dx = divmod(position, 2)
+                out[:, :, 2 * top + dy : 2 * bottom : 2, dx::2].copy_(rgb[:, :, position])
 
         if chunked:
-            _in_threads(chunk, range(0, h, step))
+            run_chunks(chunk, range(0, h, step))
         else:
             chunk(0)
     if out.shape[-2:] != (height, width):
         out = out[..., :height, :width].contiguous()
     return out
-
-
-def _in_threads(work: Callable[[int], None], items: range) -> None:
-    """Run ``work`` on every item, spread over ``torch.get_num_threads()`` threads that each run
-    their ops single-threaded.
-
-    Chunks are small, so one OpenMP team per op would spend its time in barriers (and much more
-    when the cores are shared with other processes); whole chunks per thread scale instead.
-    torch ops release the GIL.
-    """
-    threads = min(torch.get_num_threads(), len(items))
-    if threads <= 1:
-        for item in items:
-            work(item)
-        return
-    pending: queue.SimpleQueue[int] = queue.SimpleQueue()
-    for item in items:
-        pending.put(item)
-    errors: list[BaseException] = []
-
-    def worker() -> None:
-        torch.set_num_threads(1)  # this thread's OpenMP/MKL setting (also the default of new threads, restored below)
-        try:
-            while not errors:
-                try:
-                    item = pending.get_nowait()
-                except queue.Empty:
-                    return
-                work(item)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-            errors.append(e)
-
-    original = torch.get_num_threads()
-    pool = [threading.Thread(target=worker, name=f"isplab-demosaic-{i}", daemon=True) for i in range(threads)]
-    try:
-        for thread in pool:
-            thread.start()
-        for thread in pool:
-            thread.join()
-    finally:
-        torch.set_num_threads(original)
-    if errors:
-        raise errors[0]
 
 
 def demosaic_bilinear(mosaic: torch.Tensor, pattern: str) -> torch.Tensor:

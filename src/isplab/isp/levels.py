@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from isplab.isp._params import cfa_map, check_image, per_sample
+from isplab.isp._params import cfa_map, check_image, eager_inplace_ok, per_sample, run_chunks
 from isplab.isp.bayer import tile_to_planes
 
 
@@ -69,10 +69,54 @@ def normalize_mosaic(mosaic: torch.Tensor, black_level, white_level, pattern: st
     Returns:
         ``(B, 1, H, W)`` normalised mosaic.
     """
+    if _integer_mosaic(mosaic) and eager_inplace_ok(black_level, white_level):
+        return _normalize_integer_mosaic(mosaic, black_level, white_level, pattern, clip)
     mosaic = check_image(_as_float(mosaic), 1, "mosaic")
     black, white = _mosaic_levels(mosaic, black_level, white_level, pattern)
     out = (mosaic - black) / (white - black)
     return out.clamp(0.0, 1.0) if clip else out
+
+
+# Elements per chunk of :func:`_normalize_integer_mosaic` (1 MB of float32).
+_NORMALIZE_CHUNK_ELEMENTS = 1 << 18
+
+
+def _integer_mosaic(mosaic) -> bool:
+    """An integer ``(B, 1, H, W)`` tensor with even H and W."""
+    return (
+        isinstance(mosaic, torch.Tensor)
+        and not mosaic.is_floating_point()
+        and mosaic.ndim == 4
+        and mosaic.shape[1] == 1
+        and mosaic.shape[-2] % 2 == 0
+        and mosaic.shape[-1] % 2 == 0
+    )
+
+
+def _normalize_integer_mosaic(mosaic: torch.Tensor, black_level, white_level, pattern: str, clip: bool) -> torch.Tensor:
+    """:func:`normalize_mosaic` of raw integers (e.g. uint16 DN) straight into one float32 buffer.
+
+    The same arithmetic per site, in place chunk by chunk (the temporaries stay in cache), with the
+    levels broadcast over the 2x2 tile instead of tiled over the image.
+    """
+    batch, _, height, width = mosaic.shape
+    out = torch.empty(mosaic.shape, dtype=torch.float32, device=mosaic.device)
+    black, white = _mosaic_levels(out[..., :2, :2], black_level, white_level, pattern)  # (B', 1, 2, 2), (B', 1, 1, 1)
+    scale = white - black  # per tile position, as ``white - black`` per site
+    black, scale = (t.reshape(-1, 1, 1, 2, 1, 2) for t in (black, scale))  # over (B, 1, rows/2, 2, W/2, 2)
+    step = 2 * max(1, _NORMALIZE_CHUNK_ELEMENTS // (2 * width * batch)) if mosaic.device.type == "cpu" else height
+
+    def chunk(top: int) -> None:
+        bottom = min(height, top + step)
+        target = out[:, :, top:bottom]
+        target.copy_(mosaic[:, :, top:bottom])
+        sites = target.view(batch, 1, (bottom - top) // 2, 2, width // 2, 2)
+        sites.sub_(black).div_(scale)
+        if clip:
+            sites.clamp_(0.0, 1.0)
+
+    run_chunks(chunk, range(0, height, step))
+    return out
 
 
 def denormalize_mosaic(mosaic: torch.Tensor, black_level, white_level, pattern: str) -> torch.Tensor:

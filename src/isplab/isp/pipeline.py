@@ -20,7 +20,7 @@ from isplab.errors import IsplabError
 from isplab.isp._params import check_image, per_sample
 from isplab.isp.bayer import channel_index, check_pattern
 from isplab.isp.demosaic import METHODS, demosaic_packed
-from isplab.isp.gamma import linear_to_srgb, linear_to_srgb_
+from isplab.isp.gamma import encode_srgb_fast_, linear_to_srgb
 from isplab.isp.tone import smoothstep_tone, smoothstep_tone_
 
 
@@ -66,21 +66,27 @@ def render(
         planes = planes * gains
         return planes.clamp(0.0, 1.0) if clip else planes
 
-    def finish(rgb: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-        # Steps 4-7 on camera RGB (B, 3, rows, cols): the colour matrix is one batched matmul.
-        batch = rgb.shape[0]
-        if out is None:
-            x = torch.matmul(matrix, rgb.reshape(batch, 3, -1)).reshape(rgb.shape)
+    coefficients: list = []  # the matrix as numbers, read once (a sync on a GPU) when used
+
+    def finish(rgb: torch.Tensor, inplace: bool) -> torch.Tensor:
+        # Steps 4-7 on camera RGB (B, 3, ...).
+        if not inplace:
+            x = torch.matmul(matrix, rgb.reshape(rgb.shape[0], 3, -1)).reshape(rgb.shape)
             x = x.clamp(0.0, 1.0) if clip else x
             x = linear_to_srgb(x)
             return smoothstep_tone(x) if tone else x
-        x = torch.matmul(matrix, rgb.reshape(batch, 3, -1), out=out.view(batch, 3, -1))
+        if not coefficients:
+            coefficients.extend(matrix.tolist())
+        x = torch.empty_like(rgb)
+        for sample, rows in enumerate(coefficients):  # 3 x 3 scaled adds: faster than a K=3 matmul
+            src, dst = (rgb, x) if len(coefficients) == 1 else (rgb[sample : sample + 1], x[sample : sample + 1])
+            for channel, (m0, m1, m2) in enumerate(rows):
+                target = dst[:, channel]
+                torch.mul(src[:, 0], m0, out=target).add_(src[:, 1], alpha=m1).add_(src[:, 2], alpha=m2)
         if clip:
             x.clamp_(0.0, 1.0)
-        x = linear_to_srgb_(x)
-        if tone:
-            smoothstep_tone_(x)
-        return out
+        x = encode_srgb_fast_(x)
+        return smoothstep_tone_(x) if tone else x
 
     return demosaic_packed(
         raw, pattern, demosaic_method, prepare=prepare, finish=finish,

@@ -30,12 +30,15 @@ ISP_ARCHS = ("punet", "lfnet", "nafnet")
 _CLASSES: dict[str, type[nn.Module]] = {"punet": PUNet, "lfnet": LFNet, "nafnet": NAFNetISP}
 
 
-def build_isp_model(arch: str, num_maps_base: int = 16, **options: Any) -> nn.Module:
+def build_isp_model(arch: str, num_maps_base: int = 16, *, metadata: bool = False, **options: Any) -> nn.Module:
     """Build a learned-ISP model (see the module docstring).
 
     Args:
         arch: One of :data:`ISP_ARCHS`.
         num_maps_base: Base feature width.
+        metadata: the model expects metadata-aware input (packed planes white-balanced and
+            colour-corrected with the raw's own metadata, :func:`isplab.workflows.isp.data.model_input`);
+            recorded as ``isp_config["metadata"]`` (absent for blind models).
         **options: The architecture's other keyword arguments (lfnet: ``num_blocks``, ``units``,
             ``layers``; nafnet: ``enc_blocks``, ``mid_blocks``, ``dec_blocks``; punet: none).
 
@@ -49,6 +52,8 @@ def build_isp_model(arch: str, num_maps_base: int = 16, **options: Any) -> nn.Mo
     except TypeError as e:
         raise IsplabError(f"bad options {options} for ISP arch {arch!r}: {e}") from None
     model.isp_config = {"arch": arch, "num_maps_base": num_maps_base, "options": dict(options)}
+    if metadata:
+        model.isp_config["metadata"] = True
     model.register_forward_pre_hook(_check_input)
     return model
 
@@ -78,7 +83,12 @@ def load_isp_model(path: str | Path) -> nn.Module:
     Raises:
         IsplabError: missing file, or not an isplab ISP model file.
     """
-    return load_model(path, "isp_config", lambda c: build_isp_model(c["arch"], c["num_maps_base"], **c["options"]), "ISP model")
+    return load_model(path, "isp_config", lambda c: build_isp_model(c["arch"], c["num_maps_base"], metadata=bool(c.get("metadata", False)), **c["options"]), "ISP model")
+
+
+def uses_metadata(model: nn.Module) -> bool:
+    """Whether ``model`` was trained on metadata-aware input (``isp_config["metadata"]``)."""
+    return bool(getattr(model, "isp_config", {}).get("metadata", False))
 
 
 def count_parameters(model: nn.Module) -> int:

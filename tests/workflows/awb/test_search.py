@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -22,8 +23,8 @@ from isplab.workflows.awb.search import (
     REFERENCE_FILTERS,
     SEARCH_FILES,
     SearchSpace,
-    pareto_front,
     parameter_count,
+    pareto_front,
     read_trials,
     search,
     suggest_config,
@@ -158,10 +159,12 @@ def test_search_writes_resumes_refuses_and_feeds_train(data, tmp_path, monkeypat
     study = tmp_path / "study"
     space = SearchSpace(epochs=(1, 2), max_ensemble=2)
     kwargs = dict(target="vc4", folds=2, device="cpu", space=space)
+    level = logging.getLogger("lightning.pytorch").level
     first = search(data, study, trials=3, **kwargs)
+    assert logging.getLogger("lightning.pytorch").level == level  # quiet during the search only
     for name in ("study.db", "trials.csv", "pareto.json", "pareto.png", "best_config.json"):
         assert (study / name).is_file(), name
-    assert set(p.name for p in study.iterdir()) <= set(SEARCH_FILES)
+    assert {p.name for p in study.iterdir()} <= set(SEARCH_FILES)
 
     rows = list(csv.DictReader((study / "trials.csv").open()))
     assert [r["state"] for r in rows] == ["complete"] * 3  # the pruner waits for 4 finished trials
@@ -203,7 +206,9 @@ def test_search_writes_resumes_refuses_and_feeds_train(data, tmp_path, monkeypat
     code, out, err = _cli(monkeypatch, capsys, "search", str(data), "--target", "vc4", "--trials", "5", "--folds", "2",
                           "-o", str(study), "--min-epochs", "1", "--max-epochs", "2", "--max-ensemble", "2", "--device", "cpu")
     assert code == 1 and "--resume to continue" in err and len(err.strip().splitlines()) == 1
-    code, out, err = _cli(monkeypatch, capsys, "search", str(data), "--target", "vc4", "--trials", "4", "--folds", "2",
+    # The same images in another folder (another machine) resume the study.
+    moved = shutil.copytree(data, tmp_path / "moved")
+    code, out, err = _cli(monkeypatch, capsys, "search", str(moved), "--target", "vc4", "--trials", "4", "--folds", "2",
                           "-o", str(study), "--min-epochs", "1", "--max-epochs", "2", "--max-ensemble", "2",
                           "--device", "cpu", "--resume")
     assert code == 0, err
@@ -248,3 +253,22 @@ def test_workers_run_trials_in_parallel_processes_on_one_study(data, tmp_path):
     db = optuna.load_study(study_name="awb", storage=f"sqlite:///{tmp_path / 'study' / 'study.db'}")
     processes = {t.user_attrs["process"] for t in db.trials}
     assert len(processes) == 2 and os.getpid() not in processes
+
+
+def test_holdout_scenes_stay_out_of_the_search_and_score_the_best(data, tmp_path):
+    from isplab.workflows.awb.dataset import grouped_kfold
+
+    study = tmp_path / "study"
+    space = SearchSpace(archs=("small",), epochs=(1, 1), max_ensemble=1)
+    result = search(data, study, target="vc4", trials=2, folds=2, device="cpu", space=space, holdout=0.25, seed=2)
+    dataset = load_dataset(data, "vc4")
+    _, held_out = grouped_kfold(dataset.samples, 4, seed=2 + 1_000_003)[0]
+    pareto = json.loads((study / "pareto.json").read_text())
+    # Every "small" config here is within the size budget: best and best small are the same trial.
+    assert pareto["best"]["number"] == pareto["best_small"]["number"] == result.best["number"]
+    summary = pareto["best"]["holdout"]
+    assert summary["count"] == len(held_out) > 0
+    assert summary["worst"] >= summary["p95"] >= summary["median"] > 0 and summary["worst"] >= summary["mean"]
+    assert [t["holdout"] is not None for t in result.trials] == [t["number"] == result.best["number"] for t in result.trials]
+    with pytest.raises(IsplabError, match="other settings.*holdout"):
+        search(data, study, target="vc4", trials=3, folds=2, device="cpu", space=space, holdout=0.5, seed=2, resume=True)

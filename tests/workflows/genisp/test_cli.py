@@ -17,7 +17,7 @@ def trained(tmp_path_factory):
     import sys
 
     def ok(*args):
-        result = subprocess.run([sys.executable, "-m", "isplab.cli", *args], capture_output=True, text=True)
+        result = subprocess.run([sys.executable, "-m", "isplab.cli", *args], capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stderr[-2000:]
         return result
 
@@ -71,8 +71,6 @@ def test_bad_input_is_one_line(tmp_path, isplab_cli):
                         "--device", "cpu")
     assert result.returncode == 1 and result.stderr.strip().count("\n") == 0
     assert "does not exist" in result.stderr and "Traceback" not in result.stderr
-    result = isplab_cli("genisp", "detector", "train", str(tmp_path), str(tmp_path / "d"), "--name", "yolo", "--device", "cpu")
-    assert result.returncode == 1 and result.stderr.strip().count("\n") == 0
     result = isplab_cli("genisp", "synth", str(tmp_path / "s"), "--size", "big")
     assert result.returncode == 1 and "bad --size" in result.stderr
 

@@ -85,8 +85,8 @@ def test_frozen_detector_returns_losses_passes_gradients_and_never_changes():
     assert not torch.equal(gain.detach(), torch.ones(1, 3, 1, 1))
     after = detector.state_dict()
     assert before.keys() == after.keys()
-    for k in before:
-        assert torch.equal(before[k], after[k]), k
+    for k, value in before.items():
+        assert torch.equal(value, after[k]), k
     # train() / eval() do not matter any more: the loss is the same in both (frozen statistics)
     detector.eval()
     again, _ = detection_loss(detector, images * gain.detach(), _targets())

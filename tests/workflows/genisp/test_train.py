@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import lightning as L
 import pytest
 import torch
@@ -99,3 +101,22 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(dataset, detector_file
     with pytest.raises(IsplabError, match="unknown detector"):
         train_detector(dataset, tmp_path / "d", DetectorTrainConfig(detector="yolo", device="cpu"), progress=False)
     assert len(open_split(dataset, "cam-b", "train")) >= 1
+
+
+@pytest.mark.slow
+def test_torchvision_detector_from_a_local_state_dict(dataset, tmp_path):
+    from isplab.workflows.genisp.detector import build_detector
+
+    torch.manual_seed(0)
+    name = "ssdlite320_mobilenet_v3_large"  # the smallest torchvision detector with a training loss
+    weights = tmp_path / "ssdlite_coco.pth"
+    torch.save(build_detector(name, num_classes=91).state_dict(), weights)
+    config = GenISPTrainConfig(batch_size=4, epochs=1, device="cpu", genisp=TINY, detector_name=name, detector_weights=str(weights),
+                               limit_train_images=4, short=32, long=48)
+    path = train_genisp(dataset, tmp_path / "run", None, config, progress=False)
+    assert load_genisp(path) is not None
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["detector_config"] == {"name": name, "num_classes": 91, "min_size": 32, "max_size": 48}
+    with pytest.raises(IsplabError, match="another architecture"):
+        bad = GenISPTrainConfig(device="cpu", genisp=TINY, detector_name="fcos_resnet50_fpn", detector_weights=str(weights))
+        train_genisp(dataset, tmp_path / "run2", None, bad, progress=False)

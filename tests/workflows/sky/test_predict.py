@@ -78,7 +78,7 @@ def test_tiled_equals_whole_image(depth, tile, overlap, margin):
 @pytest.mark.slow
 def test_default_tiling_equals_whole_image_for_the_default_model():
     # the default U-Net (ResNet-34, 5 stages) with random weights sees farthest past a tile's edge
-    # (benchmarks/sky.py --tile-study: below 1e-3 from ~340 px in, a trained one from ~150 px)
+    # (benchmarks/sky.py --tile-study: below 1e-3 from ~340 px in, a trained one from ~160 px)
     torch.manual_seed(0)
     model = build_sky_model().eval()
     image, *_ = make_sample(5, 0, (2304, 256))  # two 2048 x 256 tiles, 1792 pixels shared
@@ -127,6 +127,8 @@ def test_prediction_of_odd_sizes_is_padded_and_cropped():
     with torch.no_grad():
         direct = torch.sigmoid(model(x))[0, 0, :100].numpy()
     np.testing.assert_allclose(alpha, direct, atol=1e-5)  # tiles are encoded in float32 (torch), the reference in float64
+    nchw = predict_alpha(model, image, True, TileOptions(tile=0), channels_last=False)  # the memory layout changes nothing
+    np.testing.assert_allclose(nchw, alpha, atol=1e-5)
     tiled = predict_alpha(model, image, True, TileOptions(tile=64, overlap=48, margin=16))
     assert tiled.shape == (100, 200) and np.abs(tiled - alpha).mean() < 0.05
 

@@ -380,7 +380,12 @@ def evaluate_command(
     """Per-image errors worst first, summaries, the camera's own estimate as baseline; --cv for held-out numbers."""
     from isplab.engine import is_global_zero
     from isplab.io.paths import prepare_output_dir
-    from isplab.workflows.awb.evaluate import REPORT_FILES, cross_validate, evaluate_predictions, write_report
+    from isplab.workflows.awb.evaluate import (
+        REPORT_FILES,
+        cross_validate,
+        evaluate_predictions,
+        write_report,
+    )
     from isplab.workflows.awb.predict import load_predictor
 
     if (model is None) == (cv is None):
@@ -457,7 +462,8 @@ def search_command(
     max_epochs: int = typer.Option(200, "--max-epochs", help="Largest maximum-epochs tried."),
     max_ensemble: int = typer.Option(5, "--max-ensemble", help="Ensembles of 1..this many members are tried."),
     tuning_dir: TuningDir = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the study in OUTPUT (same target, folds, seed, space).")] = False,
+    holdout: float = typer.Option(0.0, "--holdout", help="Fraction of scenes kept out of the search; the best configurations are then scored on them (0: off)."),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the study in OUTPUT (same target, images, folds, seed, space, holdout).")] = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Optuna search over architecture, width, ensemble, loss, augmentation, LR and epochs, scored by grouped CV.
@@ -466,7 +472,7 @@ def search_command(
     the Pareto front of CV error vs size and best_config.json for `isplab awb train --config`."""
     from isplab.models.awb import ARCHS
     from isplab.workflows.awb.config import config_json
-    from isplab.workflows.awb.search import SearchSpace, search
+    from isplab.workflows.awb.search import SMALL_BYTES, SearchSpace, search
 
     space = SearchSpace(archs=tuple(arch) or ARCHS, epochs=(min_epochs, max_epochs), max_ensemble=max_ensemble,
                         relight=tuning_dir is not None)
@@ -474,7 +480,7 @@ def search_command(
     try:
         result = search(
             dataset, output, target=target, trials=trials, folds=folds, workers=workers, device=device,
-            timeout=timeout, seed=seed, resume=resume, overwrite=overwrite, space=space, base=base,
+            timeout=timeout, seed=seed, resume=resume, overwrite=overwrite, space=space, base=base, holdout=holdout,
             log=lambda text: err.print(text, highlight=False, soft_wrap=True),
         )
     except KeyboardInterrupt:
@@ -500,6 +506,16 @@ def search_command(
     best = result.best
     console.print(f"{counts}; best trial {best['number']}: CV mean {best['cv_mean']:.2f}, worst {best['cv_worst']:.1f} "
                   f"mireds, {best['parameters']} parameters", highlight=False)
+    small = result.best_small
+    if small is not None and small["number"] != best["number"]:
+        console.print(f"best with an estimated TFLite file within {SMALL_BYTES // 1024} KB: trial {small['number']}: CV mean "
+                      f"{small['cv_mean']:.2f}, worst {small['cv_worst']:.1f} mireds, {small['parameters']} parameters "
+                      f"-> {output / 'best_small_config.json'}", highlight=False, soft_wrap=True)
+    for name, row in (("best", best), ("best small", small)):
+        if row is not None and row.get("holdout"):
+            h = row["holdout"]
+            console.print(f"{name} (trial {row['number']}) on the {h['count']} held-out images: mean {h['mean']:.2f}, "
+                          f"median {h['median']:.2f}, p95 {h['p95']:.2f}, worst {h['worst']:.1f} mireds", highlight=False)
     console.print(config_json(result.best_config), highlight=False, soft_wrap=True)
     console.print(f"wrote {output / 'best_config.json'} (isplab awb train DATASET MODEL.pt --target {target} "
                   f"--config {output / 'best_config.json'}), trials.csv, pareto.json, pareto.png", highlight=False,

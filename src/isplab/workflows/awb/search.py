@@ -17,7 +17,12 @@ threads (and on a multi-GPU machine each on its own GPU). Outputs (:data:`SEARCH
 
 * ``trials.csv``: one row per trial (state, errors, size, parameters);
 * ``pareto.json``: the trials no other finished trial beats on both CV mean error and size, plus
-  the best trial overall and the best within :data:`SMALL_BYTES`;
+  the best trial overall and the best whose estimated TFLite file (:func:`tflite_size_estimate`)
+  is within :data:`SMALL_BYTES`;
+
+The best trial's CV error is optimistic (it is the minimum over many trials scored on the same
+folds). With ``holdout`` a share of the scenes never enters the search, and the best and best small
+configurations are then scored on it: each trial's ``holdout`` summary in ``pareto.json``.
 * ``pareto.png``: CV mean error against size, the Pareto front drawn as a staircase;
 * ``best_config.json`` (and ``best_small_config.json``): the :class:`TrainConfig` JSON that
   ``isplab awb train --config`` reads.
@@ -26,6 +31,9 @@ threads (and on a multi-GPU machine each on its own GPU). Outputs (:data:`SEARCH
 from __future__ import annotations
 
 import csv
+import functools
+import gc
+import hashlib
 import json
 import logging
 import math
@@ -44,11 +52,16 @@ import numpy as np
 
 from isplab.errors import IsplabError
 from isplab.models.awb import ARCHS
-from isplab.workflows.awb.config import LOSSES, TrainConfig, config_json, train_config_from_dict
+from isplab.workflows.awb.config import (
+    LOSSES,
+    TrainConfig,
+    config_json,
+    train_config_from_dict,
+)
 
 __all__ = [
-    "SEARCH_FILES", "SMALL_BYTES", "SearchResult", "SearchSpace", "pareto_front", "read_trials",
-    "search", "study_settings", "suggest_config", "write_outputs",
+    "GRAPH_BYTES_PER_MEMBER", "SEARCH_FILES", "SMALL_BYTES", "SearchResult", "SearchSpace", "pareto_front", "read_trials",
+    "search", "study_settings", "suggest_config", "tflite_size_estimate", "write_outputs",
 ]
 
 #: What a search writes into its study folder (``--overwrite`` deletes exactly these).
@@ -58,6 +71,9 @@ SEARCH_FILES = (
 #: Size budget of a "small" model: Raspberry Pi's reference float32 TFLite files are 46 KB (PiSP)
 #: and 42 KB (VC4) (``benchmarks/awb_rpi.py`` prints both).
 SMALL_BYTES = 50 * 1024
+#: Bytes a float32 TFLite export adds per ensemble member on top of the weights (the graph: ops,
+#: shapes, constants); measured on the small and chroma nets.
+GRAPH_BYTES_PER_MEMBER = 13.5 * 1024
 STUDY_NAME = "awb"
 
 #: Conv widths searched for the reference network ("valid" convs: VC4's 12x16 grid fits only two).
@@ -147,6 +163,13 @@ def parameter_count(target: str, config: TrainConfig) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def tflite_size_estimate(parameters: int, ensemble: int) -> int:
+    """Estimated float32 TFLite file size: 4 bytes a parameter plus :data:`GRAPH_BYTES_PER_MEMBER`
+    per member (within 3 KB of the real file for small nets of 1 and 2 members,
+    ``tests/models/test_awb_small.py``; ``benchmarks/awb_rpi.py --search`` measures real files)."""
+    return round(4 * parameters + GRAPH_BYTES_PER_MEMBER * ensemble)
+
+
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the points no other point dominates, both coordinates minimised, sorted by the
     second coordinate (size) then the first.
@@ -167,15 +190,32 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 # --- running the study ------------------------------------------------------------------------
 
 
-def _quiet_libraries() -> None:
-    import lightning.pytorch  # noqa: F401 - its import sets its loggers' levels: quiet them afterwards
-    import optuna
+def _quiet(function):
+    """Run ``function`` with Lightning's and Optuna's info logs and known warnings silenced, and
+    restore them afterwards (the caller's process keeps its own settings)."""
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial gets its own line (_report_trial)
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", message=".*will not be re-lit.*")
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        import lightning.pytorch  # noqa: F401 - its import sets its loggers' levels: quiet them afterwards
+        import optuna
+
+        loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning")]
+        levels = [logger.level for logger in loggers]
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial gets its own line (_report_trial)
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+                warnings.filterwarnings("ignore", message=".*will not be re-lit.*")
+                return function(*args, **kwargs)
+        finally:
+            optuna.logging.set_verbosity(verbosity)
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+
+    return wrapper
 
 
 def _storage(db: Path):
@@ -217,7 +257,7 @@ class _Objective:
     base: TrainConfig
     deadline: float | None = None  # time.time() after which running trials stop at their next fold
 
-    def __call__(self, trial) -> float:
+    def __call__(self, trial) -> float | None:
         import optuna
 
         from isplab.workflows.awb.evaluate import cross_validate
@@ -248,55 +288,54 @@ class _Objective:
         except Exception as e:  # noqa: BLE001 - a configuration that cannot train is a failed trial, not a failed search
             trial.set_user_attr("error", f"{type(e).__name__}: {e}")
             trial.set_user_attr("seconds", time.perf_counter() - start)
-            return math.nan  # Optuna records the trial as failed and carries on
+            return None  # a failed trial: the search carries on
         trial.set_user_attr("seconds", time.perf_counter() - start)
         for name in ("worst", "median", "p95"):
             trial.set_user_attr(f"cv_{name}", getattr(result.model, name))
         return result.model.mean
 
 
+@_quiet
 def _run_worker(
-    worker: int, workers: int, db: str, objective: _Objective, target: int, timeout: float | None,
-    seed: int, threads: int | None, storage=None, start: int = 0,
+    worker: int, workers: int, db: str, objective: _Objective, target: int, seed: int, threads: int | None,
+    storage=None, start: int = 0,
 ) -> None:
     """Run trials until the study holds ``target`` finished + pruned ones (module-level so
     ``spawn`` can start it)."""
     import optuna
     import torch
 
-    _quiet_libraries()
     if threads:
         torch.set_num_threads(threads)
-    if objective.deadline is not None:
-        # Spawned workers start late (imports): what is left of the search's time, not a fresh timeout.
-        timeout = objective.deadline - time.time()
-        if timeout <= 0:
-            return
     study = optuna.load_study(
         study_name=STUDY_NAME, storage=storage or _storage(Path(db)), sampler=_sampler(seed, worker, workers > 1, start),
         pruner=_pruner(),
     )
-    study.optimize(objective, n_trials=None, timeout=timeout, gc_after_trial=True,
-                   callbacks=[_report_trial, _StopAt(target)])
-
-
-class _StopAt:
-    """Stop a worker once the study holds its target of finished + pruned trials, counting those
-    other workers are running (so fast workers take more trials than slow ones, and the total
-    overshoots only when workers finish at the same moment), or after too many failures."""
-
-    def __init__(self, target: int) -> None:
-        self.target, self.failures = target, 0
-
-    def __call__(self, study, trial) -> None:
-        import optuna
-
-        states = optuna.trial.TrialState
-        if trial.state == states.FAIL:
-            self.failures += 1
+    states = optuna.trial.TrialState
+    failures = 0
+    # Ask/tell rather than study.optimize: the count is checked before each trial, so workers that
+    # start late or run fast share the trials without overshooting the target; the deadline is
+    # the search's (spawned workers start late), not one counted from each worker's start.
+    while objective.deadline is None or time.time() < objective.deadline:
         counted = study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED, states.RUNNING))
-        if len(counted) >= self.target or self.failures >= max(5, self.target):
-            study.stop()
+        if len(counted) >= target or failures >= max(5, target):
+            break
+        trial = study.ask()
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            frozen = study.tell(trial, state=states.PRUNED)
+        except BaseException:  # Ctrl-C, or a bug: record the trial as failed, then stop
+            study.tell(trial, state=states.FAIL)
+            raise
+        else:
+            if value is None:
+                failures += 1
+                frozen = study.tell(trial, state=states.FAIL)
+            else:
+                frozen = study.tell(trial, value)
+        _report_trial(study, frozen)
+        gc.collect()
 
 
 def _report_trial(study, trial) -> None:
@@ -321,7 +360,7 @@ class SearchResult:
         trials: rows of ``trials.csv`` (:func:`read_trials`).
         pareto: the Pareto-front rows, smallest first.
         best: the row of the trial with the lowest CV mean error (``None``: no trial finished).
-        best_small: the best row within :data:`SMALL_BYTES` (``None``: none).
+        best_small: the best row whose ``tflite_estimate`` is within :data:`SMALL_BYTES` (``None``: none).
         best_config: ``best``'s :class:`TrainConfig`.
     """
 
@@ -334,6 +373,7 @@ class SearchResult:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+@_quiet
 def search(
     dataset_dir: str | Path,
     study_dir: str | Path,
@@ -349,6 +389,7 @@ def search(
     overwrite: bool = False,
     space: SearchSpace | None = None,
     base: TrainConfig | None = None,
+    holdout: float = 0.0,
     log: Callable[[str], None] = lambda text: None,
 ) -> SearchResult:
     """Run (or continue) an Optuna search of AWB training recipes; see the module docstring.
@@ -364,10 +405,15 @@ def search(
         timeout: seconds after which no trial starts and running ones stop at their next fold
             (recorded as failed, so a resume runs them again).
         seed: sampler and fold seed (training uses ``base.seed``).
-        resume: continue the study in ``study_dir`` (its target, folds, seed and space must match).
+        resume: continue the study in ``study_dir`` (its target, images, folds, seed and space must
+            match; trials it left running are marked failed, so no other search may be using it).
         overwrite: delete a previous search's files in ``study_dir`` first.
         space: what is searched (default :class:`SearchSpace`).
         base: options not searched (default :class:`TrainConfig`).
+        holdout: keep about this fraction of the scenes (one of ``round(1 / holdout)`` grouped folds,
+            drawn with ``seed``) out of the search; the best configuration and the best small one are
+            then trained on the searched images and scored on these, an error the choice of
+            configuration has not seen (``pareto.json``'s ``holdout``). 0: off.
         log: receives progress lines.
 
     Raises:
@@ -388,6 +434,8 @@ def search(
             raise IsplabError(f"bad --{name} {value}: expected {low} or more")
     if timeout is not None and timeout <= 0:
         raise IsplabError(f"bad --timeout {timeout}: expected seconds > 0")
+    if not 0 <= holdout <= 0.5:
+        raise IsplabError(f"bad --holdout {holdout}: expected a fraction of the scenes from 0 (off) to 0.5")
     if resume and overwrite:
         raise IsplabError("give --resume (continue the study) or --overwrite (start again), not both")
     study_dir = Path(study_dir)
@@ -402,9 +450,11 @@ def search(
         raise IsplabError(f"cannot resume: {db} does not exist (start the search without --resume)")
     accelerator = resolve_accelerator(device)
     dataset = load_dataset(dataset_dir, target)
-    scenes = len({s.scene for s in dataset.samples})
+    searched, held_out = _split_holdout(dataset, holdout, seed)
+    scenes = len({dataset.samples[i].scene for i in searched})
     if folds > scenes:
-        raise IsplabError(f"{dataset_dir} has {scenes} scenes: too few for {folds} folds")
+        raise IsplabError(f"{dataset_dir} has {scenes} scenes{' outside the holdout' if holdout else ''}: "
+                          f"too few for {folds} folds")
     if space.relight and base.relight == 0 and base.tuning_dir is None:
         log("relight is searched without a tuning folder: libcamera's installed tuning files must cover the sensors")
     if overwrite:
@@ -414,10 +464,12 @@ def search(
                 shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
-    _quiet_libraries()
+    # The images are identified by their names (which hold the labels), not by the folder's path,
+    # so a study started on one machine resumes on another.
+    names = hashlib.sha256("\n".join(sorted(s.path.name for s in dataset.samples)).encode()).hexdigest()[:16]
     settings = {
-        "target": dataset.target, "dataset": str(Path(dataset_dir).resolve()), "images": len(dataset),
-        "folds": folds, "seed": seed, "space": space.as_dict(),
+        "target": dataset.target, "images": len(dataset), "image_names_sha256": names,
+        "folds": folds, "seed": seed, "space": space.as_dict(), "holdout": holdout,
     }
     storage = _storage(db)
     if resume:
@@ -433,25 +485,37 @@ def search(
                 f"{', '.join(f'{k}={(recorded or {}).get(k)!r}' for k in differ)}); use the same, or --overwrite"
             )
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            # Left running by a search that was killed: nothing is computing it any more.
+            # Left running by a search that was killed: nothing is computing it any more (a resume
+            # assumes that no other search is working on the same study).
             storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
     else:
         study = optuna.create_study(study_name=STUDY_NAME, storage=storage, direction="minimize")
         study.set_user_attr("settings", settings)
+        study.set_user_attr("dataset", str(Path(dataset_dir).resolve()))
 
     counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = len(study.get_trials(deepcopy=False, states=counted))
     remaining = trials - done
     base = replace(base, device=accelerator, devices=1, strategy="auto", num_nodes=1)
-    objective = _Objective(dataset, folds, seed, space, base, None if timeout is None else time.time() + timeout)
+    objective = _Objective(dataset.subset(searched), folds, seed, space, base,
+                           None if timeout is None else time.time() + timeout)
     if remaining > 0:
-        log(f"{dataset.target}: {len(dataset)} images, {scenes} scenes; {remaining} trials of {folds}-fold CV "
+        kept = f" ({len(held_out)} more held out)" if len(held_out) else ""
+        log(f"{dataset.target}: {len(searched)} images{kept}, {scenes} scenes; {remaining} trials of {folds}-fold CV "
             f"on {accelerator} with {workers} worker{'s' if workers > 1 else ''} -> {db}")
         start = len(study.get_trials(deepcopy=False))
-        _optimize(objective, db, remaining, workers, timeout, seed, accelerator, storage, start, done)
+        _optimize(objective, db, remaining, workers, seed, accelerator, storage, start, done)
     else:
         log(f"{db} already holds {trials - remaining} finished or pruned trials (asked for {trials})")
     result = write_outputs(study_dir, storage)
+    if len(held_out) and result.best is not None:
+        missing = [row for row in (result.best, result.best_small) if row is not None and row.get("holdout") is None]
+        for row in {r["number"]: r for r in missing}.values():
+            log(f"training trial {row['number']}'s configuration on the searched images, scoring the held-out ones")
+            summary = _score_holdout(dataset, searched, held_out, row["config"], accelerator)
+            study.set_user_attr(f"holdout_{row['number']}", summary)
+        if missing:
+            result = write_outputs(study_dir, storage)
     if result.best is None:
         errors = [row["error"] for row in result.trials if row.get("error")]
         raise IsplabError(
@@ -461,12 +525,34 @@ def search(
     return result
 
 
-def _optimize(objective: _Objective, db: Path, remaining: int, workers: int, timeout: float | None, seed: int,
+def _split_holdout(dataset, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(searched, held-out) image indices: one of ``round(1 / holdout)`` grouped folds held out."""
+    every = np.arange(len(dataset))
+    if holdout == 0:
+        return every, every[:0]
+    from isplab.workflows.awb.dataset import grouped_kfold
+
+    return grouped_kfold(dataset.samples, max(2, round(1 / holdout)), seed=seed + 1_000_003)[0]
+
+
+def _score_holdout(dataset, searched: np.ndarray, held_out: np.ndarray, config: dict, accelerator: str) -> dict:
+    from isplab.workflows.awb.dataset import mired_error
+    from isplab.workflows.awb.evaluate import summarise
+    from isplab.workflows.awb.predict import predict
+    from isplab.workflows.awb.train import train_model
+
+    config = replace(train_config_from_dict(config), device=accelerator)
+    model = train_model(dataset.subset(searched), config, progress=False)
+    predicted = predict(model, dataset.images[held_out], dataset.lux[held_out])
+    return summarise(mired_error(predicted, dataset.true_temp[held_out])).as_dict()
+
+
+def _optimize(objective: _Objective, db: Path, remaining: int, workers: int, seed: int,
               accelerator: str, storage, start: int, start_counted: int) -> None:
     workers = min(workers, remaining)
     target = start_counted + remaining
     if workers == 1:
-        _run_worker(0, 1, str(db), objective, target, timeout, seed, None, storage, start)
+        _run_worker(0, 1, str(db), objective, target, seed, None, storage, start)
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
     gpus = 0
@@ -479,7 +565,7 @@ def _optimize(objective: _Objective, db: Path, remaining: int, workers: int, tim
     for worker in range(workers):
         job = objective if gpus < 2 else replace(objective, base=replace(objective.base, devices=[worker % gpus]))
         process = context.Process(
-            target=_run_worker, args=(worker, workers, str(db), job, target, timeout, seed, threads, None, start),
+            target=_run_worker, args=(worker, workers, str(db), job, target, seed, threads, None, start),
             name=f"isplab-awb-search-{worker}",
         )
         process.start()
@@ -501,10 +587,11 @@ def _optimize(objective: _Objective, db: Path, remaining: int, workers: int, tim
 # --- reading a study --------------------------------------------------------------------------
 
 
+@_quiet
 def read_trials(study_dir: str | Path, storage=None) -> list[dict[str, Any]]:
     """One dict per trial of the study in ``study_dir``: ``number``, ``state``, ``cv_mean``
     (``None`` unless finished), ``cv_worst``, ``cv_median``, ``cv_p95``, ``parameters``,
-    ``size_bytes``, ``seconds``, ``arch``, ``ensemble``, ``last_fold`` (the last fold reported),
+    ``size_bytes`` (4 bytes a parameter), ``tflite_estimate`` (:func:`tflite_size_estimate`), ``seconds``, ``arch``, ``ensemble``, ``last_fold`` (the last fold reported),
     ``error``, ``config`` (:class:`TrainConfig` as a dict) and ``params`` (Optuna's).
 
     Raises:
@@ -515,7 +602,6 @@ def read_trials(study_dir: str | Path, storage=None) -> list[dict[str, Any]]:
     db = Path(study_dir) / "study.db"
     if not db.is_file():
         raise IsplabError(f"no search study in {study_dir}: {db} not found")
-    _quiet_libraries()
     try:
         study = optuna.load_study(study_name=STUDY_NAME, storage=storage or _storage(db))
     except KeyError:
@@ -536,21 +622,25 @@ def read_trials(study_dir: str | Path, storage=None) -> list[dict[str, Any]]:
             "cv_p95": attrs.get("cv_p95") if finished else None,
             "parameters": attrs.get("parameters"),
             "size_bytes": attrs.get("size_bytes"),
+            "tflite_estimate": (tflite_size_estimate(attrs["parameters"], config.get("ensemble", 1))
+                                if attrs.get("parameters") is not None else None),
             "seconds": attrs.get("seconds"),
             "arch": config.get("arch"),
             "ensemble": config.get("ensemble"),
             "last_fold": max(trial.intermediate_values) if trial.intermediate_values else None,
             "intermediate": {int(k): float(v) for k, v in trial.intermediate_values.items()},
             "error": attrs.get("error"),
+            "holdout": study.user_attrs.get(f"holdout_{trial.number}"),
             "config": config,
             "params": dict(trial.params),
         })
     return rows
 
 
+@_quiet
 def study_settings(study_dir: str | Path) -> dict[str, Any]:
-    """What the study in ``study_dir`` was started with: ``target``, ``dataset``, ``images``,
-    ``folds``, ``seed`` and ``space``.
+    """What the study in ``study_dir`` was started with: ``target``, ``images``,
+    ``image_names_sha256``, ``folds``, ``seed`` and ``space``.
 
     Raises:
         IsplabError: no readable isplab AWB study there.
@@ -560,7 +650,6 @@ def study_settings(study_dir: str | Path) -> dict[str, Any]:
     db = Path(study_dir) / "study.db"
     if not db.is_file():
         raise IsplabError(f"no search study in {study_dir}: {db} not found")
-    _quiet_libraries()
     try:
         return dict(optuna.load_study(study_name=STUDY_NAME, storage=_storage(db)).user_attrs.get("settings", {}))
     except KeyError:
@@ -568,9 +657,10 @@ def study_settings(study_dir: str | Path) -> dict[str, Any]:
 
 
 CSV_COLUMNS = ("number", "state", "cv_mean", "cv_worst", "cv_median", "cv_p95", "parameters", "size_bytes",
-               "seconds", "arch", "ensemble", "last_fold", "error", "params")
+               "tflite_estimate", "seconds", "arch", "ensemble", "last_fold", "error", "params")
 
 
+@_quiet
 def write_outputs(study_dir: str | Path, storage=None) -> SearchResult:
     """Write ``trials.csv``, ``pareto.json``, ``pareto.png`` and the best configurations from the
     study in ``study_dir``; returns what they hold."""
@@ -585,7 +675,7 @@ def write_outputs(study_dir: str | Path, storage=None) -> SearchResult:
     finished = [row for row in rows if row["cv_mean"] is not None and row["size_bytes"] is not None]
     front = [finished[i] for i in pareto_front([(row["cv_mean"], row["size_bytes"]) for row in finished])]
     best = min(finished, key=lambda row: row["cv_mean"], default=None)
-    best_small = min((row for row in finished if row["size_bytes"] <= SMALL_BYTES),
+    best_small = min((row for row in finished if row["tflite_estimate"] <= SMALL_BYTES),
                      key=lambda row: row["cv_mean"], default=None)
     counts: dict[str, int] = {}
     for row in rows:
@@ -595,11 +685,13 @@ def write_outputs(study_dir: str | Path, storage=None) -> SearchResult:
         if row is None:
             return None
         return {k: row[k] for k in ("number", "cv_mean", "cv_worst", "cv_median", "cv_p95", "parameters",
-                                     "size_bytes", "seconds", "arch", "ensemble", "config")}
+                                     "size_bytes", "tflite_estimate", "seconds", "arch", "ensemble", "holdout",
+                                     "config")}
 
     (study_dir / "pareto.json").write_text(json.dumps({
         "objective": "grouped K-fold CV mean error (mireds) vs float32 size estimate (parameters x 4 bytes)",
         "small_bytes": SMALL_BYTES,
+        "best_small_means": "lowest CV mean error with tflite_estimate <= small_bytes",
         "counts": counts,
         "pareto": [brief(row) for row in front],
         "best": brief(best),
@@ -640,7 +732,6 @@ def _plot(rows: list[dict[str, Any]], front: list[dict[str, Any]], path: Path) -
         for row in front:
             ax.annotate(f"#{row['number']}", (row["size_bytes"] / 1024, row["cv_mean"]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
-    ax.axvline(SMALL_BYTES / 1024, color="tab:gray", linestyle=":", linewidth=1, label=f"{SMALL_BYTES // 1024} KB")
     if finished:
         ax.set_xscale("log")
     ax.set_xlabel("float32 size estimate (KB, parameters x 4 bytes)")

@@ -117,7 +117,12 @@ def detector_train(
 def train(
     dataset: Path = typer.Argument(..., help="Synth dataset folder or a COCO JSON file of raws (RAW-NOD, LOD)."),
     model_dir: Path = typer.Argument(..., help="Run folder to create (model.pt, checkpoints/, logs/, config.json, log.txt)."),
-    detector: DetectorFile = ...,
+    detector: Annotated[Path | None, typer.Option("--detector", help="Detector file (detector.pt from isplab genisp detector train).")] = None,
+    detector_weights: str | None = typer.Option(None, "--detector-weights",
+                                                help="Instead of --detector: DEFAULT (torchvision's COCO weights, downloaded) or a torchvision state-dict file."),
+    detector_name: str = typer.Option("retinanet_resnet50_fpn", "--detector-name", help="torchvision detection model for --detector-weights.",
+                                      show_default=True),
+    detector_classes: int = typer.Option(91, "--detector-classes", help="Classes of a --detector-weights state dict (COCO: 91).", show_default=True),
     camera: Camera = "cam-a",
     images: ImageDir = None,
     val_annotations: Path | None = typer.Option(None, "--val", help="Validation COCO JSON (a synth folder has its own)."),
@@ -148,7 +153,8 @@ def train(
     options = trainer_options(device, devices, strategy, num_nodes)
     config = GenISPTrainConfig(camera=camera, short=short, long=long, batch_size=batch_size, epochs=epochs, lr=lr, milestones=steps,
                                seed=seed, workers=workers or 0, image_dir=str(images) if images else None,
-                               val_annotations=str(val_annotations) if val_annotations else None, **options.as_kwargs())
+                               val_annotations=str(val_annotations) if val_annotations else None, detector_name=detector_name,
+                               detector_weights=detector_weights, detector_classes=detector_classes, **options.as_kwargs())
     try:
         path = train_genisp(dataset, model_dir, detector, config, resume=resume, overwrite=overwrite, progress=progress)
     except TrainingInterrupted as stop:

@@ -16,8 +16,8 @@ from isplab.engine.report import Report, plot_curves
 NAME = "genisp"
 
 
-def section(out: Path, report: Report, *, seed: int, device: str, images: int = 40, size: tuple[int, int] = (160, 112),
-            detector_epochs: int = 6, genisp_epochs: int = 3, batch_size: int = 8) -> None:
+def section(out: Path, report: Report, *, seed: int, device: str, images: int = 32, size: tuple[int, int] = (128, 96),
+            detector_epochs: int = 4, genisp_epochs: int = 2, batch_size: int = 8) -> None:
     """Synthesise ``images`` scenes of ``size``, train the small detector for ``detector_epochs`` and
     GenISP for ``genisp_epochs`` on cam-a, then test the four inputs on cam-a's test split."""
     from isplab.engine.trainer import resolve_accelerator
@@ -25,7 +25,13 @@ def section(out: Path, report: Report, *, seed: int, device: str, images: int = 
     from isplab.workflows.genisp.detector import load_detector
     from isplab.workflows.genisp.evaluate import SOURCE_TITLES, SOURCES, evaluate_inputs
     from isplab.workflows.genisp.synth import synthesize
-    from isplab.workflows.genisp.train import DetectorTrainConfig, GenISPTrainConfig, open_split, train_detector, train_genisp
+    from isplab.workflows.genisp.train import (
+        DetectorTrainConfig,
+        GenISPTrainConfig,
+        open_split,
+        train_detector,
+        train_genisp,
+    )
 
     folder = Path(out) / NAME
     short, long = sorted((size[1] // 2, size[0] // 2))  # the packed raw's size: no resizing

@@ -113,7 +113,7 @@ def _load_weights(model: nn.Module, path: Path, name: str) -> None:
         raise IsplabError(f"detector weights file {path} does not exist")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
+    except Exception:  # torch.load raises many types for files that are not (safe) PyTorch files
         raise IsplabError(f"{path} is not a detector weights file: PyTorch cannot read it as a state dict") from None
     if isinstance(saved, dict) and "state_dict" in saved and isinstance(saved["state_dict"], dict):
         saved = saved["state_dict"]

@@ -20,7 +20,13 @@ from torch import nn
 from isplab.cli_options import parse_quantize
 from isplab.export import export_onnx
 from isplab.export.onnx import run_onnx
-from isplab.export.parity import QUANTIZE_MODES, ExportResult, compare_outputs, default_tolerance, torch_outputs
+from isplab.export.parity import (
+    QUANTIZE_MODES,
+    ExportResult,
+    compare_outputs,
+    default_tolerance,
+    torch_outputs,
+)
 from isplab.io.paths import prepare_output_file
 
 #: Input of the traced example: wide enough that ConvWB/ConvCC shrink it by area averaging.

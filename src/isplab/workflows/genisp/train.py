@@ -31,10 +31,22 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from isplab.engine import SaveOnInterrupt, build_trainer, configure_optimizer, fit_interruptible, prepare_run_dir
+from isplab.engine import (
+    SaveOnInterrupt,
+    build_trainer,
+    configure_optimizer,
+    fit_interruptible,
+    prepare_run_dir,
+)
 from isplab.engine.trainer import LAST_CHECKPOINT, resolve_accelerator
 from isplab.errors import IsplabError
-from isplab.workflows.genisp.data import Augment, CocoSet, DetectionDataset, detection_collate, load_coco
+from isplab.workflows.genisp.data import (
+    Augment,
+    CocoSet,
+    DetectionDataset,
+    detection_collate,
+    load_coco,
+)
 from isplab.workflows.genisp.detector import (
     build_detector,
     detection_loss,
@@ -154,7 +166,7 @@ class DetectorModule(_DetectionModuleBase):
     def training_step(self, batch, batch_idx):
         images, targets = batch
         self.detector.train()
-        loss, terms = detection_loss(self.detector, images, targets)
+        loss, _ = detection_loss(self.detector, images, targets)
         self.log("train_loss", loss, prog_bar=True, sync_dist=True, batch_size=len(images))
         return loss
 
@@ -171,9 +183,10 @@ class DetectorModule(_DetectionModuleBase):
 
 def _check_common(config) -> None:
     for name in ("epochs", "batch_size", "short", "long"):
-        if getattr(config, name) < 1:
-            raise IsplabError(f"{name} must be at least 1, got {getattr(config, name)}")
-    if config.long < config.short:
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise IsplabError(f"{name} must be at least 1, got {value}")
+    if config.short is not None and config.long is not None and config.long < config.short:
         raise IsplabError(f"long side {config.long} is shorter than the short side {config.short}")
 
 
@@ -261,6 +274,11 @@ class GenISPTrainConfig:
     image_dir: str | None = None
     val_annotations: str | None = None
     limit_train_images: int | None = None
+    #: With ``detector_weights`` (``"DEFAULT"``: torchvision's, downloaded; or a torchvision state-dict
+    #: file), the frozen detector is ``detector_name`` built with those weights instead of a detector file.
+    detector_name: str = "retinanet_resnet50_fpn"
+    detector_weights: str | None = None
+    detector_classes: int | None = 91
 
 
 class GenISPModule(_DetectionModuleBase):
@@ -307,10 +325,27 @@ def _eval_detect(detector: torch.nn.Module, images: list[torch.Tensor]) -> list[
         detector.train(was)
 
 
+def _frozen_detector(detector_path: str | Path | None, config: GenISPTrainConfig) -> torch.nn.Module:
+    """The detector file of ``detector_path``, or ``config.detector_name`` with ``config.detector_weights``."""
+    if config.detector_weights is None:
+        if detector_path is None:
+            raise IsplabError("GenISP needs a frozen detector: a detector file, or a detector name with weights (DEFAULT or a state-dict file)")
+        return load_detector(detector_path)
+    if detector_path is not None:
+        raise IsplabError("give either a detector file or detector weights, not both")
+    default = str(config.detector_weights).upper() == "DEFAULT"
+    short, long = config.short or 800, config.long or 1333
+    detector = build_detector(config.detector_name, num_classes=None if default else config.detector_classes,
+                              weights=config.detector_weights, min_size=short, max_size=max(short, long))
+    classes = 91 if default else config.detector_classes  # torchvision's COCO weights: 91 category ids
+    detector.detector_config = {"name": config.detector_name, "num_classes": int(classes), "min_size": short, "max_size": max(short, long)}
+    return freeze(detector)
+
+
 def train_genisp(
     dataset: str | Path,
     model_dir: str | Path,
-    detector_path: str | Path,
+    detector_path: str | Path | None,
     config: GenISPTrainConfig,
     *,
     resume: bool = False,
@@ -319,7 +354,8 @@ def train_genisp(
     callbacks: Sequence[L.Callback] = (),
 ) -> Path:
     """Train GenISP on ``config.camera``'s raws of ``dataset`` through the frozen detector of
-    ``detector_path`` (a file of ``isplab genisp detector train``) into ``model_dir``.
+    ``detector_path`` (a file of ``isplab genisp detector train``; ``None`` with
+    ``config.detector_weights``: a torchvision detector with those weights) into ``model_dir``.
 
     Returns ``model_dir/model.pt`` (:func:`isplab.models.genisp.load_genisp` reads it).
 
@@ -329,10 +365,10 @@ def train_genisp(
     """
     from isplab.models.genisp import genisp, save_genisp
 
-    _check_common(_Sides(config.epochs, config.batch_size, config.short or 1, config.long or config.short or 1))
+    _check_common(config)
     model_dir = Path(model_dir)
     run = prepare_run_dir(model_dir, GENISP_OUTPUTS, overwrite=overwrite, resume=resume)
-    detector = load_detector(detector_path)
+    detector = _frozen_detector(detector_path, config)
     det_config = detector.detector_config
     short = config.short or int(det_config["min_size"])
     long = config.long or max(short, int(det_config["max_size"]))
@@ -340,7 +376,7 @@ def train_genisp(
     if config.limit_train_images:
         train_set.images = train_set.images[: config.limit_train_images]
     if num_classes(train_set) > int(det_config["num_classes"]):
-        raise IsplabError(f"{detector_path} detects {det_config['num_classes'] - 1} classes but {train_set.ann_path} uses category ids up to {max(train_set.categories)}")
+        raise IsplabError(f"{detector_path or config.detector_weights} detects {det_config['num_classes'] - 1} classes but {train_set.ann_path} uses category ids up to {max(train_set.categories)}")
     val_set = None
     if config.val_annotations or Path(dataset).is_dir():
         try:
@@ -363,10 +399,10 @@ def train_genisp(
         callbacks=[SaveOnInterrupt(model_dir / "checkpoints" / LAST_CHECKPOINT), *callbacks],
     )
     model = genisp(**config.genisp)  # after seeding: reproducible init
-    options = {**asdict(config), "short": short, "long": long, "dataset": str(dataset), "detector": str(detector_path),
+    options = {**asdict(config), "short": short, "long": long, "dataset": str(dataset), "detector": str(detector_path or config.detector_weights),
                "detector_config": det_config}
     run.start(options, new=f"GenISP on {config.camera}, {config.epochs} epochs", resumed=f"GenISP on {config.camera}, {config.epochs} epochs",
-              details=f"frozen detector {det_config['name']} from {detector_path}\n")
+              details=f"frozen detector {det_config['name']} from {detector_path or config.detector_weights}\n")
     module = GenISPModule(model, detector, config, run.log_file)
     train_data = DetectionDataset(train_set, short=short, long=long, augment=config.augment, seed=config.seed, kind="raw")
     val_loader = None
@@ -379,11 +415,3 @@ def train_genisp(
         with run.log_file.open("a") as handle:
             handle.write(f"finished at step {trainer.global_step}: model.pt written\n")
     return model_dir / "model.pt"
-
-
-@dataclass
-class _Sides:
-    epochs: int
-    batch_size: int
-    short: int
-    long: int

@@ -78,6 +78,10 @@ def train(
     vgg: Annotated[float, typer.Option("--vgg", help="Weight of the VGG-19 relu5_4 content term (needs weights; the challenge recipe uses 1).")] = 0.0,
     vgg_weights: Annotated[Path | None, typer.Option("--vgg-weights", help="Local VGG-19 weights file (torchvision state dict); default: torch's hub cache.", show_default=False)] = None,
     workers: Annotated[int, typer.Option("--workers", help="Dataloader worker processes per device.")] = 0,
+    metadata: Annotated[bool, typer.Option("--metadata/--blind", help="Metadata-aware model: apply each raw's as-shot white balance and colour matrix before the network (DNG datasets only; MAI/Zurich PNG raws carry none). Blind: the network learns colour too.")] = False,
+    cache_mb: Annotated[float, typer.Option("--cache-mb", help="Keep up to this many MB of decoded training raws in memory (0: decode on every patch).")] = 1024.0,
+    precision: Annotated[str, typer.Option("--precision", help="32-true, or bf16-mixed (bf16 autocast on GPUs that support it), 16-mixed.")] = "32-true",
+    channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last", help="NHWC memory format for the network and batches.")] = False,
     resume: Resume = False,
     overwrite: Overwrite = False,
     seed: Seed = 0,
@@ -107,7 +111,8 @@ def train(
     config = ISPTrainConfig(
         arch=arch, num_maps_base=num_maps_base, patch=patch, batch_size=batch_size, lr=lr, iters=iters,
         eval_every=eval_every, patches_per_epoch=train_size, mse=mse, l1=l1, ssim=ssim, vgg=vgg,
-        vgg_weights=vgg_weights, seed=seed, workers=workers, **options.as_kwargs(),
+        vgg_weights=vgg_weights, seed=seed, workers=workers, metadata=metadata, cache_mb=cache_mb,
+        precision=None if precision == "32-true" else precision, channels_last=channels_last, **options.as_kwargs(),
     )
     try:
         best = train_isp(data_root, model_dir, config, resume=resume, overwrite=overwrite, progress=progress)
@@ -137,6 +142,7 @@ def test(
     from isplab.models.isp import load_isp_model
     from isplab.workflows.isp.data import open_pairs
     from isplab.workflows.isp.evaluate import BASELINES, test_isp
+    from isplab.workflows.isp.infer import source_for
 
     if out is not None and out_alias is not None and out != out_alias:
         raise IsplabError(f"two output folders given ({out} and --out {out_alias}): expected one --output")
@@ -144,7 +150,9 @@ def test(
     source = open_pairs(_dataset(dataset, data), split)
     accelerator = resolve_accelerator(device)
     chosen = BASELINES if baselines and source.packing == "dng" else ()
-    result = test_isp(load_isp_model(model), source, out_dir=out, max_images=max_images, device=accelerator,
+    network = load_isp_model(model)
+    source = source_for(network, source)  # a metadata-aware model gets its colour-corrected input
+    result = test_isp(network, source, out_dir=out, max_images=max_images, device=accelerator,
                       overwrite=overwrite, baselines=chosen)
     console.print(result.summary())
 

@@ -16,6 +16,18 @@ Packings (:data:`PACKINGS`) turn a raw mosaic into the network's ``(4, H/2, W/2)
 - ``"dng"``: black/white level normalisation from the file (clipped to [0, 1]), then
   :func:`isplab.isp.bayer.pack` into the canonical R, Gr, Gb, B order.
 
+Metadata-aware input (``metadata=True``, ``isplab isp train --metadata``): the raw's as-shot white
+balance and colour matrix are applied to the packed planes *before* the network
+(:func:`colour_transform`), so the network sees white-balanced linear sRGB planes and learns
+demosaicking, denoising and tone, not the camera's colour. This rather than extra constant
+conditioning channels: the colour step is then exact by construction (a neutral patch becomes
+equal planes whatever the camera and illuminant), the architectures and their exports keep their
+4-plane input, and a network cannot misread 12 conditioning numbers it saw for only a few dozen
+cameras. Only raws with metadata (the ``dng`` packing) allow it; MAI/Zurich PNG raws carry none.
+
+Decoded raws can be cached in memory (``cache_mb``, :meth:`PairSource.preload`): each pair is read
+and normalised once, then patches are cut from memory.
+
 Data for training and honest testing: :func:`heldout_set` writes the held-out test set of real
 photographs (scikit-image's, and scikit-learn's when installed) unprocessed with held-out cameras;
 training data should come from generated scenes only (``isplab data synth`` without ``--source``,
@@ -33,7 +45,7 @@ instead would leave red and blue one raw pixel off their targets.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +177,72 @@ def pack_mosaic(mosaic: torch.Tensor, pattern: str, packing: str) -> torch.Tenso
     return bayer.pack(mosaic, pattern)
 
 
+def colour_transform(wb_gains, camera_to_srgb) -> torch.Tensor:
+    """The ``(4, 4)`` map from packed R, Gr, Gb, B planes to white-balanced, colour-corrected ones.
+
+    With white-balance gains ``g = (gR, 1, gB)`` and the camera -> linear sRGB matrix ``M``
+    (applied after white balance, :func:`isplab.isp.color.camera_to_srgb_matrix`), each 2x2 quad's
+    camera colour ``(gR R, G, gB B)`` becomes ``M @ colour``: the red and blue planes take ``M``'s
+    first and last rows with the mean of the two greens, each green plane takes ``M``'s middle row
+    with its own green (so the Gr/Gb detail survives). A neutral quad (camera response
+    proportional to the as-shot neutral ``1 / g``) becomes four equal values, since ``M``'s rows
+    sum to 1. float32.
+    """
+    g = torch.as_tensor(np.asarray(wb_gains, dtype=np.float64))
+    m = torch.as_tensor(np.asarray(camera_to_srgb, dtype=np.float64))
+    if g.shape != (3,) or m.shape != (3, 3):
+        raise IsplabError(f"expected (3,) white-balance gains and a (3, 3) colour matrix, got {tuple(g.shape)} and {tuple(m.shape)}")
+    g = g / g[1]
+    rows = [
+        [m[0, 0] * g[0], m[0, 1] / 2, m[0, 1] / 2, m[0, 2] * g[2]],
+        [m[1, 0] * g[0], m[1, 1], 0.0, m[1, 2] * g[2]],
+        [m[1, 0] * g[0], 0.0, m[1, 1], m[1, 2] * g[2]],
+        [m[2, 0] * g[0], m[2, 1] / 2, m[2, 1] / 2, m[2, 2] * g[2]],
+    ]
+    return torch.tensor([[float(v) for v in row] for row in rows], dtype=torch.float32)
+
+
+def raw_colour_transform(path: str | Path) -> torch.Tensor:
+    """:func:`colour_transform` from a raw file's as-shot neutral and colour matrix.
+
+    Raises:
+        IsplabError: unreadable file, or a file without a colour matrix.
+    """
+    from isplab.io.raw import read_raw
+    from isplab.isp.color import camera_to_srgb_matrix
+
+    frame = read_raw(path)
+    if frame.color_matrix is None:
+        raise IsplabError(f"{path}: no colour matrix in the file, expected a raw with metadata for a --metadata model")
+    return colour_transform(frame.wb_gains, camera_to_srgb_matrix(frame.color_matrix))
+
+
+def apply_colour(packed: torch.Tensor, transform: torch.Tensor) -> torch.Tensor:
+    """Apply a :func:`colour_transform` to ``(..., 4, h, w)`` packed R, Gr, Gb, B planes."""
+    return torch.einsum("ij,...jhw->...ihw", transform.to(packed), packed)
+
+
+def model_input(mosaic: torch.Tensor, pattern: str, packing: str, transform: torch.Tensor | None = None) -> torch.Tensor:
+    """The network input of a normalised ``(..., H, W)`` mosaic: packed, then colour-corrected when
+    ``transform`` (:func:`raw_colour_transform`) is given, as metadata-aware models expect.
+
+    Training patches, validation and test images and full-resolution inference all go through it.
+    """
+    packed = pack_mosaic(mosaic, pattern, packing)
+    if transform is None:
+        return packed
+    if packing != "dng":
+        raise IsplabError(f"metadata-aware input needs the 'dng' packing, got {packing!r}")
+    return apply_colour(packed, transform)
+
+
+def _target_array(path: Path) -> np.ndarray:
+    target = read_image(path)
+    if target.ndim != 3 or target.shape[2] < 3:
+        raise IsplabError(f"{path}: expected an RGB target image, got shape {target.shape}")
+    return np.ascontiguousarray(target[..., :3])
+
+
 @dataclass
 class PairSource:
     """Raw/target file pairs of one split and how to load them.
@@ -174,6 +252,9 @@ class PairSource:
         layout: ``"mai"``, ``"zurich"`` or ``"dng"``.
         packing: see :data:`PACKINGS`.
         root: the folder the pairs were found in.
+        metadata: inputs are colour-corrected with each raw's white balance and colour matrix
+            (:func:`model_input`); ``dng`` packing only.
+        cache_mb: keep up to this many MB of decoded pairs in memory (0: read every time).
     """
 
     raws: list[Path]
@@ -181,6 +262,19 @@ class PairSource:
     layout: str
     packing: str
     root: Path
+    metadata: bool = False
+    cache_mb: float = 0.0
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+    _cached_bytes: list = field(default_factory=lambda: [0], repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.metadata and self.packing != "dng":
+            raise IsplabError(
+                f"metadata-aware input needs raws with white balance and colour matrix (DNG folders); "
+                f"{self.root} holds {self.layout} raws without metadata"
+            )
+        if self.cache_mb < 0:
+            raise IsplabError(f"cache_mb must be >= 0, got {self.cache_mb}")
 
     def __len__(self) -> int:
         return len(self.raws)
@@ -200,27 +294,54 @@ class PairSource:
         Raises:
             IsplabError: unreadable files, or target and raw of different sizes.
         """
-        raw_path, target_path = self.raws[i], self.targets[i]
-        mosaic, pattern = read_mosaic(raw_path, self.packing)
-        target = read_image(target_path)
-        if target.ndim != 3 or target.shape[2] < 3:
-            raise IsplabError(f"{target_path}: expected an RGB target image, got shape {target.shape}")
-        target = torch.from_numpy(to_float(target[..., :3])).permute(2, 0, 1).contiguous()
-        if tuple(target.shape[1:]) != tuple(mosaic.shape):
-            raise IsplabError(
-                f"size mismatch: raw {raw_path} is {mosaic.shape[0]}x{mosaic.shape[1]} but its target "
-                f"{target_path} is {target.shape[1]}x{target.shape[2]} (expected the same height x width)"
-            )
+        mosaic, target, pattern, _ = self._decoded(i)
+        target = torch.from_numpy(to_float(target)).permute(2, 0, 1).contiguous()
         return mosaic, target, pattern
 
-    def pack(self, mosaic: torch.Tensor, pattern: str) -> torch.Tensor:
-        """``(..., H, W)`` normalised mosaic -> ``(..., 4, H/2, W/2)`` network input for this packing."""
-        return pack_mosaic(mosaic, pattern, self.packing)
+    def _decoded(self, i: int) -> tuple[torch.Tensor, np.ndarray, str, torch.Tensor | None]:
+        """Pair ``i`` as decoded (mosaic, target array H x W x 3 as stored, pattern, colour transform), cached."""
+        if i in self._cache:
+            return self._cache[i]
+        raw_path, target_path = self.raws[i], self.targets[i]
+        mosaic, pattern = read_mosaic(raw_path, self.packing)
+        target = _target_array(target_path)
+        if tuple(target.shape[:2]) != tuple(mosaic.shape):
+            raise IsplabError(
+                f"size mismatch: raw {raw_path} is {mosaic.shape[0]}x{mosaic.shape[1]} but its target "
+                f"{target_path} is {target.shape[0]}x{target.shape[1]} (expected the same height x width)"
+            )
+        transform = raw_colour_transform(raw_path) if self.metadata else None
+        item = (mosaic, target, pattern, transform)
+        size = mosaic.numel() * mosaic.element_size() + target.nbytes
+        if self._cached_bytes[0] + size <= self.cache_mb * 2**20:
+            self._cache[i] = item
+            self._cached_bytes[0] += size
+        return item
+
+    def preload(self) -> int:
+        """Decode pairs into the cache until it holds ``cache_mb`` MB (or every pair); returns how many are cached.
+
+        Called before data-loader workers start, the cache is shared with forked workers
+        instead of each worker filling its own.
+        """
+        for i in range(len(self)):
+            if self._cached_bytes[0] >= self.cache_mb * 2**20:
+                break
+            self._decoded(i)
+        return len(self._cache)
+
+    def colour(self, i: int) -> torch.Tensor | None:
+        """Pair ``i``'s :func:`colour_transform` when ``metadata``, else ``None``."""
+        return self._decoded(i)[3] if self.metadata else None
+
+    def pack(self, mosaic: torch.Tensor, pattern: str, transform: torch.Tensor | None = None) -> torch.Tensor:
+        """``(..., H, W)`` normalised mosaic -> ``(..., 4, H/2, W/2)`` network input (:func:`model_input`)."""
+        return model_input(mosaic, pattern, self.packing, transform)
 
     def load(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pair ``i``: ``(packed (4, h, w) float32, target (3, 2h, 2w) float32)``."""
+        """Pair ``i``: ``(packed (4, h, w) float32, target (3, 2h, 2w) float32)``, colour-corrected when ``metadata``."""
         mosaic, target, pattern = self.load_mosaic(i)
-        return self.pack(mosaic, pattern), target
+        return self.pack(mosaic, pattern, self.colour(i)), target
 
 
 def detect_layout(root: str | Path, split: str = "train") -> str:
@@ -242,7 +363,8 @@ def detect_layout(root: str | Path, split: str = "train") -> str:
     raise IsplabError(f"no RAW/RGB pairs found in {root}: looked for {'; '.join(looked_for)}")
 
 
-def open_pairs(root: str | Path, split: str = "train", layout: str = "auto", packing: str | None = None) -> PairSource:
+def open_pairs(root: str | Path, split: str = "train", layout: str = "auto", packing: str | None = None, *,
+               metadata: bool = False, cache_mb: float = 0.0) -> PairSource:
     """Find the raw/target pairs of ``split`` under ``root``.
 
     Args:
@@ -251,9 +373,11 @@ def open_pairs(root: str | Path, split: str = "train", layout: str = "auto", pac
             for every split).
         layout: ``"auto"`` or one of :data:`LAYOUTS`.
         packing: ``None`` picks ``"challenge"`` for MAI/Zurich and ``"dng"`` for DNGs.
+        metadata, cache_mb: see :class:`PairSource`.
 
     Raises:
-        IsplabError: unknown layout or packing, no pairs, or a raw without a target (named).
+        IsplabError: unknown layout or packing, no pairs, a raw without a target (named), or
+            ``metadata`` for raws without metadata.
     """
     root = Path(root)
     if layout == "auto":
@@ -279,7 +403,8 @@ def open_pairs(root: str | Path, split: str = "train", layout: str = "auto", pac
             if not target.is_file():
                 raise IsplabError(f"raw {raw} has no target: expected {target}")
         packing = packing or "challenge"
-    return PairSource(raws=raws, targets=targets, layout=layout, packing=_check_packing(packing), root=folder)
+    return PairSource(raws=raws, targets=targets, layout=layout, packing=_check_packing(packing), root=folder,
+                      metadata=metadata, cache_mb=cache_mb)
 
 
 def _natural_key(path: Path) -> tuple:
@@ -392,7 +517,7 @@ class PatchDataset(EpochDataset):
         if self.augment:
             k, flip, (dy, dx) = self._pick_transform(rng, pattern, window)
         stack = transform(stack, k, flip)[:, dy : dy + self.patch, dx : dx + self.patch]
-        return self.source.pack(stack[0], pattern), stack[1:].contiguous()
+        return self.source.pack(stack[0], pattern, self.source.colour(i)), stack[1:].contiguous()
 
     def _pick_transform(self, rng: np.random.Generator, pattern: str, window: list[int]) -> tuple:
         spare = min(window) - self.patch  # square patch: a transpose swaps the spare rows/cols

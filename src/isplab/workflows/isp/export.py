@@ -9,6 +9,11 @@ returning RGB ``[1, 2h, 2w, 3]`` in [0, 1], channels last as the challenge's TFL
 * a fixed-size model ``[1, 544, 960, 4] -> [1, 1088, 1920, 3]`` (one full-HD frame), timed on the
   phone.
 
+A metadata-aware model (``isplab isp train --metadata``) exports the network alone: its input is
+the packed raw already white-balanced and colour-corrected with the raw's own metadata
+(:func:`isplab.workflows.isp.data.model_input`, as ``isp run`` prepares it), since those 12
+numbers differ per photo and come from the file, not from the graph.
+
 Each file is checked against the PyTorch model by :mod:`isplab.export` (the dynamic ONNX model at
 two sizes); a mismatch raises :class:`~isplab.errors.ParityError`.
 """

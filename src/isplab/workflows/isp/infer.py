@@ -15,13 +15,18 @@ pixel, so the result is a convex combination of tile outputs: for a network whos
 reaches fewer than ``overlap / 4`` packed pixels, tiled and whole-image outputs are identical;
 for larger ones (U-Nets) the difference is bounded by how much the far context matters, and the
 smooth ramps keep it from showing as a seam.
+
+Input preparation is the same everywhere (:func:`isplab.workflows.isp.data.model_input`): a
+metadata-aware model (``isp_config["metadata"]``, ``isplab isp train --metadata``) gets the packed
+planes white-balanced and colour-corrected with each raw's own metadata, in training, validation,
+``isp test`` (:func:`source_for`) and ``isp run`` (:func:`load_packed` with ``metadata=True``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +38,8 @@ from isplab.errors import IsplabError
 from isplab.export import eval_mode
 from isplab.io.image import to_uint8, write_image
 from isplab.io.paths import prepare_output_dir
-from isplab.workflows.isp.data import pack_mosaic, read_mosaic
+from isplab.models.isp import uses_metadata
+from isplab.workflows.isp.data import PairSource, model_input, raw_colour_transform, read_mosaic
 
 
 @dataclass
@@ -50,8 +56,8 @@ class ProcessResult:
         return "\n".join(lines)
 
 
-def load_packed(path: str | Path, packing: str = "dng") -> torch.Tensor:
-    """Read a raw file and pack it into the network input ``(4, H/2, W/2)`` float32.
+def load_packed(path: str | Path, packing: str = "dng", *, metadata: bool = False) -> torch.Tensor:
+    """Read a raw file and prepare the network input ``(4, H/2, W/2)`` float32.
 
     Args:
         path: ``"dng"`` packing: any raw LibRaw reads (DNG, NEF, ...), normalised by its black and
@@ -59,11 +65,32 @@ def load_packed(path: str | Path, packing: str = "dng") -> torch.Tensor:
             single-channel 16-bit PNG raw of the MAI layout, scaled by ``1 / (4 * 255)`` and packed
             (B, Gb, R, Gr) as the challenge's loader does (see :mod:`isplab.workflows.isp.data`).
         packing: one of :data:`~isplab.workflows.isp.data.PACKINGS`.
+        metadata: white-balance and colour-correct the planes with the file's own metadata, as
+            metadata-aware models expect (``dng`` packing only).
 
     Raises:
-        IsplabError: unknown packing, unreadable file, or a challenge raw that is not single-channel.
+        IsplabError: unknown packing, unreadable file, a challenge raw that is not single-channel,
+            or ``metadata`` with the challenge packing or a file without a colour matrix.
     """
-    return pack_mosaic(*read_mosaic(path, packing), packing)
+    if metadata and packing != "dng":
+        raise IsplabError(
+            f"{path}: a metadata-aware model needs raws with white balance and colour matrix (packing 'dng'), "
+            f"not {packing!r} raws"
+        )
+    mosaic, pattern = read_mosaic(path, packing)
+    return model_input(mosaic, pattern, packing, raw_colour_transform(path) if metadata else None)
+
+
+def source_for(model: nn.Module, source: PairSource) -> PairSource:
+    """``source`` prepared for ``model``: colour-corrected inputs when the model is metadata-aware.
+
+    Raises:
+        IsplabError: a metadata-aware model and raws without metadata (MAI/Zurich PNG raws).
+    """
+    wanted = uses_metadata(model)
+    if source.metadata == wanted:
+        return source
+    return replace(source, metadata=wanted, _cache={}, _cached_bytes=[0])
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -130,8 +157,9 @@ def run_full_resolution(
     Args:
         model: ``(B, 4, h, w) -> (B, 3, 2h, 2w)``; its ``size_multiple`` attribute (default 1)
             is the divisor ``h`` and ``w`` need.
-        raw: a raw file (read with :func:`load_packed` and ``packing``) or an already packed
-            ``(4, h, w)`` float array/tensor in the model's input scale.
+        raw: a raw file (read with :func:`load_packed`, ``packing`` and, for a metadata-aware
+            model, its own metadata) or an already prepared ``(4, h, w)`` float array/tensor in the
+            model's input scale.
         tile: tile size in packed pixels, rounded down to a multiple of ``size_multiple`` (at
             least one multiple). An image dimension smaller than a tile becomes one tile,
             reflect-padded up to the multiple (replicate-padded if too small to reflect).
@@ -148,7 +176,10 @@ def run_full_resolution(
     Raises:
         IsplabError: bad tile/overlap, a packed array not shaped ``(4, h, w)``, or an unreadable file.
     """
-    packed = raw if isinstance(raw, (np.ndarray, torch.Tensor)) else load_packed(raw, packing)
+    if isinstance(raw, (np.ndarray, torch.Tensor)):
+        packed = raw
+    else:
+        packed = load_packed(raw, packing, metadata=uses_metadata(model))
     packed = torch.as_tensor(packed, dtype=torch.float32)
     if packed.ndim != 3 or packed.shape[0] != 4:
         raise IsplabError(f"expected a packed raw of shape (4, h, w), got {tuple(packed.shape)}")
@@ -237,6 +268,11 @@ def process_files(
     """
     paths = [Path(p) for p in paths]
     targets = check_outputs(paths, out_dir, overwrite=overwrite)
+    if uses_metadata(model) and packing != "dng":
+        raise IsplabError(
+            f"this model is metadata-aware (trained with --metadata): it needs raws with white balance and colour "
+            f"matrix (packing 'dng'), not {packing!r} raws"
+        )
     result = ProcessResult()
     for path, target in zip(paths, targets):
         try:

@@ -17,6 +17,13 @@ A ``model_dir`` that already holds any of these is refused before any work unles
 as ``last.ckpt`` (one process; under DDP it keeps the last validation's) and raises
 :class:`~isplab.engine.TrainingInterrupted`; ``resume`` continues from there.
 
+Data path: each raw is decoded (read, black/white-level normalised, and for ``metadata`` models
+colour-corrected, :func:`isplab.workflows.isp.data.model_input`) once and kept in memory up to
+``cache_mb`` (:meth:`~isplab.workflows.isp.data.PairSource.preload`, before the data-loader
+workers fork, so they share it); patches are cut from memory. ``channels_last`` stores the
+network and its batches in NHWC; ``precision="bf16-mixed"`` trains under bf16 autocast (GPUs with
+bf16, e.g. Ampere and later; Lightning's precision setting).
+
 Patches are a pure function of ``(seed, epoch, index)`` (:class:`~isplab.workflows.isp.data.PatchDataset`);
 under DDP Lightning's ``DistributedSampler`` gives each rank different indices, hence different
 patches, and the effective batch is ``batch_size x devices x num_nodes``.
@@ -52,6 +59,9 @@ from isplab.errors import IsplabError
 from isplab.models.isp import build_isp_model, save_isp_model
 from isplab.workflows.isp.data import FullImageDataset, PatchDataset, open_pairs
 
+#: ``precision`` values accepted (Lightning's names; ``None`` is 32-bit)
+PRECISIONS = (None, "32-true", "bf16-mixed", "16-mixed")
+
 #: ``features`` layers of torchvision's VGG-19 up to and including relu5_4
 VGG_RELU5_4 = 36
 VGG_FILE = Path(VGG19_Weights.IMAGENET1K_V1.url).name  # vgg19-dcbb9e9d.pth in torch's hub cache
@@ -79,6 +89,11 @@ class ISPTrainConfig:
         seed: seeds initialisation and patch sampling.
         device, devices, strategy, num_nodes: see :func:`isplab.engine.build_trainer`.
         workers: dataloader worker processes.
+        metadata: train a metadata-aware model (input white-balanced and colour-corrected with
+            each raw's own metadata, see :mod:`isplab.workflows.isp.data`); DNG datasets only.
+        cache_mb: keep up to this many MB of decoded training pairs in memory (0: decode every patch's image).
+        precision: one of :data:`PRECISIONS` (``"bf16-mixed"``: bf16 autocast, for GPUs).
+        channels_last: NHWC memory format for the network and its batches.
     """
 
     arch: str = "punet"
@@ -103,6 +118,10 @@ class ISPTrainConfig:
     strategy: str = "auto"
     num_nodes: int = 1
     workers: int = 0
+    metadata: bool = False
+    cache_mb: float = 1024.0
+    precision: str | None = None
+    channels_last: bool = False
 
 
 class VGGLoss(nn.Module):
@@ -189,6 +208,9 @@ class ISPModule(L.LightningModule):
         """``(B, 4, h, w)`` -> ``(B, 3, 2h, 2w)``."""
         return self.model(packed)
 
+    def _input(self, packed: torch.Tensor) -> torch.Tensor:
+        return packed.contiguous(memory_format=torch.channels_last) if self.config.channels_last else packed
+
     def loss_terms(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """The weighted loss ``"loss"`` and its non-zero-weight terms (unweighted), by name."""
         c = self.config
@@ -207,7 +229,7 @@ class ISPModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         packed, target = batch
-        terms = self.loss_terms(self.model(packed), target)
+        terms = self.loss_terms(self.model(self._input(packed)).float(), target)
         # sync_dist: under DDP the logged loss is the mean over all ranks' patches, not rank 0's.
         self.log("train_loss", terms["loss"], prog_bar=True, sync_dist=True)
         self.log_dict({f"train_{name}": value for name, value in terms.items() if name != "loss"}, sync_dist=True)
@@ -215,7 +237,7 @@ class ISPModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         packed, target = batch
-        pred = self.model(packed).clamp(0.0, 1.0)
+        pred = self.model(self._input(packed)).float().clamp(0.0, 1.0)
         size = packed.shape[0]
         self.log(MONITOR, psnr(pred, target), prog_bar=True, batch_size=size, sync_dist=True)
         self.log("val_ssim", ssim(pred, target), prog_bar=True, batch_size=size, sync_dist=True)
@@ -279,9 +301,9 @@ def train_isp(
     # fitting, i.e. after rank 0 wrote its log: only rank 0 checks, cleans up and writes.
     run = prepare_run_dir(model_dir, RUN_OUTPUTS, overwrite=overwrite, resume=resume)
     checkpoint = run.checkpoint
-    train_source = open_pairs(data_root, "train")
-    val_source = open_pairs(data_root, val_split)
-    model = build_isp_model(config.arch, config.num_maps_base, **config.arch_options)
+    train_source = open_pairs(data_root, "train", metadata=config.metadata, cache_mb=config.cache_mb)
+    val_source = open_pairs(data_root, val_split, metadata=config.metadata)
+    model = build_isp_model(config.arch, config.num_maps_base, metadata=config.metadata, **config.arch_options)
     if checkpoint is not None:
         _check_same_model(checkpoint, model)
     resolve_accelerator(config.device)  # an absent device is refused before anything is deleted
@@ -299,15 +321,20 @@ def train_isp(
         mode="max",
         seed=config.seed,
         progress=progress,
+        precision=config.precision,
         callbacks=[SaveOnInterrupt(model_dir / "checkpoints" / LAST_CHECKPOINT), *callbacks],
     )
     # Built after build_trainer seeded torch: the same seed gives the same initial weights.
-    model = build_isp_model(config.arch, config.num_maps_base, **config.arch_options)
+    model = build_isp_model(config.arch, config.num_maps_base, metadata=config.metadata, **config.arch_options)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     module = ISPModule(model, config, log_file=module_log)
     run.start(asdict(config), new=f"{config.arch}, {config.iters} steps", resumed=f"training to step {config.iters}")
 
     # Patch (seed, epoch, index) -> sample; the trainer's DatasetEpoch callback sets the epoch and,
     # under DDP, Lightning replaces the sequential sampler by a DistributedSampler.
+    if config.workers > 0:
+        train_source.preload()  # decoded once here, shared with the forked workers
     patches = PatchDataset(train_source, config.patch, config.patches_per_epoch, augment=True, seed=config.seed)
     val = FullImageDataset(val_source, multiple=model.size_multiple, crop=config.val_crop)
     if config.val_max_images is not None:
@@ -338,6 +365,10 @@ def _check_config(config: ISPTrainConfig) -> None:
     weights = {"mse": config.mse, "l1": config.l1, "ssim": config.ssim, "vgg": config.vgg}
     if any(w < 0 for w in weights.values()) or not any(weights.values()):
         raise IsplabError(f"loss weights must be >= 0 and not all zero, got {weights}")
+    if config.precision not in PRECISIONS:
+        raise IsplabError(f"unknown precision {config.precision!r}: expected one of {', '.join(map(str, PRECISIONS[1:]))}")
+    if config.cache_mb < 0:
+        raise IsplabError(f"cache_mb must be >= 0, got {config.cache_mb}")
     if config.ssim and config.patch < 11:
         raise IsplabError(f"the SSIM loss needs patches of at least 11 pixels, got patch {config.patch}")
 

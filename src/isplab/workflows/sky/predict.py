@@ -10,18 +10,18 @@ weighted by a window that is 0 for ``margin`` pixels at the tile's inner edges (
 own zero padding changes the output), rises as a raised cosine over the rest of the overlap and is
 1 in the middle; edges on the image border keep weight 1. The result is the weighted mean.
 
-Defaults (:class:`TileOptions`) are sized for the default ResNet-34 U-Net (5 stages): its output
-at a pixel depends on input up to about 544 pixels away (its receptive field), but what the zero
-padding at a tile's edge changes dies off sooner. ``benchmarks/sky.py --tile-study`` measures it:
-the difference to the whole-image output stays above 1e-3 up to about 340 pixels inside the edge
-with random weights (about 150 after a brief training), and tiles 16 pixels off the pooling grid
-differ far more. Hence ``margin=384``, a 128-pixel raised cosine (``overlap=896``) and 2048-pixel
-tiles (21 tiles for 8192x4096, about 2.2 GB of activations each on the CPU);
-``tests/workflows/sky/test_predict.py`` checks tiled == whole within 1e-3 with these defaults.
-Deeper encoders (ResNet-50 and up) see farther: measure before trusting the default margin.
+Defaults (:class:`TileOptions`) are sized for the default ResNet-34 U-Net (5 stages), which sees
+far: ``benchmarks/sky.py --tile-study`` measures how far a tile edge's zero padding changes the
+output. The difference to the whole-image output stays above 1e-3 up to about 340 pixels inside
+the edge with random weights (about 160 after a brief training: 3 epochs of 96 patches), and tiles
+16 pixels off the pooling grid differ far more. Hence ``margin=384``, a 128-pixel raised cosine
+(``overlap=896``) and 2048-pixel tiles (21 tiles for 8192x4096, about 2.2 GB of activations each
+on the CPU); ``tests/workflows/sky/test_predict.py`` checks tiled == whole within 1e-3 with these
+defaults. Deeper encoders (ResNet-50 and up) may see farther: measure before trusting the margin.
 
 Memory: the image, two ``H x W`` float32 accumulators (on the compute device) and one batch of
 tiles with the network's activations; tiles are encoded on the compute device one batch at a time.
+The network runs in the channels_last memory format by default (the model is converted in place).
 """
 
 from __future__ import annotations
@@ -77,11 +77,13 @@ def predict_alpha(
     *,
     encoding: LogEncoding | None = None,
     device: str | torch.device = "cpu",
+    channels_last: bool = True,
 ) -> np.ndarray:
     """Soft sky probability ``(H, W)`` float32 in [0, 1] for ``pixels`` ``(H, W, 3)`` (linear HDR
     or LDR in [0, 1], on the CPU). The network runs on ``device`` (the model is moved there); each
     batch of tiles is copied there, encoded and predicted there, and blended into accumulators
-    there; only the result comes back.
+    there; only the result comes back. ``channels_last``: run the network in that memory format
+    (the model is converted in place), else in PyTorch's default NCHW.
 
     Raises:
         IsplabError: a tile size that is not a multiple of the model's ``size_multiple``, or an
@@ -94,12 +96,17 @@ def predict_alpha(
     mult = int(getattr(model, "size_multiple", 32))
     h, w = pixels.shape[:2]
     H, W = -(-h // mult) * mult, -(-w // mult) * mult
-    model = model.eval().to(device)
+    # channels_last (NHWC): the tiles arrive in that layout, and it ran faster on the CPU here
+    # (benchmarks/sky.py --full-res [--nchw], 1024x512 in 512-pixel tiles, 3 runs each on a shared
+    # machine: 10-27 s against 29-40 s)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.eval().to(device, memory_format=layout)
     tile, overlap, margin = options.tile, options.overlap, options.margin
 
     def load(boxes: list[tuple[int, int]], th: int, tw: int) -> torch.Tensor:
         parts = [torch.from_numpy(_padded_crop(pixels, y, x, th, tw)) for y, x in boxes]
-        batch = torch.stack(parts).to(device, non_blocking=True).permute(0, 3, 1, 2).contiguous()
+        batch = torch.stack(parts).to(device, non_blocking=True).permute(0, 3, 1, 2)  # NCHW view of NHWC memory
+        batch = batch.contiguous(memory_format=layout)
         return log_encode_torch(batch, encoding) if hdr else batch
 
     with torch.inference_mode():

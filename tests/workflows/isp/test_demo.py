@@ -1,0 +1,37 @@
+"""The ``isp`` demo section at toy sizes: generated training scenes, held-out photos, baselines, figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from isplab.engine.report import Report
+from isplab.models.isp import load_isp_model, uses_metadata
+from isplab.workflows.isp import demo
+
+
+def test_the_shipped_model_is_small_and_documented():
+    assert demo.SHIPPED_MODEL.stat().st_size < 5 * 2**20
+    model = load_isp_model(demo.SHIPPED_MODEL)
+    assert uses_metadata(model) and model.isp_config["arch"] == "nafnet"
+    info = json.loads(demo.SHIPPED_INFO.read_text())
+    assert {"command", "iterations", "data", "seed", "heldout"} <= info.keys()
+    # the documented held-out scores: colours clearly better than the classical pipeline without metadata
+    assert info["heldout"]["model"]["delta_e2000"] < info["heldout"]["greyworld"]["delta_e2000"] - 2
+
+
+@pytest.mark.slow
+def test_the_section_trains_scores_on_heldout_photos_and_loads_the_shipped_model(tmp_path: Path):
+    report = Report("demo", tmp_path)
+    demo.section(tmp_path, report, seed=0, device="cpu", iters=2, patch=32, train_pairs=2, val_pairs=1, heldout_pairs=2,
+                 size=(64, 64), heldout_size=(64, 48))
+    page = report.write().read_text()
+    folder = tmp_path / "isp"
+    assert (folder / "model/model.pt").is_file() and uses_metadata(load_isp_model(folder / "model/model.pt"))
+    assert len(list((folder / "heldout").glob("*.dng"))) == 2
+    for name in ("trained here (2 iterations)", "shipped model", "oracle (classical)", "greyworld (classical)"):
+        assert name in page, name
+    assert "nafnet8_metadata.pt" in page and "which isplab ships" in page
+    assert (folder / "heldout_0.png").is_file() and (folder / "heldout_1.png").is_file()
