@@ -34,8 +34,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from isplab.data.synth import parse_size, synthesize_dataset
 from isplab.data.sources import load_source
+from isplab.data.synth import parse_size, synthesize_dataset
 from isplab.data.unprocess import sample_params, unprocess
 from isplab.engine.metrics import psnr
 from isplab.engine.trainer import resolve_accelerator

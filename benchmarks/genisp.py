@@ -24,21 +24,22 @@ images, one epoch each, a 1 MP frame) is a smoke test of the script, not a measu
 
 Measured (2026-11-30, one H200 with 16 CPU cores, ``--device cuda --threads 14 --workers 8`` and the
 defaults: 800 scenes, 480 for training, 161 test scenes per camera; detector 24 epochs = 1440
-steps, GenISP 15 epochs = 900 steps, about 8 minutes in all). AP / AP50 / AP75 in %:
+steps, GenISP 15 epochs = 900 steps, about 9 minutes up to the latency step). AP / AP50 / AP75 in %:
 
-=================================  ================  ================
-input                              cam-a (trained)   cam-b (unseen)
-=================================  ================  ================
-(a) packed raw                     0.1 / 0.3 / 0.0   0.1 / 0.3 / 0.0
-(b) classical ISP                  1.1 / 3.5 / 0.3   0.4 / 1.7 / 0.1
+=================================  ==================  ==================
+input                              cam-a (trained on)  cam-b (unseen)
+=================================  ==================  ==================
+(a) packed raw                     0.1 / 0.3 / 0.0     0.1 / 0.3 / 0.0
+(b) classical ISP                  1.1 / 3.5 / 0.3     0.4 / 1.7 / 0.1
 (c) GenISP                         23.1 / 52.6 / 15.4  17.9 / 43.6 / 12.2
-(d) normal light (upper bound)     35.3 / 67.6 / 34.3  35.3 / 67.6 / 34.3
-=================================  ================  ================
+(d) normal light (upper bound)     35.3 / 67.6 / 34.3  35.3 / 67.6 / 34.3 (the same renders)
+=================================  ==================  ==================
 
 GenISP has 116,015 parameters; one 4000 x 3000 frame took 0.055 s on the H200 in 1024-pixel tiles
 (peak GPU memory 1.8 GB; 0.026 s and 6.2 GB untiled) and 9.3 s on its 16 CPU threads (tiled, peak
-RSS 3.2 GB). The detector, trained on clean renders, is not robust to the noise the classical ISP
-amplifies, which is why (b) is barely above (a) on this data.
+RSS 3.2 GB); on the project's 2-core CPU machine, shared with other jobs at the time, 108 s with
+2 threads (peak RSS 2.7 GB). The classical ISP's auto exposure amplifies the dark raws' noise and
+the detector was trained on clean renders: (b) is barely above (a) on this data.
 """
 
 from __future__ import annotations

@@ -162,6 +162,20 @@ def test_demosaic_chunked_on_threads_equals_one_piece(small_chunks):
     assert torch.get_num_threads() == 2  # the workers' single-thread setting does not leak
 
 
+def test_one_chunk_in_place_path_as_on_a_gpu(monkeypatch):
+    # On a GPU the in-place path runs as a single chunk of the whole image; the same code on the CPU:
+    monkeypatch.setattr(demosaic_module, "_CHUNK_ELEMENTS", 1 << 40)
+    raw = torch.from_numpy(RNG.uniform(0, 1.1, (2, 1, 37, 26)))
+    gains, ccm = torch.tensor(GAINS, dtype=raw.dtype), torch.tensor(CCMS, dtype=raw.dtype)
+    for method in ("bilinear", "malvar"):
+        with torch.no_grad():
+            torch.testing.assert_close(demosaic(raw, "BGGR", method), reference_demosaic(raw, "BGGR", method),
+                                       rtol=0, atol=1e-12)
+            out = render(raw, "BGGR", gains, ccm, demosaic_method=method)
+        torch.testing.assert_close(out, reference_render(raw, "BGGR", gains, ccm, method, True, True),
+                                   rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize(
     "pattern, method, tone, clip",
     [("RGGB", "malvar", True, True), ("BGGR", "bilinear", True, True), ("GBRG", "malvar", False, False),
@@ -267,3 +281,21 @@ def test_a_failing_chunk_is_reported_in_the_caller():
         assert sorted(done[-10:]) == list(range(10, 20))
     finally:
         torch.set_num_threads(torch_threads)
+
+
+@pytest.mark.slow
+def test_benchmark_compares_read_and_render_with_rawpy(capsys):
+    """``benchmarks/foundation.py``'s comparison runs (tiny image) and reports what it measured."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "benchmarks" / "foundation.py"
+    spec = importlib.util.spec_from_file_location("foundation_benchmark", path)
+    foundation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(foundation)
+    rows = foundation.raw_render_comparison(64, 48, torch.device("cpu"), 1, lambda: None)
+    assert [(r["isplab_demosaic"], r["rawpy_demosaic"]) for r in rows] == [("bilinear", "LINEAR"), ("malvar", "AHD")]
+    for row in rows:
+        assert row["ratio"] == pytest.approx(row["isplab_s"] / row["rawpy_s"])
+        assert row["target_met"] == (row["ratio"] <= 1.5) and row["megapixels"] == pytest.approx(64 * 48 / 1e6)
+    assert "within 1.5x" in capsys.readouterr().out

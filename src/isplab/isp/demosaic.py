@@ -1,4 +1,11 @@
-"""Bayer demosaicing: bilinear and Malvar-He-Cutler (2004), as fixed convolutions.
+"""Bayer demosaicing: bilinear and Malvar-He-Cutler (2004), linear filters with fixed kernels.
+
+The kernels are the published ones, but they are not convolved over every pixel: on the packed
+``(4, H/2, W/2)`` planes each output colour at each of the four tile positions is a small weighted
+sum of shifted planes (its own kernel's non-zero taps only, partial sums shared), the equivalent of
+stride-2 per-phase convolutions. With no gradient to record, a CPU image is processed in chunks of
+rows that stay in cache, spread over ``torch.get_num_threads()`` threads (:func:`demosaic_packed`);
+with one, the same sums run out of place for autograd.
 
 Borders: the mosaic is extended by reflection about the edge photosite (``c b | a b c``), which
 keeps the CFA's 2-pixel period, so every border pixel is interpolated from samples of the right
@@ -60,8 +67,8 @@ _KERNELS = {
     "bilinear": ((_BILINEAR_G_AT_RB, _BILINEAR_AT_G_ROW, _BILINEAR_AT_G_COL, _BILINEAR_RB_AT_BR), 4.0),
     "malvar": ((_MALVAR_G_AT_RB, _MALVAR_AT_G_ROW, _MALVAR_AT_G_COL, _MALVAR_RB_AT_BR), 8.0),
 }
-# Packed rows per chunk on the CPU: the chunk's planes and temporaries stay in cache, and each op
-# still has enough elements to use every thread.
+# Packed sites (rows x columns x batch) per chunk on the CPU: the chunk's planes and temporaries
+# (a few MB) stay in cache.
 _CHUNK_ELEMENTS = 1 << 16
 
 
@@ -95,7 +102,7 @@ def _sources(pattern: str) -> list[list[int]]:
 Tap = tuple[int, int, int]  # (packed plane = tile position, row shift, column shift) into the padded planes
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _plan(pattern: str, method: str) -> tuple[tuple[tuple[float, tuple[Tap, ...]], ...], ...]:
     """Each output's recipe on the packed planes, for outputs ordered (channel R, G, B) x (tile position).
 
@@ -172,7 +179,7 @@ def _interpolate_packed(q: torch.Tensor, pattern: str, method: str, out: torch.T
     phase (no autograd), and it is returned. Without it the result is built out of place (autograd
     records it) and interleaved: ``(B, 3, 2n, 2m)``.
     """
-    batch, _, rows, cols = q.shape
+    rows, cols = q.shape[-2:]
     n, m = rows - 2, cols - 2
     inplace = out is not None
     sums: dict[tuple[Tap, ...], torch.Tensor] = {}

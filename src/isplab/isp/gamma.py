@@ -43,9 +43,9 @@ def linear_to_srgb_(x: torch.Tensor) -> torch.Tensor:
 
 
 def encode_srgb_fast_(x: torch.Tensor) -> torch.Tensor:
-    """:func:`linear_to_srgb` in place on ``x`` (returned), a third faster, to within 2e-7; no autograd.
+    """:func:`linear_to_srgb` in place on ``x`` (returned) with cheaper ops, to within 2e-7; no autograd.
 
-    The power is ``exp(log(x) / 2.4)`` (within 1 ulp of ``pow``), and the two segments are joined by
+    The power is ``exp(log(x) / 2.4)`` (equal to ``pow`` to rounding), and the two segments are joined by
     a minimum instead of a comparison and a selection: the linear segment lies above the power
     segment everywhere above the breakpoint, and below it everywhere under it except in a sliver
     of 2e-9 just under the breakpoint, where the minimum gives the power segment's start, 3e-8 lower.

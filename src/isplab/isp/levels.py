@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import torch
 
-from isplab.isp._params import cfa_map, check_image, eager_inplace_ok, per_sample, run_chunks
+from isplab.isp._params import (
+    cfa_map,
+    check_image,
+    eager_inplace_ok,
+    per_sample,
+    run_chunks,
+)
 from isplab.isp.bayer import tile_to_planes
 
 

@@ -9,6 +9,11 @@ Order (the lead's unprocessing inverts it step by step, in reverse):
 5. clip to [0, 1]
 6. sRGB transfer function (:func:`~isplab.isp.gamma.linear_to_srgb`)
 7. optionally the smoothstep tone curve (:func:`~isplab.isp.tone.smoothstep_tone`)
+
+:func:`render` computes exactly that composition, fused: steps 1-2 run on the packed Bayer planes
+and steps 4-7 right after each chunk of demosaiced rows (:func:`~isplab.isp.demosaic.demosaic_packed`),
+in place when no gradient is needed. The results agree with the step-by-step composition to
+rounding (``tests/isp/test_fast_pipeline.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import torch
 from torch import nn
 
 from isplab.errors import IsplabError
-from isplab.isp._params import check_image, per_sample
+from isplab.isp._params import check_image, eager_inplace_ok, per_sample
 from isplab.isp.bayer import channel_index, check_pattern
 from isplab.isp.demosaic import METHODS, demosaic_packed
 from isplab.isp.gamma import encode_srgb_fast_, linear_to_srgb
@@ -66,17 +71,16 @@ def render(
         planes = planes * gains
         return planes.clamp(0.0, 1.0) if clip else planes
 
-    coefficients: list = []  # the matrix as numbers, read once (a sync on a GPU) when used
+    # The matrix as numbers for the in-place path (read once, before any chunk: a sync on a GPU).
+    coefficients = matrix.tolist() if eager_inplace_ok(raw, gains, matrix) else None
 
     def finish(rgb: torch.Tensor, inplace: bool) -> torch.Tensor:
         # Steps 4-7 on camera RGB (B, 3, ...).
-        if not inplace:
+        if not inplace or coefficients is None:
             x = torch.matmul(matrix, rgb.reshape(rgb.shape[0], 3, -1)).reshape(rgb.shape)
             x = x.clamp(0.0, 1.0) if clip else x
             x = linear_to_srgb(x)
             return smoothstep_tone(x) if tone else x
-        if not coefficients:
-            coefficients.extend(matrix.tolist())
         x = torch.empty_like(rgb)
         for sample, rows in enumerate(coefficients):  # 3 x 3 scaled adds: faster than a K=3 matmul
             src, dst = (rgb, x) if len(coefficients) == 1 else (rgb[sample : sample + 1], x[sample : sample + 1])

@@ -272,3 +272,29 @@ def test_holdout_scenes_stay_out_of_the_search_and_score_the_best(data, tmp_path
     assert [t["holdout"] is not None for t in result.trials] == [t["number"] == result.best["number"] for t in result.trials]
     with pytest.raises(IsplabError, match="other settings.*holdout"):
         search(data, study, target="vc4", trials=3, folds=2, device="cpu", space=space, holdout=0.5, seed=2, resume=True)
+
+
+# --- per-sensor fine-tuning ---------------------------------------------------------------------
+
+
+def test_train_on_one_sensor_fine_tunes_a_shared_model(data, tmp_path, monkeypatch, capsys):
+    from isplab.workflows.awb.model import build_awb_model, load_awb_model, save_awb_model
+
+    shared = build_awb_model("vc4", "small", width=4, hidden=8)
+    save_awb_model(shared, tmp_path / "shared.pt")
+    code, out, err = _cli(monkeypatch, capsys, "train", str(data), str(tmp_path / "imx708.pt"), "--target", "vc4",
+                          "--model", str(tmp_path / "shared.pt"), "--sensor", "imx708", "--epochs", "1",
+                          "--lr", "0.05", "--device", "cpu", "--no-progress")
+    assert code == 0, err
+    run = json.loads((tmp_path / "imx708-run" / "config.json").read_text())
+    sensors = [p.name.split(",")[1] for p in data.iterdir()]
+    assert run["images"] == sensors.count("imx708") == 6
+    tuned = load_awb_model(tmp_path / "imx708.pt")
+    assert tuned.awb_config["arch"] == "small" and tuned.awb_config["options"] == {"width": 4, "hidden": 8}
+    before = dict(load_awb_model(tmp_path / "shared.pt").state_dict())
+    assert any(not np.allclose(before[k].numpy(), v.numpy()) for k, v in tuned.state_dict().items())
+
+    code, out, err = _cli(monkeypatch, capsys, "train", str(data), str(tmp_path / "x.pt"), "--target", "vc4",
+                          "--sensor", "imx999", "--epochs", "1", "--device", "cpu")
+    assert code == 1 and "no images of sensor imx999: its sensors are imx219, imx708" in err
+    assert not (tmp_path / "x.pt").exists()

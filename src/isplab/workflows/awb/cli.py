@@ -243,6 +243,9 @@ def train(
     model: StartModel = None,
     input_model: OldStartModel = None,
     duplicate_file: Path | None = typer.Option(None, "--duplicate-file", help="Images to include more than once (default: none)."),
+    sensor: list[str] = typer.Option(
+        [], "--sensor", "-s", help="Train only on this sensor's images (repeatable), e.g. to fine-tune a shared --model per sensor (default: all)."
+    ),
     run_dir: Path | None = typer.Option(
         None, "--run-dir", help="Run folder: config.json, log.txt, checkpoints/, logs/ (default: OUTPUT without .pt, plus -run)."
     ),
@@ -254,7 +257,9 @@ def train(
 ) -> None:
     """Train one AWB network (preprocessing inside the model, temperature in kelvin out).
 
-    Ctrl-C keeps the last finished epoch in the run folder; the same command with --resume continues (--epochs is the total)."""
+    Ctrl-C keeps the last finished epoch in the run folder; the same command with --resume continues (--epochs is the total).
+    Per-sensor models: train a shared model, fine-tune it per sensor (--model shared.pt --sensor S), export each,
+    and point each sensor's tuning file at its own (awb tuning --sensor S --model S.tflite)."""
     from isplab.engine import TrainingInterrupted, is_global_zero, prepare_run_dir
     from isplab.io.paths import prepare_output_file
     from isplab.workflows.awb.dataset import read_duplicates, repeat_counts
@@ -270,6 +275,8 @@ def train(
     start = load_awb_model(start) if start is not None else None
     run_dir = run_dir or output.with_name(f"{output.stem}-run")
     data = _load(dataset, target)
+    if sensor:
+        data = _sensor_subset(data, dataset, sensor)
     weights = repeat_counts(data.samples, read_duplicates(duplicate_file)) if duplicate_file else None
     prepare_run_dir(run_dir, RUN_FILES, overwrite=overwrite, resume=resume, what="run folder").clear()
     try:
@@ -282,6 +289,17 @@ def train(
     result = evaluate_model(net, data)
     _print_summary(f"{output} on its training images (mireds; held-out: isplab awb evaluate --cv 5)",
                    {"model": result.model, "camera": result.camera})
+
+
+def _sensor_subset(data, folder: Path, sensors: list[str]):
+    """The images of ``sensors`` only; an unknown sensor is an error naming the ones there are."""
+    present = sorted({s.sensor for s in data.samples})
+    unknown = [name for name in sensors if name not in present]
+    if unknown:
+        raise IsplabError(f"{folder} has no images of sensor {', '.join(unknown)}: its sensors are {', '.join(present)}")
+    subset = data.subset([i for i, s in enumerate(data.samples) if s.sensor in sensors])
+    err.print(f"training on the {len(subset)} images of {', '.join(sensors)}")
+    return subset
 
 
 @app.command("auto-train")
