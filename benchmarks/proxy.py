@@ -20,7 +20,9 @@ Two more measurements (``--fidelity``, ``--speed``; both print the budget they r
 picks), train a proxy at the stated budget, and report PSNR/SSIM on held-out images, held-out
 parameter values and both; then regress the parameters of ``--regress-samples`` held-out-image
 samples through the proxy (error in % of each parameter's range, render-back PSNR, wall time)
-and with Nelder-Mead on the renderer from the same start (renders, wall time, error).
+and with Nelder-Mead on the renderer from the same start (renders, wall time, error). The PSNR
+columns compare linear values with peak 1 (an image after +4 EV reaches 16, and its errors count
+in full); "display PSNR" compares both images clipped to [0, 1] and sRGB-encoded, as a viewer sees them.
 ``--speed``: one renderer call (darktable-cli, start-up included, and the builtin ops) against
 one proxy forward pass at each size, on ``--device``.
 """
@@ -201,14 +203,14 @@ def fidelity(args, console: Console) -> list[dict]:
                          "regress_s": mean("proxy_s"), "search_error_pct": mean("search_error_pct"),
                          "search_renders": mean("search_renders"), "search_s": mean("search_s")})  # fmt: skip
     table = Table(title=f"proxy fidelity: {budget}")
-    for column in ("block", "PSNR held-out images", "PSNR held-out params", "PSNR both", "regress err %", "render-back PSNR",
+    for column in ("block", "PSNR held-out images", "PSNR held-out params", "PSNR both", "display PSNR both", "regress err %", "render-back PSNR",
                    "proxy regress s", "NM err %", "NM renders", "NM s"):  # fmt: skip
         table.add_column(column, justify="right")
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     for r in rows:
         g = r["scores"]
         table.add_row(r["block"], *(fmt(g.get(k, {}).get("psnr")) for k in ("held-out images", "held-out parameters", "held-out images and parameters")),
-                      fmt(r["regress_error_pct"]), fmt(r["render_back_psnr"]), fmt(r["regress_s"]), fmt(r["search_error_pct"]),
+                      fmt(g.get("held-out images and parameters", {}).get("psnr_display")), fmt(r["regress_error_pct"]), fmt(r["render_back_psnr"]), fmt(r["regress_s"]), fmt(r["search_error_pct"]),
                       fmt(r["search_renders"]), fmt(r["search_s"]))  # fmt: skip
     console.print(table)
     return rows

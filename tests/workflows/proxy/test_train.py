@@ -125,6 +125,16 @@ def test_run_folder_and_learning(run, dataset):
     scores = json.loads((run / "report_metrics.json").read_text())["groups"]
     assert set(scores) == {"held-out images", "held-out parameters", "held-out images and parameters"}
     assert scores["held-out images"]["n"] == len(splits.val_images)
+    # display PSNR: both images clipped and sRGB-encoded, as a viewer sees them
+    from isplab.workflows.proxy.evaluate import to_display
+
+    with torch.no_grad():
+        display = []
+        for i in range(len(source)):
+            x, y, _ = source.get(i)
+            pred = predict(model, x[None], {"exposure": splits.val_images[i]["params"]["exposure"]})
+            display.append(float(psnr(to_display(pred), to_display(y[None]))))
+    assert scores["held-out images"]["psnr_display"] == pytest.approx(np.mean(display), abs=1e-3)
     log = (run / "log.txt").read_text()
     assert "step 150:" in log and "finished at step 150" in log
 

@@ -71,7 +71,11 @@ def to_display(image: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class EvalResult:
-    """Scores per group (``{"n", "psnr", "ssim"}``), every scored sample, the report's path."""
+    """Scores per group (``{"n", "psnr", "ssim", "psnr_display"}``), every scored sample, the report's path.
+
+    ``psnr`` and ``ssim`` compare the linear float outputs with peak 1 (values above 1, e.g. after
+    +4 EV, count in full); ``psnr_display`` compares what a viewer sees, both images through
+    :func:`to_display` (clipped to [0, 1], sRGB-encoded)."""
 
     groups: dict[str, dict] = field(default_factory=dict)
     samples: list[dict] = field(default_factory=list)
@@ -117,7 +121,8 @@ def evaluate_proxy(
             for i, (x, y, u) in enumerate(ProxyImageDataset(source)):
                 pred = model(x[None], u[None])
                 p, s = float(psnr(pred, y[None])), float(ssim(pred, y[None]))
-                record = {"group": label, "id": samples[i]["id"], "image": samples[i]["image"], "psnr": p, "ssim": s}
+                d = float(psnr(to_display(pred), to_display(y[None])))
+                record = {"group": label, "id": samples[i]["id"], "image": samples[i]["image"], "psnr": p, "ssim": s, "psnr_display": d}
                 record.update({n: float(samples[i]["params"][n]) for n in meta["params"]})
                 scores.append(record)
                 if i < grid_rows and len(shown) < grid_rows:
@@ -128,6 +133,7 @@ def evaluate_proxy(
                     "n": len(scores),
                     "psnr": float(np.mean([r["psnr"] for r in scores])),
                     "ssim": float(np.mean([r["ssim"] for r in scores])),
+                    "psnr_display": float(np.mean([r["psnr_display"] for r in scores])),
                 }
     if not result.samples:
         raise IsplabError(f"dataset {data.root} has no held-out samples to score (every image is a training image)")
@@ -138,7 +144,7 @@ def evaluate_proxy(
         f"({data.info.get('backend')} backend). PSNR and SSIM on linear values, peak 1.0."
     )
     report.add_table(
-        [{"group": k, **v} for k, v in result.groups.items()], ["group", "n", "psnr", "ssim"], caption="Scores per held-out group"
+        [{"group": k, **v} for k, v in result.groups.items()], ["group", "n", "psnr", "ssim", "psnr_display"], caption="Scores per held-out group (psnr, ssim: linear values, peak 1; psnr_display: clipped sRGB)"
     )
     worst = sorted(result.samples, key=lambda r: r["psnr"])[:5]
     report.add_table(worst, ["group", "id", "image", *meta["params"], "psnr", "ssim"], caption="Worst samples")
