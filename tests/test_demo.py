@@ -77,8 +77,8 @@ def test_data_section_through_the_cli(tmp_path, isplab_cli):
 
 
 def test_bad_arguments_are_refused_before_anything_runs(tmp_path):
-    with pytest.raises(IsplabError, match=r"unknown demo section 'genisp': expected one of data, awb, isp, proxy, sky"):
-        run_demo(tmp_path / "a", sections=["data", "genisp"])
+    with pytest.raises(IsplabError, match=r"unknown demo section 'hdrplus': expected one of data, awb, isp, proxy, sky, genisp"):
+        run_demo(tmp_path / "a", sections=["data", "hdrplus"])
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(IsplabError, match="demo folder .*file is a file: expected a folder"):
@@ -105,6 +105,7 @@ def test_every_section_small_quiet_timed_and_linked(tmp_path, capfd):
         "isp": {"iters": 6, "train_pairs": 2, "val_pairs": 1},
         "proxy": {"iters": 10, "count": 4, "images": 2, "size": (64, 48), "steps": 2, "search_renders": 2},
         "sky": {"images": 4, "size": (128, 64), "epochs": 1},
+        "genisp": {"images": 8, "size": (96, 64), "detector_epochs": 1, "genisp_epochs": 1, "batch_size": 4},
     }
     report = run_demo(out, device="cpu", options=options)
     terminal = capfd.readouterr()

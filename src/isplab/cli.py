@@ -116,18 +116,6 @@ def data_inspect(files: list[Path] = typer.Argument(..., help="Raw files (DNG, N
         raise typer.Exit(1)
 
 
-def _not_yet(name: str, issue: int | None, what: str) -> typer.Typer:
-    group = typer.Typer(help=f"{what} (not yet available).", invoke_without_command=True)
-    tracked = f" (tracked in issue #{issue})" if issue else ""
-
-    @group.callback()
-    def _unavailable(ctx: typer.Context) -> None:
-        console.print(f"isplab {name}: not yet available{tracked}.")
-        raise typer.Exit(1)
-
-    return group
-
-
 from isplab.workflows.awb.cli import app as awb_app  # noqa: E402
 
 app.add_typer(awb_app, name="awb")
@@ -155,7 +143,7 @@ def demo(
     count: int = typer.Option(6, "--count", "-n", help="Synthetic DNGs of the data section."),
     size: str = typer.Option("512x384", "--size", help="Their size WIDTHxHEIGHT."),
     section: list[str] = typer.Option(
-        None, "--section", help="Run only these sections (repeatable): data, awb, isp. Default: all."
+        None, "--section", help="Run only these sections (repeatable): data, awb, isp, proxy, sky, genisp. Default: all."
     ),
     seed: Seed = 0,
     device: Device = "auto",

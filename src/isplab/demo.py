@@ -36,6 +36,7 @@ SECTIONS = {
     "isp": "isplab.workflows.isp.demo",
     "proxy": "isplab.workflows.proxy.demo",
     "sky": "isplab.workflows.sky.demo",
+    "genisp": "isplab.workflows.genisp.demo",
 }
 CONSOLE_LOG = "console.log"
 

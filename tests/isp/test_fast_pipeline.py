@@ -269,7 +269,7 @@ def test_a_failing_chunk_is_reported_in_the_caller():
     try:
         done = []
 
-        def work(item):
+        def work(item, scratch):
             if item == 3:
                 raise ValueError("chunk 3 failed")
             done.append(item)
@@ -277,7 +277,7 @@ def test_a_failing_chunk_is_reported_in_the_caller():
         with pytest.raises(ValueError, match="chunk 3 failed"):
             run_chunks(work, range(6))
         assert torch.get_num_threads() == 2
-        run_chunks(done.append, range(10, 20))
+        run_chunks(lambda item, scratch: done.append(item), range(10, 20))
         assert sorted(done[-10:]) == list(range(10, 20))
     finally:
         torch.set_num_threads(torch_threads)

@@ -81,9 +81,26 @@ def eager_inplace_ok(*tensors: torch.Tensor) -> bool:
     return not (torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors))
 
 
-def run_chunks(work: Callable[[int], None], items: range) -> None:
-    """Call ``work(item)`` for every item, on ``torch.get_num_threads()`` threads that each run their
-    ops single-threaded (torch ops release the GIL).
+def scratch_tensor(scratch: dict | None, key, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised buffer of ``shape`` (``like``'s dtype and device), reused from ``scratch``.
+
+    Chunked work reuses its temporaries from chunk to chunk instead of allocating them each time
+    (fresh allocations of a few MB are fresh pages: page faults cost as much as the arithmetic).
+    Live buffers need distinct keys. ``scratch=None`` allocates.
+    """
+    shape = tuple(shape)
+    if scratch is None:
+        return like.new_empty(shape)
+    buffer = scratch.get(key)
+    if buffer is None or tuple(buffer.shape) != shape or buffer.dtype != like.dtype or buffer.device != like.device:
+        buffer = scratch[key] = like.new_empty(shape)
+    return buffer
+
+
+def run_chunks(work: Callable[[int, dict], None], items: range) -> None:
+    """Call ``work(item, scratch)`` for every item, on ``torch.get_num_threads()`` threads that each
+    run their ops single-threaded (torch ops release the GIL); ``scratch`` is a dict per thread
+    for :func:`scratch_tensor`, dropped at the end.
 
     For per-chunk work on a large image: many small ops, each on an OpenMP team of its own, would
     spend their time in barriers (far more so when other processes share the cores); whole chunks
@@ -91,8 +108,9 @@ def run_chunks(work: Callable[[int], None], items: range) -> None:
     """
     threads = min(torch.get_num_threads(), len(items))
     if threads <= 1:
+        scratch: dict = {}
         for item in items:
-            work(item)
+            work(item, scratch)
         return
     pending: queue.SimpleQueue[int] = queue.SimpleQueue()
     for item in items:
@@ -101,13 +119,14 @@ def run_chunks(work: Callable[[int], None], items: range) -> None:
 
     def worker() -> None:
         torch.set_num_threads(1)  # this thread's OpenMP/MKL team size (and the default of new threads: restored below)
+        scratch: dict = {}
         try:
             while not errors:
                 try:
                     item = pending.get_nowait()
                 except queue.Empty:
                     return
-                work(item)
+                work(item, scratch)
         except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
             errors.append(e)
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from isplab.errors import IsplabError
-from isplab.isp._params import check_image, eager_inplace_ok, run_chunks
+from isplab.isp._params import check_image, eager_inplace_ok, run_chunks, scratch_tensor
 from isplab.isp.bayer import check_pattern
 
 METHODS = ("malvar", "bilinear")
@@ -154,21 +154,32 @@ def _pad_for_packing(mosaic: torch.Tensor, method: str) -> torch.Tensor:
     return x
 
 
-def _padded_rows(mosaic: torch.Tensor, first: int, stop: int) -> torch.Tensor:
+def _reflect(index: int, size: int) -> int:
+    """Reflect an index about the first/last element (``c b | a b c``), clamped when beyond reach."""
+    index = -index if index < 0 else index
+    index = 2 * (size - 1) - index if index >= size else index
+    return min(max(index, 0), size - 1)
+
+
+def _padded_rows(mosaic: torch.Tensor, first: int, stop: int, scratch: dict | None = None) -> torch.Tensor:
     """Rows ``first:stop`` of the mosaic padded as :func:`_pad_for_packing` pads it, without padding
     the whole image: equal wherever a kernel has a non-zero weight. Needs H, W >= 6."""
-    height, width = mosaic.shape[-2:]
-    top, bottom = first - 2, stop - 2  # in mosaic rows
-    if top >= 0 and bottom <= height:
-        rows = mosaic[:, :, top:bottom]
-    else:  # reflect about the first/last row (beyond the kernel's reach: any row, never weighted)
-        index = torch.arange(top, bottom, device=mosaic.device).abs_()
-        index = torch.where(index >= height, 2 * (height - 1) - index, index).clamp_(0, height - 1)
-        rows = mosaic.index_select(2, index)
-    return F.pad(rows, (2, 2 + width % 2, 0, 0), mode="reflect")
+    batch, _, height, width = mosaic.shape
+    rows = scratch_tensor(scratch, "rows", (batch, 1, stop - first, width + 4 + width % 2), mosaic)
+    top = first - 2  # the mosaic row of the first buffer row
+    valid = range(max(top, 0), min(stop - 2, height))
+    rows[:, :, valid.start - top : valid.stop - top, 2 : 2 + width].copy_(mosaic[:, :, valid.start : valid.stop])
+    for row in range(top, stop - 2):  # beyond the first/last row: reflected
+        if row not in valid:
+            rows[:, :, row - top, 2 : 2 + width].copy_(mosaic[:, :, _reflect(row, height)])
+    for column in (-2, -1, *range(width, width + 2 + width % 2)):
+        rows[..., column + 2].copy_(rows[..., _reflect(column, width) + 2])
+    return rows
 
 
-def _interpolate_packed(q: torch.Tensor, pattern: str, method: str, out: torch.Tensor | None = None) -> torch.Tensor:
+def _interpolate_packed(
+    q: torch.Tensor, pattern: str, method: str, out: torch.Tensor | None = None, scratch: dict | None = None
+) -> torch.Tensor:
     """Demosaic padded packed planes ``(B, 4, n + 2, m + 2)`` (tile order).
 
     Each output channel at each tile position is one small weighted sum of shifted plane slices at
@@ -177,7 +188,8 @@ def _interpolate_packed(q: torch.Tensor, pattern: str, method: str, out: torch.T
 
     With ``out``, a ``(B, 3, 4, n, m)`` buffer, the sums are accumulated in place into it, phase by
     phase (no autograd), and it is returned. Without it the result is built out of place (autograd
-    records it) and interleaved: ``(B, 3, 2n, 2m)``.
+    records it) and interleaved: ``(B, 3, 2n, 2m)``. ``scratch`` holds reusable temporaries
+    (:func:`~isplab.isp._params.scratch_tensor`).
     """
     rows, cols = q.shape[-2:]
     n, m = rows - 2, cols - 2
@@ -187,7 +199,12 @@ def _interpolate_packed(q: torch.Tensor, pattern: str, method: str, out: torch.T
     def tap_sum(taps: tuple[Tap, ...]) -> torch.Tensor:
         if taps not in sums:
             slices = [q[:, p, r : r + n, c : c + m] for p, r, c in taps]
-            total = slices[0] + slices[1] if len(slices) > 1 else slices[0]
+            if len(slices) == 1:
+                total = slices[0]
+            elif inplace:
+                total = torch.add(slices[0], slices[1], out=scratch_tensor(scratch, len(sums), slices[0].shape, q))
+            else:
+                total = slices[0] + slices[1]
             for more in slices[2:]:
                 total = total.add_(more) if inplace else total + more
             sums[taps] = total
@@ -228,12 +245,13 @@ def demosaic_packed(
         prepare: per-site op on padded packed planes ``(B, 4, n, m)`` in tile order before
             demosaicing (white balance, clipping), called as ``prepare(planes, inplace)``.
         finish: per-pixel op after demosaicing (colour matrix, gamma), called as
-            ``finish(rgb, inplace)`` on ``(B, 3, ...)`` camera RGB (any layout after the channel
-            dimension); it returns the same shape.
+            ``finish(rgb, buffer)`` on ``(B, 3, ...)`` camera RGB (any layout after the channel
+            dimension); it returns the same shape. ``buffer`` is ``None`` out of place, else a
+            tensor like ``rgb`` that it may use for its result (and ``rgb`` is its to overwrite).
         needs_grad: an input of ``prepare``/``finish`` requires a gradient.
 
-    With ``inplace`` the hooks may modify their argument (a buffer of the function's own) and
-    must record no autograd graph. That is the case when no gradient is needed and nothing traces
+    In place (``inplace`` true, a ``buffer`` given) the hooks may modify their arguments (buffers of
+    the function's own) and must record no autograd graph. That is the case when no gradient is needed and nothing traces
     the call: a CPU image is then processed in chunks of packed rows, so that temporaries stay in
     cache, on ``torch.get_num_threads()`` threads. Otherwise it is processed in one piece, out of place.
 
@@ -247,33 +265,34 @@ def demosaic_packed(
     if grad or not eager_inplace_ok():
         q = F.pixel_unshuffle(_pad_for_packing(mosaic, method), 2)
         out = _interpolate_packed(q if prepare is None else prepare(q, False), pattern, method)
-        out = out if finish is None else finish(out, False)
+        out = out if finish is None else finish(out, None)
     else:
         if min(height, width) < 6:
             padded = _pad_for_packing(mosaic, method)  # tiny: pad it all (raises if too small)
 
-            def rows_of(first: int, stop: int) -> torch.Tensor:
+            def rows_of(first: int, stop: int, scratch: dict) -> torch.Tensor:
                 return padded[:, :, first:stop]
         else:
 
-            def rows_of(first: int, stop: int) -> torch.Tensor:
-                return _padded_rows(mosaic, first, stop)
+            def rows_of(first: int, stop: int, scratch: dict) -> torch.Tensor:
+                return _padded_rows(mosaic, first, stop, scratch)
 
         out = mosaic.new_empty(batch, 3, 2 * h, 2 * w)
         chunked = mosaic.device.type == "cpu"
         step = max(1, _CHUNK_ELEMENTS // max(1, w * batch)) if chunked else h
 
-        def chunk(top: int) -> None:
+        def chunk(top: int, scratch: dict) -> None:
             bottom = min(h, top + step)
-            rows = rows_of(2 * top, 2 * bottom + 4)
-            q = mosaic.new_empty(batch, 4, bottom - top + 2, w + 2)
+            rows = rows_of(2 * top, 2 * bottom + 4, scratch)
+            q = scratch_tensor(scratch, "q", (batch, 4, bottom - top + 2, w + 2), mosaic)
             for position in range(4):  # strided copies: much faster than pixel_(un)shuffle on the CPU
                 q[:, position].copy_(rows[:, 0, position // 2 :: 2, position % 2 :: 2])
             if prepare is not None:
                 q = prepare(q, True)
-            rgb = _interpolate_packed(q, pattern, method, out=mosaic.new_empty(batch, 3, 4, bottom - top, w))
+            rgb = scratch_tensor(scratch, "rgb", (batch, 3, 4, bottom - top, w), mosaic)
+            rgb = _interpolate_packed(q, pattern, method, out=rgb, scratch=scratch)
             if finish is not None:
-                rgb = finish(rgb, True)
+                rgb = finish(rgb, scratch_tensor(scratch, "finish", rgb.shape, mosaic))
             for position in range(4):
                 dy, dx = divmod(position, 2)
                 out[:, :, 2 * top + dy : 2 * bottom : 2, dx::2].copy_(rgb[:, :, position])
@@ -281,7 +300,7 @@ def demosaic_packed(
         if chunked:
             run_chunks(chunk, range(0, h, step))
         else:
-            chunk(0)
+            chunk(0, {})
     if out.shape[-2:] != (height, width):
         out = out[..., :height, :width].contiguous()
     return out

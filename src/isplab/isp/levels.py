@@ -112,7 +112,7 @@ def _normalize_integer_mosaic(mosaic: torch.Tensor, black_level, white_level, pa
     black, scale = (t.reshape(-1, 1, 1, 2, 1, 2) for t in (black, scale))  # over (B, 1, rows/2, 2, W/2, 2)
     step = 2 * max(1, _NORMALIZE_CHUNK_ELEMENTS // (2 * width * batch)) if mosaic.device.type == "cpu" else height
 
-    def chunk(top: int) -> None:
+    def chunk(top: int, _scratch: dict) -> None:
         bottom = min(height, top + step)
         target = out[:, :, top:bottom]
         target.copy_(mosaic[:, :, top:bottom])

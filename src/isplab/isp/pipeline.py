@@ -74,14 +74,14 @@ def render(
     # The matrix as numbers for the in-place path (read once, before any chunk: a sync on a GPU).
     coefficients = matrix.tolist() if eager_inplace_ok(raw, gains, matrix) else None
 
-    def finish(rgb: torch.Tensor, inplace: bool) -> torch.Tensor:
-        # Steps 4-7 on camera RGB (B, 3, ...).
-        if not inplace or coefficients is None:
+    def finish(rgb: torch.Tensor, buffer: torch.Tensor | None) -> torch.Tensor:
+        # Steps 4-7 on camera RGB (B, 3, ...); in place into ``buffer`` when given.
+        if buffer is None or coefficients is None:
             x = torch.matmul(matrix, rgb.reshape(rgb.shape[0], 3, -1)).reshape(rgb.shape)
             x = x.clamp(0.0, 1.0) if clip else x
             x = linear_to_srgb(x)
             return smoothstep_tone(x) if tone else x
-        x = torch.empty_like(rgb)
+        x = buffer
         for sample, rows in enumerate(coefficients):  # 3 x 3 scaled adds: faster than a K=3 matmul
             src, dst = (rgb, x) if len(coefficients) == 1 else (rgb[sample : sample + 1], x[sample : sample + 1])
             for channel, (m0, m1, m2) in enumerate(rows):

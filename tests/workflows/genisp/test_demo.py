@@ -1,4 +1,4 @@
-"""The ``genisp`` demo section on its own (the lead wires it into ``isplab demo``)."""
+"""The ``genisp`` demo section on its own (``isplab demo`` runs it as section ``genisp``)."""
 
 from __future__ import annotations
 
