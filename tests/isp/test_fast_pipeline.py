@@ -263,6 +263,20 @@ def test_integer_mosaic_normalises_bit_for_bit(pattern, monkeypatch):
     assert torch.equal(normalize_mosaic(odd, black[0], 4095, pattern), reference_normalize(odd, black[0], 4095, pattern, True))
 
 
+def test_inference_mode_reaches_the_worker_threads(small_chunks, monkeypatch):
+    # grad and inference modes are per thread: the chunk workers must run in the caller's
+    levels = importlib.import_module("isplab.isp.levels")
+    monkeypatch.setattr(levels, "_NORMALIZE_CHUNK_ELEMENTS", 64)
+    raw = torch.from_numpy(RNG.uniform(0, 1, (1, 1, 24, 30)))
+    dn = torch.from_numpy(RNG.integers(0, 1024, (1, 1, 24, 30)))
+    with torch.no_grad():
+        expected = render(raw, "GRBG", GAINS[0], CCMS[0]), normalize_mosaic(dn, [16.0] * 4, 1023, "GRBG")
+    with torch.inference_mode():
+        out = render(raw, "GRBG", GAINS[0], CCMS[0]), normalize_mosaic(dn, [16.0] * 4, 1023, "GRBG")
+    for got, want in zip(out, expected, strict=True):
+        assert got.is_inference() and torch.equal(got, want)
+
+
 def test_a_failing_chunk_is_reported_in_the_caller():
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(2)

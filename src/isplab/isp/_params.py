@@ -117,16 +117,20 @@ def run_chunks(work: Callable[[int, dict], None], items: range) -> None:
         pending.put(item)
     errors: list[BaseException] = []
 
+    # Grad and inference modes are per thread: the workers take the caller's.
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
     def worker() -> None:
         torch.set_num_threads(1)  # this thread's OpenMP/MKL team size (and the default of new threads: restored below)
         scratch: dict = {}
         try:
-            while not errors:
-                try:
-                    item = pending.get_nowait()
-                except queue.Empty:
-                    return
-                work(item, scratch)
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                while not errors:
+                    try:
+                        item = pending.get_nowait()
+                    except queue.Empty:
+                        return
+                    work(item, scratch)
         except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
             errors.append(e)
 

@@ -69,7 +69,7 @@ _KERNELS = {
 }
 # Packed sites (rows x columns x batch) per chunk on the CPU: the chunk's planes and temporaries
 # (a few MB) stay in cache.
-_CHUNK_ELEMENTS = 1 << 16
+_CHUNK_ELEMENTS = 1 << 15
 
 
 def _pad_cfa_reflect(x: torch.Tensor, pad: int) -> torch.Tensor:
@@ -234,7 +234,7 @@ def demosaic_packed(
     method: str,
     *,
     prepare: Callable[[torch.Tensor, bool], torch.Tensor] | None = None,
-    finish: Callable[[torch.Tensor, bool], torch.Tensor] | None = None,
+    finish: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
     needs_grad: bool = False,
 ) -> torch.Tensor:
     """Demosaic with per-phase sums on packed planes, with hooks for the per-pixel ops around it.
@@ -250,10 +250,11 @@ def demosaic_packed(
             tensor like ``rgb`` that it may use for its result (and ``rgb`` is its to overwrite).
         needs_grad: an input of ``prepare``/``finish`` requires a gradient.
 
-    In place (``inplace`` true, a ``buffer`` given) the hooks may modify their arguments (buffers of
-    the function's own) and must record no autograd graph. That is the case when no gradient is needed and nothing traces
-    the call: a CPU image is then processed in chunks of packed rows, so that temporaries stay in
-    cache, on ``torch.get_num_threads()`` threads. Otherwise it is processed in one piece, out of place.
+    In place (``inplace`` true, a ``buffer`` given) the hooks may modify their arguments (buffers
+    of the function's own) and must record no autograd graph. That is the case when no gradient is
+    needed and nothing traces the call: a CPU image is then processed in chunks of packed rows, so
+    that temporaries stay in cache and are reused from chunk to chunk, on
+    ``torch.get_num_threads()`` threads. Otherwise it is processed in one piece, out of place.
 
     Returns:
         ``(B, 3, H, W)``, contiguous.

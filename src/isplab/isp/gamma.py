@@ -42,15 +42,16 @@ def linear_to_srgb_(x: torch.Tensor) -> torch.Tensor:
     return torch.where(linear, low, x, out=x)
 
 
-def encode_srgb_fast_(x: torch.Tensor) -> torch.Tensor:
+def encode_srgb_fast_(x: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`linear_to_srgb` in place on ``x`` (returned) with cheaper ops, to within 2e-7; no autograd.
 
     The power is ``exp(log(x) / 2.4)`` (equal to ``pow`` to rounding), and the two segments are joined by
     a minimum instead of a comparison and a selection: the linear segment lies above the power
     segment everywhere above the breakpoint, and below it everywhere under it except in a sliver
     of 2e-9 just under the breakpoint, where the minimum gives the power segment's start, 3e-8 lower.
+    ``scratch``, a tensor like ``x``, saves allocating a temporary.
     """
-    low = x * 12.92
+    low = x * 12.92 if scratch is None else torch.mul(x, 12.92, out=scratch)
     x.clamp_(min=_LINEAR_BREAK).log_().mul_(1 / 2.4).exp_().mul_(1.055).sub_(0.055)
     return torch.minimum(x, low, out=x)
 

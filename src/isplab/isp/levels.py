@@ -88,12 +88,13 @@ _NORMALIZE_CHUNK_ELEMENTS = 1 << 18
 
 
 def _integer_mosaic(mosaic) -> bool:
-    """An integer ``(B, 1, H, W)`` tensor with even H and W."""
+    """A non-empty integer ``(B, 1, H, W)`` tensor with even H and W."""
     return (
         isinstance(mosaic, torch.Tensor)
         and not mosaic.is_floating_point()
         and mosaic.ndim == 4
         and mosaic.shape[1] == 1
+        and mosaic.numel() > 0
         and mosaic.shape[-2] % 2 == 0
         and mosaic.shape[-1] % 2 == 0
     )

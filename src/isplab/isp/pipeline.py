@@ -89,8 +89,8 @@ def render(
                 torch.mul(src[:, 0], m0, out=target).add_(src[:, 1], alpha=m1).add_(src[:, 2], alpha=m2)
         if clip:
             x.clamp_(0.0, 1.0)
-        x = encode_srgb_fast_(x)
-        return smoothstep_tone_(x) if tone else x
+        x = encode_srgb_fast_(x, scratch=rgb)  # camera RGB is no longer needed: scratch space
+        return smoothstep_tone_(x, scratch=rgb) if tone else x
 
     return demosaic_packed(
         raw, pattern, demosaic_method, prepare=prepare, finish=finish,

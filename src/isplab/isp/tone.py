@@ -19,10 +19,13 @@ def smoothstep_tone(x: torch.Tensor) -> torch.Tensor:
     return 3.0 * x**2 - 2.0 * x**3
 
 
-def smoothstep_tone_(x: torch.Tensor) -> torch.Tensor:
-    """:func:`smoothstep_tone` in place on ``x`` (which it returns); the same values, no autograd."""
+def smoothstep_tone_(x: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`smoothstep_tone` in place on ``x`` (which it returns); the same values, no autograd.
+
+    ``scratch``, a tensor like ``x``, saves allocating a temporary.
+    """
     x.clamp_(0.0, 1.0)
-    square = x**2
+    square = x**2 if scratch is None else torch.pow(x, 2, out=scratch)
     return torch.sub(square.mul_(3.0), x.pow_(3).mul_(2.0), out=x)
 
 
