@@ -35,3 +35,24 @@ def test_the_section_trains_scores_on_heldout_photos_and_loads_the_shipped_model
         assert name in page, name
     assert "nafnet8_metadata.pt" in page and "which isplab ships" in page
     assert (folder / "heldout_0.png").is_file() and (folder / "heldout_1.png").is_file()
+
+
+@pytest.mark.slow
+def test_the_shipped_models_recorded_heldout_scores_are_reproduced(tmp_path: Path):
+    from isplab.workflows.isp.data import heldout_set, open_pairs
+    from isplab.workflows.isp.evaluate import test_isp
+    from isplab.workflows.isp.infer import source_for
+
+    from isplab.data.sources import heldout_photos
+
+    info = json.loads(demo.SHIPPED_INFO.read_text())
+    recorded = int(info["heldout_set"].split(": ")[1].split(" raws")[0])
+    if 2 * len(heldout_photos()) != recorded:  # scikit-learn's photos join the set when it is installed
+        pytest.skip(f"the scores were recorded on {recorded} held-out raws; this environment makes {2 * len(heldout_photos())}")
+    model = load_isp_model(demo.SHIPPED_MODEL)
+    source = source_for(model, open_pairs(heldout_set(tmp_path / "heldout"), "test"))
+    result = test_isp(model, source, baselines=("greyworld",))
+    assert result.images == recorded
+    assert result.delta_e2000 == pytest.approx(info["heldout"]["model"]["delta_e2000"], abs=0.02)
+    assert result.psnr_mean == pytest.approx(info["heldout"]["model"]["psnr_mean"], abs=0.02)
+    assert result.baselines["greyworld"]["delta_e2000"] == pytest.approx(info["heldout"]["greyworld"]["delta_e2000"], abs=0.02)

@@ -14,6 +14,7 @@ from isplab.data.cameras import camera_split, xyz_to_camera
 from isplab.data.synth import synthesize_dataset
 from isplab.errors import IsplabError
 from isplab.io.dng import write_dng
+from isplab.io.image import read_image, to_uint8
 from isplab.io.raw import RawImage
 from isplab.isp.color import camera_to_srgb_matrix
 from isplab.models.isp import build_isp_model, load_isp_model, save_isp_model, uses_metadata
@@ -107,6 +108,12 @@ def test_a_metadata_model_trains_end_to_end_and_every_inference_path_prepares_th
     with torch.no_grad():
         expected = model(prepared[None])[0].permute(1, 2, 0).numpy()
     np.testing.assert_allclose(run_full_resolution(model, raw, tile=64, overlap=0), expected, atol=1e-5)
+
+    run = CliRunner().invoke(app, ["isp", "run", str(raw), "-m", str(tmp_path / "m/model.pt"), "-o", str(tmp_path / "out"),
+                                   "--device", "cpu"])
+    assert run.exit_code == 0, run.output
+    written = read_image(tmp_path / "out" / f"{raw.stem}.png")
+    assert np.abs(written.astype(int) - to_uint8(expected).astype(int)).max() <= 1
 
     result = CliRunner().invoke(app, ["isp", "test", str(tmp_path / "syn"), "--split", "val", "-m",
                                       str(tmp_path / "m/model.pt"), "--device", "cpu", "--no-baselines"])
