@@ -17,7 +17,7 @@ from isplab.io.dng import write_dng
 from isplab.io.image import read_image, to_uint8
 from isplab.io.raw import RawImage
 from isplab.isp.color import camera_to_srgb_matrix
-from isplab.models.isp import build_isp_model, load_isp_model, save_isp_model, uses_metadata
+from isplab.models.isp import build_isp_model, load_isp_model, uses_metadata
 from isplab.workflows.isp.data import PatchDataset, apply_colour, colour_transform, open_pairs
 from isplab.workflows.isp.infer import load_packed, process_files, run_full_resolution, source_for
 from isplab.workflows.isp.train import ISPTrainConfig, train_isp
