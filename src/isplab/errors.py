@@ -22,3 +22,16 @@ class ParityError(IsplabError):
 
 class MissingDependencyError(IsplabError, ImportError):
     """An optional dependency (e.g. the ``tflite`` extra) is not installed."""
+
+
+def check_at_least_one(options: object, names: tuple[str, ...] | list[str]) -> None:
+    """Refuse an option below 1: ``names`` are attributes of ``options`` (a config dataclass);
+    ``None`` means "not set" and passes.
+
+    Raises:
+        IsplabError: ``"<name> must be at least 1, got <value>"`` for the first offending option.
+    """
+    for name in names:
+        value = getattr(options, name)
+        if value is not None and value < 1:
+            raise IsplabError(f"{name} must be at least 1, got {value}")

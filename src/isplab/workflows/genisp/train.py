@@ -39,7 +39,7 @@ from isplab.engine import (
     prepare_run_dir,
 )
 from isplab.engine.trainer import LAST_CHECKPOINT, resolve_accelerator
-from isplab.errors import IsplabError
+from isplab.errors import IsplabError, check_at_least_one
 from isplab.workflows.genisp.data import (
     Augment,
     CocoSet,
@@ -182,10 +182,7 @@ class DetectorModule(_DetectionModuleBase):
 
 
 def _check_common(config) -> None:
-    for name in ("epochs", "batch_size", "short", "long"):
-        value = getattr(config, name)
-        if value is not None and value < 1:
-            raise IsplabError(f"{name} must be at least 1, got {value}")
+    check_at_least_one(config, ("epochs", "batch_size", "short", "long"))
     if config.short is not None and config.long is not None and config.long < config.short:
         raise IsplabError(f"long side {config.long} is shorter than the short side {config.short}")
 

@@ -55,7 +55,7 @@ from isplab.engine import (
     ssim_loss,
 )
 from isplab.engine.trainer import LAST_CHECKPOINT, iteration_budget, resolve_accelerator
-from isplab.errors import IsplabError
+from isplab.errors import IsplabError, check_at_least_one
 from isplab.models.isp import build_isp_model, save_isp_model
 from isplab.workflows.isp.data import FullImageDataset, PatchDataset, open_pairs
 
@@ -355,9 +355,7 @@ def train_isp(
 
 
 def _check_config(config: ISPTrainConfig) -> None:
-    for name in ("iters", "eval_every", "batch_size", "patches_per_epoch"):
-        if getattr(config, name) < 1:
-            raise IsplabError(f"{name} must be at least 1, got {getattr(config, name)}")
+    check_at_least_one(config, ("iters", "eval_every", "batch_size", "patches_per_epoch"))
     if config.patches_per_epoch < config.batch_size:
         raise IsplabError(
             f"patches_per_epoch ({config.patches_per_epoch}) must be at least batch_size ({config.batch_size})"

@@ -44,7 +44,7 @@ from isplab.engine import (
 )
 from isplab.engine.trainer import LAST_CHECKPOINT, iteration_budget, resolve_accelerator
 from isplab.data.epoch import EpochDataset
-from isplab.errors import IsplabError
+from isplab.errors import IsplabError, check_at_least_one
 from isplab.models.proxy import PROXY_HEADS, build_proxy_model, save_proxy_model
 from isplab.workflows.proxy.blocks import get_block
 from isplab.workflows.proxy.dataset import ProxyDataset, load_dataset
@@ -435,9 +435,7 @@ def train_proxy(
 
 
 def _check_config(config: ProxyTrainConfig) -> None:
-    for name in ("iters", "eval_every", "batch_size", "patches_per_epoch", "width", "patch", "val_max"):
-        if getattr(config, name) < 1:
-            raise IsplabError(f"{name} must be at least 1, got {getattr(config, name)}")
+    check_at_least_one(config, ("iters", "eval_every", "batch_size", "patches_per_epoch", "width", "patch", "val_max"))
     if config.head not in PROXY_HEADS:
         raise IsplabError(f"unknown proxy head {config.head!r}: expected one of {', '.join(PROXY_HEADS)}")
     if config.loss is not None and config.loss not in LOSSES:

@@ -22,7 +22,7 @@ from torchmetrics.classification import BinaryJaccardIndex
 
 from isplab.engine import SaveOnInterrupt, build_trainer, configure_optimizer, fit_interruptible, prepare_run_dir
 from isplab.engine.trainer import LAST_CHECKPOINT, resolve_accelerator
-from isplab.errors import IsplabError
+from isplab.errors import IsplabError, check_at_least_one
 from isplab.workflows.sky.data import PatchOptions, SkyPatchDataset, open_dataset, split_by_image
 from isplab.workflows.sky.hdr import LogEncoding
 from isplab.workflows.sky.model import build_sky_model, save_sky_model
@@ -105,9 +105,7 @@ class SkyModule(L.LightningModule):
 def _check(config: SkyTrainConfig) -> None:
     if config.loss not in LOSSES:
         raise IsplabError(f"unknown loss {config.loss!r}: expected one of {', '.join(LOSSES)}")
-    for name in ("epochs", "batch_size", "patches_per_epoch", "val_patches", "patch"):
-        if getattr(config, name) < 1:
-            raise IsplabError(f"{name} must be at least 1, got {getattr(config, name)}")
+    check_at_least_one(config, ("epochs", "batch_size", "patches_per_epoch", "val_patches", "patch"))
     if config.patches_per_epoch < config.batch_size:
         raise IsplabError(f"patches_per_epoch ({config.patches_per_epoch}) must be at least batch_size ({config.batch_size})")
     if config.patch % (2**config.encoder_depth):
