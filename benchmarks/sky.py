@@ -25,7 +25,9 @@ other jobs, so the times are not representative; random weights, default tiling)
 of 2048x1024: 1.0 GB resident before prediction, 2.2 GB peak; 4096x2048, 3 tiles of 2048x2048:
 3.2 GB peak. The peak is the process, the image, two image-sized float32 accumulators and one
 tile's activations (about 1.2 GB per 2048x1024 pixels); at 8192x4096 the defaults make 21 tiles of
-2048x2048 (2.6 times the image's pixels). ``--size 2048x1024`` and ``4096x2048``
+2048x2048 (2.6 times the image's pixels): ``--full-res`` at 8192x4096 took 429 s with a 3.49 GB
+peak (1.43 GB before prediction; the 2-core machine also ran the test suite; 2026-11-30).
+``--size 2048x1024`` and ``4096x2048``
 measure smaller images (the time scales with the pixel count).
 
 ``--tile-study``: the receptive-field effect behind the default margin. For one tile of
