@@ -38,6 +38,10 @@ Measured (2026-11-30):
   held-out images 28.7 dB, held-out parameters 36.3, both 33.1 (display 32.5); regression error
   2.73 % of the range, render-back 32.4 dB, 37 s through the proxy; Nelder-Mead on darktable-cli
   0.005 % in 30 renders, 35 s. The issue's 40 dB / 2 % / 35 dB targets need a longer (GPU) budget.
+- The same for colorbalancergb (contrast, chroma, saturation, vibrance over their soft ranges,
+  ``--search-renders 40``): affine head 30.7 / 31.7 / 29.7 dB, regression error 28.4 %, render-back
+  33.0 dB; ``--fid-head add`` 28.9 / 31.4 / 31.5 dB, 26.7 %, 32.0 dB. (With the log-gain clamped at
+  +-12 instead of bounded by tanh, the affine run diverged: -14 dB.)
 """
 
 from __future__ import annotations

@@ -99,14 +99,27 @@ def test_affine_head_is_gain_and_offset():
     channel 1 only, every pixel is doubled and channel 1 shifted, whatever the input."""
     model = _model()
     assert model.proxy_config["head"] == "affine" and model.head.out_channels == 6
-    with torch.no_grad():
-        model.head.bias[:3] = torch.log(torch.tensor(2.0))
+    from isplab.models.proxy import GAIN_BOUND
+
+    with torch.no_grad():  # the log-gain is GAIN_BOUND * tanh(y / GAIN_BOUND): invert it for ln 2
+        model.head.bias[:3] = GAIN_BOUND * torch.atanh(torch.log(torch.tensor(2.0)) / GAIN_BOUND)
         model.head.bias[4] = 0.1
     x = torch.rand(2, 3, 12, 20)
     out = model(x, torch.rand(2, 2))
     expected = 2 * x
     expected[:, 1] += 0.1
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_affine_gain_is_bounded():
+    """A huge head output saturates at exp(GAIN_BOUND) instead of overflowing."""
+    from isplab.models.proxy import GAIN_BOUND
+
+    model = _model()
+    with torch.no_grad():
+        model.head.bias[:3] = 1e4
+    x = torch.full((1, 3, 8, 8), 0.5)
+    torch.testing.assert_close(model(x, torch.rand(1, 2)), x * torch.exp(torch.tensor(GAIN_BOUND)))
 
 
 def test_add_head_is_the_seeds_residual():

@@ -11,7 +11,9 @@ and to the input of every encoder level. How the network's output ``y`` acts on 
   per-pixel, per-channel gain and offset. Exposure (``x * 2^EV``) and white balance (``x * m_c``)
   are then a gain that is a smooth function of the parameters alone, which a residual ``x + y``
   can only approximate pixel value by pixel value; anything the additive head can represent, the
-  affine head can too (``g = 0``). ``g`` is clamped to [-12, 12] so a bad step cannot overflow.
+  affine head can too (``g = 0``). The log-gain is bounded smoothly, ``g = 4 tanh(y_g / 4)``
+  (gains from 1/55 to 55, i.e. +-5.8 EV), so that one bad step cannot blow the output up: with a
+  hard clamp at +-12 a colorbalancergb proxy diverged after a few hundred steps.
 
 The last layer is zero-initialised, so an untrained proxy is the identity.
 
@@ -40,6 +42,7 @@ __all__ = ["PROXY_ARCHS", "PROXY_HEADS", "ProxyUNet", "build_proxy_model", "save
 
 PROXY_ARCHS = ("unet",)
 PROXY_HEADS = ("affine", "add")
+GAIN_BOUND = 4.0  # the affine head's log-gain bound (see the module docstring)
 CONFIG_KEY = "proxy_config"
 
 
@@ -131,7 +134,7 @@ class ProxyUNet(nn.Module):
         if self.head_kind == "add":
             return x + y
         gain, offset = y.split(self.channels, dim=1)
-        return x * torch.exp(gain.clamp(-12.0, 12.0)) + offset
+        return x * torch.exp(GAIN_BOUND * torch.tanh(gain / GAIN_BOUND)) + offset
 
 
 def build_proxy_model(
