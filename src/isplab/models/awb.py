@@ -267,10 +267,10 @@ class HistogramAWBNet(nn.Module):
         return 1e6 / self.mireds(image, lux)
 
 
-class SmallAWBNet(nn.Module):
+class SmallAWBNet(ChromaAWBNet):
     """``"chroma"`` made small: one full 3x3 conv, then depthwise-separable blocks (a 3x3 conv per
-    channel followed by a 1x1 conv mixing channels), global average and max pooling, lux, and a
-    bounded mired regression.
+    channel followed by a 1x1 conv mixing channels); the input pooling, global average and max
+    pooling, lux and bounded mired regression are :class:`ChromaAWBNet`'s.
 
     Args:
         size: zone grid ``(H, W)``.
@@ -288,35 +288,16 @@ class SmallAWBNet(nn.Module):
         hidden: int = 32,
         dropout: float = 0.1,
     ) -> None:
-        super().__init__()
-        self.size = tuple(size)
+        super().__init__(size, temperature_range, width=width, hidden=hidden, dropout=dropout)
 
         def separable(cin: int, cout: int) -> list[nn.Module]:
             return [nn.Conv2d(cin, cin, 3, padding=1, groups=cin), nn.Conv2d(cin, cout, 1), nn.ReLU()]
 
-        self.pool_input = nn.AvgPool2d(2) if self.size[0] > 16 else nn.Identity()
         self.features = nn.Sequential(
             nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
             *separable(width, 2 * width), nn.MaxPool2d(2),
             *separable(2 * width, 2 * width),
         )
-        self.head = nn.Sequential(
-            nn.Linear(4 * width + 1, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 1)
-        )
-        low, high = (1e6 / t for t in reversed(temperature_range))
-        self.mired_low, self.mired_span = low, high - low
-
-    def mireds(self, image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
-        """``(B, H, W, 3)``, ``(B,)`` -> ``(B,)`` predicted mireds within the temperature range."""
-        _check_input(image, lux, self.size)
-        image = self.pool_input(image.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        x = self.features(chroma_features(image))
-        pooled = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3)), (torch.log(lux.clamp(min=1.0)) / 10.0)[:, None]], 1)
-        return self.mired_low + self.mired_span * torch.sigmoid(self.head(pooled)[:, 0])
-
-    def forward(self, image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
-        """``(B, H, W, 3)``, ``(B,)`` -> ``(B,)`` kelvin."""
-        return 1e6 / self.mireds(image, lux)
 
 
 class AWBEnsemble(nn.Module):
