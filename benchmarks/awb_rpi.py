@@ -24,6 +24,18 @@ and speed do not depend on the weights), next to Raspberry Pi's reference model'
 
 compares, under the same grouped K-fold CV, the shared model of a target with per-sensor copies of
 it fine-tuned on each sensor's training images (:func:`per_sensor_results`), per sensor and overall.
+
+    .venv/bin/python benchmarks/awb_rpi.py --cv-speed [--config C] [--epochs 30]
+
+times one CV fold (fold 0 of the grouped K folds) trained by Lightning (``train_model``) and by the
+fast path (``fast_train``, what ``cross_validate`` and ``awb search`` use) and checks that both
+models predict the same held-out temperatures (:func:`cv_speed_results`).
+
+    .venv/bin/python benchmarks/awb_rpi.py --tta [--config C]
+
+grouped K-fold CV of the configuration with and without the test-time parts exported with the
+model: flip averaging, the affine calibration fitted on each fold's training images, and both
+(each fold's network is trained once and wrapped four ways; :func:`tta_results`).
 """
 
 from __future__ import annotations
@@ -287,6 +299,63 @@ def per_sensor_table(results: dict[str, dict]) -> Table:
     return table
 
 
+def cv_speed_results(target: str, data: Path, config: TrainConfig, folds: int, console: Console) -> dict:
+    """Seconds to train CV fold 0 with Lightning and with the fast path, and how far apart (mireds)
+    their held-out predictions are (the fast path is meant to train the same model)."""
+    from isplab.workflows.awb.dataset import grouped_kfold
+    from isplab.workflows.awb.fast import fast_train
+
+    dataset = load_dataset(data / target / "train", target)
+    train_idx, test_idx = grouped_kfold(dataset.samples, folds, seed=0)[0]
+    subset = dataset.subset(train_idx)
+    timings, predictions = {}, {}
+    for name, function in (("fast", lambda: fast_train(subset, config)),
+                           ("lightning", lambda: train_model(subset, config, progress=False))):
+        start = time.perf_counter()
+        model = function()
+        timings[name] = time.perf_counter() - start
+        predictions[name] = predict(model, dataset.images[test_idx], dataset.lux[test_idx])
+        console.log(f"{target}: {name} {timings[name]:.1f} s")
+    apart = np.abs(1e6 / predictions["fast"] - 1e6 / predictions["lightning"])
+    return {"train_images": len(train_idx), "epochs": config.epochs, "arch": config.arch, "ensemble": config.ensemble,
+            "seconds_lightning": timings["lightning"], "seconds_fast": timings["fast"],
+            "speedup": timings["lightning"] / timings["fast"], "max_mired_difference": float(apart.max())}
+
+
+def tta_results(target: str, data: Path, config: TrainConfig, folds: int, console: Console) -> dict:
+    """Grouped CV of ``config``'s network bare, flip-averaged, calibrated, and both (see the module docstring)."""
+    from isplab.workflows.awb.dataset import grouped_kfold, mired_error
+    from isplab.workflows.awb.fast import fast_train
+    from isplab.workflows.awb.train import add_test_time
+
+    dataset = load_dataset(data / target / "train", target)
+    bare = dataclasses.replace(config, flip_average=False, calibrate=False)
+    variants = {"bare": (False, False), "flip": (True, False), "calibrated": (False, True), "flip+calibrated": (True, True)}
+    predicted = {name: np.full(len(dataset), np.nan) for name in variants}
+    start = time.perf_counter()
+    for index, (train_idx, test_idx) in enumerate(grouped_kfold(dataset.samples, folds, seed=0)):
+        subset = dataset.subset(train_idx)
+        net = fast_train(subset, bare)
+        for name, (flip, calibrate) in variants.items():
+            model = add_test_time(net, subset, dataclasses.replace(bare, flip_average=flip, calibrate=calibrate))
+            predicted[name][test_idx] = predict(model, dataset.images[test_idx], dataset.lux[test_idx])
+        console.log(f"{target} fold {index}: " + ", ".join(
+            f"{name} {np.mean(mired_error(p[test_idx], dataset.true_temp[test_idx])):.2f}" for name, p in predicted.items()))
+    return {"folds": folds, "seconds": time.perf_counter() - start,
+            "variants": {name: _summary(mired_error(p, dataset.true_temp)) for name, p in predicted.items()}}
+
+
+def tta_table(results: dict[str, dict]) -> Table:
+    table = Table(title="Grouped CV error (mireds) of one training per fold, with the test-time parts exported with the model")
+    for column in ("target", "variant", "mean", "median", "p95", "worst"):
+        table.add_column(column, justify="left" if column in ("target", "variant") else "right")
+    for target, r in results.items():
+        for i, (name, s) in enumerate(r["variants"].items()):
+            table.add_row(target if i == 0 else "", name, f"{s['mean']:.2f}", f"{s['median']:.2f}", f"{s['p95']:.2f}",
+                          f"{s['worst']:.1f}", end_section=i == len(r["variants"]) - 1)
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DATA, help="the awb-rpi data folder (default ../shared/data/awb-rpi)")
@@ -303,6 +372,10 @@ def main() -> None:
     parser.add_argument("--per-sensor", action="store_true",
                         help="compare the shared model with per-sensor fine-tuned copies under grouped CV instead")
     parser.add_argument("--finetune-epochs", type=int, default=None, help="with --per-sensor: epochs of fine-tuning (default 30; 1 with --quick)")
+    parser.add_argument("--cv-speed", action="store_true",
+                        help="time one CV fold trained by Lightning and by the fast path instead")
+    parser.add_argument("--tta", action="store_true",
+                        help="grouped CV with and without flip averaging and calibration instead")
     parser.add_argument("--min-sensor-images", type=int, default=20, help="with --per-sensor: fewer training images keep the shared model")
     args = parser.parse_args()
 
@@ -335,6 +408,25 @@ def main() -> None:
     folds = args.folds or (2 if args.quick else 5)
     latency_runs = args.latency_runs or (50 if args.quick else 200)
 
+    if args.cv_speed or args.tta:
+        function = cv_speed_results if args.cv_speed else tta_results
+        results = {t: function(t, args.data, config, folds, console) for t in args.targets}
+        if args.cv_speed:
+            table = Table(title="One CV fold: Lightning vs the fast path (same model)")
+            for column in ("target", "arch", "ens", "epochs", "images", "Lightning (s)", "fast (s)", "speed-up", "max diff (mireds)"):
+                table.add_column(column, justify="left" if column in ("target", "arch") else "right")
+            for target, r in results.items():
+                table.add_row(target, r["arch"], str(r["ensemble"]), str(r["epochs"]), str(r["train_images"]),
+                              f"{r['seconds_lightning']:.1f}", f"{r['seconds_fast']:.1f}", f"{r['speedup']:.2f}x",
+                              f"{r['max_mired_difference']:.2g}")
+            console.print(table)
+        else:
+            console.print(tta_table(results))
+        if args.json:
+            args.json.write_text(json.dumps({"quick": args.quick, "config": dataclasses.asdict(config),
+                                             "threads": torch.get_num_threads(), "targets": results}, indent=2))
+            console.print(f"wrote {args.json}")
+        return
     if args.per_sensor:
         epochs = args.finetune_epochs or (1 if args.quick else 30)
         per_sensor = {t: per_sensor_results(t, args.data, config, folds, epochs, args.min_sensor_images, console)

@@ -1,6 +1,8 @@
 """Learned-ISP benchmark: every architecture at the same training budget, scored on real photographs.
 
     .venv/bin/python benchmarks/isp.py [--arch punet lfnet nafnet] [--iters N] [--quick] [--json out.json]
+        [--metadata] [--prior classical] [--num-maps-base C] [--patch P] [--batch-size B] [--lr LR]
+        [--work DIR] [--no-full-res]
 
 Data (``isplab.workflows.isp.data``): the networks train only on generated scenes (dead leaves and
 procedural, :func:`~isplab.workflows.isp.data.training_set`) unprocessed with the training cameras,
@@ -20,16 +22,19 @@ held-out raws and printed as rows of their own.
 It also times :func:`~isplab.data.deadleaves.dead_leaves` on one 512 x 512 scene (best of 5,
 one thread), the generator the training data comes from.
 
-``--metadata`` trains metadata-aware models (the raw's white balance and colour matrix applied
-before the network, :mod:`isplab.workflows.isp.data`), to compare with the ``oracle`` baseline,
-which uses the same metadata; ``--precision bf16-mixed`` with ``--device cuda`` trains under bf16
+``--metadata`` trains metadata-aware models (the raw's white balance, colour matrix and exposure
+applied before the network, :mod:`isplab.workflows.isp.data`), to compare with the ``oracle``
+baseline, which uses the same metadata; ``--prior classical`` makes each model a classical render
+plus the network's correction (:mod:`isplab.models.isp_prior`; the latency columns time the
+network without the prior's few element-wise ops); ``--precision bf16-mixed`` with ``--device cuda`` trains under bf16
 autocast on a GPU. Throughput (patches/s) is training iterations x batch over the training wall
 time, validation and start-up included.
 
 The budget (iterations, batch, patch, width, and the resulting minutes) is printed in the table's
 title and written to ``--json``: the numbers say how the architectures compare at that budget,
 not what they reach when trained to convergence. ``--quick`` (tiny data, few iterations, narrow
-models, no 12 MP run) is a smoke test only.
+models, no 12 MP run) is a smoke test only. ``--work DIR`` keeps the data and the trained models
+(``DIR/models/<arch>/model.pt``) instead of a temporary folder.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from rich.console import Console
 from rich.table import Table
 
 from isplab.models.isp import ISP_ARCHS, load_isp_model
+from isplab.models.isp_prior import PRIORS
 from isplab.workflows.isp.bench import latency_table
 from isplab.workflows.isp.data import heldout_set, open_pairs, training_set
 from isplab.workflows.isp.evaluate import BASELINES, test_isp
@@ -77,9 +83,9 @@ def full_resolution_run(model_path: str, tile: int, overlap: int) -> dict:
 def make_data(root: Path, train: int, val: int, size: tuple[int, int], heldout: int | None,
               heldout_size: tuple[int, int]) -> tuple[Path, Path]:
     """Generated train/val pairs under ``root`` and the held-out real-photo set at ``root/heldout``."""
-    training_set(root / "train", train, seed=0, size=size, camera_split="train")
-    training_set(root / "val", val, seed=1, size=size, camera_split="val")
-    return root, heldout_set(root / "heldout", heldout, size=heldout_size)
+    training_set(root / "train", train, seed=0, size=size, camera_split="train", overwrite=True)
+    training_set(root / "val", val, seed=1, size=size, camera_split="val", overwrite=True)
+    return root, heldout_set(root / "heldout", heldout, size=heldout_size, overwrite=True)
 
 
 def dead_leaves_seconds(runs: int = 5) -> float:
@@ -106,7 +112,7 @@ def benchmark_arch(arch: str, data: Path, heldout: Path, work: Path, config: ISP
                    console: Console) -> dict:
     model_dir = work / arch
     start = time.perf_counter()
-    train_isp(data, model_dir, config, progress=False)
+    train_isp(data, model_dir, config, progress=False, overwrite=True)  # the benchmark's own folder
     train_seconds = time.perf_counter() - start
     model = load_isp_model(model_dir / "model.pt")
     scores = test_isp(model, source_for(model, open_pairs(heldout, "test")))
@@ -131,14 +137,14 @@ def benchmark_arch(arch: str, data: Path, heldout: Path, work: Path, config: ISP
         **{f"{row['backend']}_ms": row["median_ms"] for row in latency},
         "latency_errors": {row["backend"]: row["error"] for row in latency if row["error"]},
     }
-    if not args.quick:
+    if not args.quick and not args.no_full_res:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             result["full_res_12mp"] = pool.submit(full_resolution_run, str(model_dir / "model.pt"), args.tile, 32).result()
     return result
 
 
 def results_table(results: list[dict], baselines: list[dict], config: ISPTrainConfig, minutes: float) -> Table:
-    kind = "metadata-aware" if config.metadata else "blind"
+    kind = ("metadata-aware" if config.metadata else "blind") + (f", {config.prior} prior" if config.prior != "none" else "")
     table = Table(title=f"{kind} learned ISP on the held-out real-photo set: width {config.num_maps_base}, {config.iters} "
                         f"iterations of {config.batch_size} x {config.patch}px patches ({minutes:.0f} min in all), "
                         f"{config.device}")
@@ -172,21 +178,30 @@ def main() -> None:
     parser.add_argument("--metadata", action="store_true", help="train metadata-aware models (compare with oracle)")
     parser.add_argument("--device", default="cpu", help="where to train (cpu, cuda, ...); latency stays on the CPU")
     parser.add_argument("--precision", default=None, help="training precision, e.g. bf16-mixed on a GPU")
+    parser.add_argument("--prior", default="none", choices=PRIORS,
+                        help="classical: each model is a classical render plus the network's correction")
+    parser.add_argument("--patch", type=int, help="raw patch side (default 128, quick 64)")
+    parser.add_argument("--batch-size", type=int, help="patches per step (default 8, quick 4)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    parser.add_argument("--work", type=Path, help="keep data and trained models here, replacing the benchmark's "
+                        "earlier ones (default: a temporary folder)")
+    parser.add_argument("--no-full-res", action="store_true", help="skip the 12 MP run")
     args = parser.parse_args()
     quick = args.quick
     args.runs = args.runs or (1 if quick else 3)
     config = ISPTrainConfig(
         num_maps_base=args.num_maps_base or (4 if quick else 16),
         iters=args.iters or (10 if quick else 300),
-        patch=64 if quick else 128,
-        batch_size=4 if quick else 8,
-        lr=1e-3,  # the challenge's 5e-5 is for 100k iterations; a short budget needs a larger step
+        patch=args.patch or (64 if quick else 128),
+        batch_size=args.batch_size or (4 if quick else 8),
+        lr=args.lr,  # the challenge's 5e-5 is for 100k iterations; a short budget needs a larger step (1e-3)
         eval_every=args.iters or (10 if quick else 300),
         patches_per_epoch=40 if quick else 800,
         device=args.device,
         seed=0,
         metadata=args.metadata,
         precision=args.precision,
+        prior=args.prior,
     )
     console = Console(width=max(Console().width, 150))  # keep the 12-column table readable in logs
     torch.set_num_threads(1)
@@ -194,7 +209,7 @@ def main() -> None:
     console.print(f"dead-leaves scene 512x512: {leaves * 1000:.0f} ms (best of 5, one thread)")
     begin = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
-        work = Path(folder)
+        work = args.work or Path(folder)
         data, heldout = make_data(
             work / "data", 4 if quick else 24, 2 if quick else 6, (128, 96) if quick else (384, 256),
             heldout=4 if quick else None, heldout_size=(128, 96) if quick else (512, 384),

@@ -60,6 +60,7 @@ from rich.console import Console
 from rich.table import Table
 
 from isplab.data.synth import parse_size, synthesize_dataset
+from isplab.models.proxy import PROXY_HEADS
 from isplab.workflows.proxy.generate import GenerateOptions, generate
 
 
@@ -83,7 +84,11 @@ def main() -> None:
     parser.add_argument("--fid-patch", type=int, default=96)
     parser.add_argument("--fid-params", nargs="+", default=[], metavar="BLOCK/SPEC",
                         help="what varies per block, in generate's -p syntax, e.g. exposure/exposure,black=-0.02:0.02 (default: every parameter over its soft range)")
-    parser.add_argument("--fid-head", default="affine", choices=["affine", "add"], help="proxy head (see isplab.models.proxy)")
+    parser.add_argument("--fid-head", default="affine", choices=list(PROXY_HEADS), help="proxy head (see isplab.models.proxy)")
+    parser.add_argument("--fid-dir", type=Path, help="keep each block's dataset and run here (BLOCK-data, BLOCK-run); an existing "
+                        "dataset generated with the same settings is reused (default: a temporary folder)")
+    parser.add_argument("--fid-lr", type=float, default=1e-3)
+    parser.add_argument("--fid-schedule", default="constant", choices=["constant", "cosine"])
     parser.add_argument("--regress-samples", type=int, default=5)
     parser.add_argument("--search-renders", type=int, default=60)
     parser.add_argument("--speed-sizes", nargs="+", default=["768x512"])
@@ -159,12 +164,13 @@ def fidelity(args, console: Console) -> list[dict]:
     from isplab.workflows.proxy.dataset import load_dataset
     from isplab.workflows.proxy.evaluate import evaluate_proxy
     from isplab.workflows.proxy.regress import BlackBox, _search, regress_params
-    from isplab.workflows.proxy.train import ProxyTrainConfig, _read_tiff, make_splits, train_proxy
+    from isplab.workflows.proxy.train import ProxyTrainConfig, make_splits, train_proxy
 
     backend = _backend(args)
     size = parse_size(args.fid_size)
     budget = (f"{args.fid_count} samples of {args.fid_images} synthetic {size[0]}x{size[1]} images ({backend}), "
-              f"width {args.fid_width}, head {args.fid_head}, {args.fid_iters} iterations of 8 {args.fid_patch}px patches, device {args.device}")  # fmt: skip
+              f"width {args.fid_width}, head {args.fid_head}, {args.fid_iters} iterations of 8 {args.fid_patch}px patches, "
+              f"lr {args.fid_lr:g} ({args.fid_schedule}), device {args.device}")  # fmt: skip
     console.print(f"fidelity budget: {budget}")
     specs = dict(item.split("/", 1) for item in args.fid_params)
     if specs:
@@ -172,17 +178,18 @@ def fidelity(args, console: Console) -> list[dict]:
         console.print(f"varied: {specs}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        keep = args.fid_dir or Path(tmp)
         for block in args.blocks:
-            ds, run = Path(tmp) / f"{block}-data", Path(tmp) / f"{block}-run"
+            ds, run = keep / f"{block}-data", keep / f"{block}-run"
             start = time.perf_counter()
             generate(GenerateOptions(block=block, output=ds, count=args.fid_count, synth_images=args.fid_images,
                                      backend=backend, size=size, progress=False,
                                      params=[specs[block]] if block in specs else None))  # fmt: skip
             gen_s = time.perf_counter() - start
             config = ProxyTrainConfig(width=args.fid_width, head=args.fid_head, patch=min(args.fid_patch, size[1]), iters=args.fid_iters,
-                                      eval_every=max(1, args.fid_iters // 4), lr=1e-3, device=args.device)  # fmt: skip
+                                      eval_every=max(1, args.fid_iters // 4), lr=args.fid_lr, schedule=args.fid_schedule, device=args.device)  # fmt: skip
             start = time.perf_counter()
-            train_proxy(block, ds, run, config, progress=False, report=False)
+            train_proxy(block, ds, run, config, progress=False, report=False, overwrite=True)
             train_s = time.perf_counter() - start
             from isplab.workflows.proxy.evaluate import load_proxy
 
@@ -194,7 +201,7 @@ def fidelity(args, console: Console) -> list[dict]:
             names = model.proxy_config["meta"]["params"]
             reg = []
             for k, s in enumerate(splits.val_images[: args.regress_samples]):
-                x, target = _read_tiff(ds / s["input"])[None], _read_tiff(ds / s["output"])[None]
+                x, target = data.read(s["input"])[None], data.read(s["output"])[None]
                 truth = np.array([s["params"][n] for n in names])
                 t0 = time.perf_counter()
                 first, u = regress_params(model, x, target, iters=100, seed=k)

@@ -28,7 +28,12 @@ def test_writes_dngs_that_rawpy_reads_with_the_manifest_metadata(dataset):
             wb = np.array(raw.camera_whitebalance[:3])
             np.testing.assert_allclose(wb / wb[1], sample["wb_gains"], rtol=1e-3)
         # rawpy leaves rgb_xyz_matrix empty for cameras outside LibRaw's tables; read_raw parses the DNG's own tags
-        np.testing.assert_allclose(read_raw(dataset.out_dir / sample["file"]).color_matrix, sample["xyz_to_camera"], atol=1e-4)
+        frame = read_raw(dataset.out_dir / sample["file"])
+        np.testing.assert_allclose(frame.color_matrix, sample["xyz_to_camera"], atol=1e-4)
+        # the exposure travels in the DNG (BaselineExposure, EV): a renderer needs no manifest
+        assert frame.baseline_exposure == pytest.approx(np.log2(sample["brightness_gain"]), abs=1e-6)
+        assert frame.exposure_gain == pytest.approx(sample["brightness_gain"], rel=1e-6)
+        assert sample["baseline_exposure"] == pytest.approx(frame.baseline_exposure, abs=1e-6)
         assert (dataset.out_dir / sample["target"]).is_file()
     header = (dataset.out_dir / MANIFEST_CSV).read_text().splitlines()[0]
     assert "illuminant_cct" in header and "xyz_to_camera_8" in header

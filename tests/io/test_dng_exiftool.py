@@ -106,3 +106,23 @@ def test_exiftool_flags_a_broken_dng(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     tags = exiftool_tags(path)
     assert tags["ExifTool:Validate"] != "0 0 0"
+
+
+def test_exiftool_reads_the_baseline_exposure_and_a_file_without_it_reads_as_zero(tmp_path):
+    """Another tool sees the same BaselineExposure; with the tag deleted (by exiftool), read_raw gives 0 EV."""
+    import dataclasses
+
+    from isplab.io import read_raw
+
+    raw = dataclasses.replace(random_raw("RGGB", seed=7), baseline_exposure=-0.6780719)
+    path = write_dng(tmp_path / "f.dng", raw)
+    tags = exiftool_tags(path)
+    assert tags["ExifTool:Validate"] == "0 0 0", tags.get("ExifTool:Validate")
+    assert tags["IFD0:BaselineExposure"] == pytest.approx(-0.6780719, abs=1e-6)
+    assert read_raw(path).baseline_exposure == pytest.approx(-0.6780719, abs=1e-6)
+    subprocess.run([_exiftool(), "-overwrite_original", "-BaselineExposure=", str(path)], check=True,
+                   capture_output=True, timeout=60)
+    assert "IFD0:BaselineExposure" not in exiftool_tags(path)
+    stripped = read_raw(path)
+    assert stripped.baseline_exposure == 0.0
+    np.testing.assert_array_equal(stripped.mosaic, raw.mosaic)

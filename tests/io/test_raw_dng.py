@@ -292,3 +292,26 @@ def _pidng_dng(path, pixels, photometric, cfa=None):
     writer.options(tags, path="")
     path.write_bytes(writer.convert(pixels))
     return path
+
+
+@pytest.mark.parametrize("ev", [-1.3219, 0.0, 0.4150375])
+def test_baseline_exposure_round_trip(tmp_path, ev):
+    """DNG BaselineExposure (tag 50730, SRATIONAL EV) is written and read back; LibRaw still reads the file."""
+    raw = dataclasses.replace(random_raw("RGGB", seed=11), baseline_exposure=ev)
+    path = write_dng(tmp_path / "exposed.dng", raw)
+    back = read_raw(path)
+    assert back.baseline_exposure == pytest.approx(ev, abs=1e-6)
+    assert back.exposure_gain == pytest.approx(2.0**ev, rel=1e-6)
+    np.testing.assert_array_equal(back.mosaic, raw.mosaic)
+    with rawpy.imread(str(path)) as ref:
+        np.testing.assert_array_equal(ref.raw_image_visible, raw.mosaic)
+    with tifffile.TiffFile(path) as tif:
+        numerator, denominator = tif.pages[0].tags[50730].value
+    assert numerator / denominator == pytest.approx(ev, abs=1e-6)
+
+
+def test_baseline_exposure_defaults_and_validation():
+    raw = random_raw("RGGB", seed=12)
+    assert raw.baseline_exposure == 0.0 and raw.exposure_gain == 1.0
+    with pytest.raises(IsplabError, match="baseline_exposure must be a finite number of EV"):
+        dataclasses.replace(raw, baseline_exposure=float("nan"))

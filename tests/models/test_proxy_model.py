@@ -141,3 +141,112 @@ def test_head_round_trips_and_old_files_load_as_add(tmp_path):
     assert load_proxy_model(tmp_path / "old.pt").head_kind == "add"
     with pytest.raises(IsplabError, match="unknown proxy head 'mul'"):
         _model(head="mul")
+
+
+# ------------------------------------------------------------------ matrix and global heads
+
+# A colour matrix with no symmetry (a transposed or row-swapped application changes the result).
+KNOWN = torch.tensor([[1.2, 0.1, -0.05], [0.05, 0.9, 0.15], [-0.1, 0.2, 1.3]])
+KNOWN_OFFSET = torch.tensor([0.01, -0.02, 0.03])
+
+
+def _colour(x: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("ij,bjhw->bihw", KNOWN, x) + KNOWN_OFFSET[:, None, None]
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(1 / torch.mean((a - b) ** 2)))
+
+
+@pytest.mark.parametrize("head", ["matrix", "global"])
+def test_new_heads_are_the_identity_at_init(head):
+    model = _model(head=head)
+    x = torch.rand(2, 3, 30, 45)
+    assert torch.equal(model(x, torch.rand(2, 2)), x)
+    assert model.head.out_channels == 12  # 3x3 matrix + 3 offsets per pixel
+
+
+def test_matrix_head_applies_its_matrix_row_by_row():
+    """out = (I + L) x + b with L read row-major from the first 9 channels, b from the last 3."""
+    model = _model(head="matrix")
+    with torch.no_grad():
+        model.head.bias[:9] = (KNOWN - torch.eye(3)).reshape(-1)
+        model.head.bias[9:] = KNOWN_OFFSET
+    x = torch.rand(2, 3, 10, 14)
+    torch.testing.assert_close(model(x, torch.rand(2, 2)), _colour(x), atol=1e-6, rtol=1e-6)
+
+
+def test_global_transform_is_gain_matrix_offset():
+    """z = exp(g) ((I + D) x) + o, with (g, D, o) the MLP's outputs; the U-Net's part stays the identity."""
+    from isplab.models.proxy import GAIN_BOUND
+
+    model = _model(head="global")
+    g = torch.tensor([0.5, -0.25, 0.0])
+    with torch.no_grad():
+        bias = model.global_mlp[-1].bias
+        bias[:3] = GAIN_BOUND * torch.atanh(g / GAIN_BOUND)
+        bias[3:12] = (KNOWN - torch.eye(3)).reshape(-1)
+        bias[12:] = KNOWN_OFFSET
+    x = torch.rand(2, 3, 10, 14)
+    expected = torch.exp(g)[:, None, None] * torch.einsum("ij,bjhw->bihw", KNOWN, x) + KNOWN_OFFSET[:, None, None]
+    torch.testing.assert_close(model(x, torch.rand(2, 2)), expected, atol=1e-6, rtol=1e-6)
+
+
+def test_matrix_head_fits_a_colour_transform():
+    """A few hundred Adam steps on random images reproduce a known 3x3 colour transform + offset
+    on other random images to > 45 dB."""
+    torch.manual_seed(0)
+    model = build_proxy_model([(0.0, 1.0)], width=4, depth=2, head="matrix")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(300):
+        x = torch.rand(4, 3, 16, 16)
+        loss = torch.nn.functional.mse_loss(model(x, torch.rand(4, 1)), _colour(x))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    x = torch.rand(4, 3, 32, 48)
+    with torch.no_grad():
+        assert _psnr(model(x, torch.rand(4, 1)), _colour(x)) > 45
+
+
+def test_global_head_learns_a_gain_of_the_parameter_for_unseen_images_and_values():
+    """out = 2^(4u - 1) x (exposure from -1 to +3 EV), trained as ``proxy train`` does (L1 of the
+    proxy plus L1 of its global part, cosine schedule) on u outside [0.45, 0.55): on new images
+    at u inside that band the proxy and its global part alone are both within 40 dB."""
+    import math
+
+    torch.manual_seed(0)
+    model = build_proxy_model([(0.0, 1.0)], width=4, depth=2, head="global")
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    steps = 400
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
+    for _ in range(steps):
+        x = torch.rand(16, 3, 16, 16)
+        u = torch.rand(16, 1) * 0.9
+        u = torch.where(u < 0.45, u, u + 0.1)
+        target = 2 ** (4 * u - 1)[:, :, None, None] * x
+        out, z = model(x, u, with_global=True)
+        loss = torch.nn.functional.l1_loss(out, target) + torch.nn.functional.l1_loss(z, target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    x, u = torch.rand(3, 3, 24, 40), torch.tensor([[0.47], [0.5], [0.53]])
+    target = 2 ** (4 * u - 1)[:, :, None, None] * x
+    with torch.no_grad():
+        assert _psnr(model(x, u), target) > 40
+        assert _psnr(model.global_transform(x, u), target) > 40
+    with pytest.raises(IsplabError, match="needs the 'global' head"):
+        _model(head="matrix")(x, torch.rand(3, 2), with_global=True)
+
+
+def test_global_head_round_trips(tmp_path):
+    model = _model(head="global", meta={"block": "temperature"})
+    _perturb_head(model)
+    with torch.no_grad():
+        model.global_mlp[-1].bias.normal_(0, 0.1)
+    loaded = load_proxy_model(save_proxy_model(model, tmp_path / "g.pt"))
+    assert loaded.head_kind == "global" and loaded.proxy_config["head"] == "global"
+    x, unit = torch.rand(1, 3, 12, 20), torch.rand(1, 2)
+    assert torch.equal(loaded(x, unit), model.eval()(x, unit))
+    assert not torch.equal(loaded(x, unit), x)

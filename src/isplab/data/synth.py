@@ -170,6 +170,7 @@ def synthesize_raw(
         make=sensor.make,
         model=sensor.model,
         unique_camera_model=f"{sensor.make} {sensor.model}",
+        baseline_exposure=float(np.log2(params.brightness_gain)),
     )
     return raw, target, params, source
 
@@ -189,7 +190,8 @@ def synthesize_dataset(
 ) -> SynthResult:
     """Write ``count`` synthetic DNGs, their clean sRGB targets and a manifest to ``out_dir``.
 
-    Files: ``synth_00000.dng`` (the raw), ``synth_00000_target.png`` (16-bit clean sRGB ground
+    Files: ``synth_00000.dng`` (the raw, its exposure as DNG BaselineExposure =
+    ``log2(brightness_gain)`` EV, so a renderer needs no manifest), ``synth_00000_target.png`` (16-bit clean sRGB ground
     truth), ``manifest.json`` (dataset settings + one record per sample: black/white level, CFA
     pattern, as-shot neutral, colour matrix, CCM, illuminant CCT, gains, noise levels, EXIF) and
     ``manifest.csv`` (the same records flattened). A sample that fails is reported in the
@@ -249,6 +251,7 @@ def synthesize_dataset(
                 "iso": raw.iso,
                 "exposure_time": raw.exposure_time,
                 "aperture": raw.aperture,
+                "baseline_exposure": raw.baseline_exposure,
             }
         )
     _write_manifest(result, seed=seed, size=size, sensor=sensor, noise=noise, count=count, sources=list(sources),
@@ -283,6 +286,7 @@ def _write_manifest(result: SynthResult, **settings) -> None:
             "ccm": "maps white-balanced camera RGB to linear sRGB",
             "as_shot_neutral": "camera RGB of white under the illuminant, G = 1; wb_gains = 1 / as_shot_neutral",
             "brightness_gain": "the raw was divided by it; multiply it back with the white-balance gains",
+            "baseline_exposure": "log2(brightness_gain) in EV, also in each DNG as BaselineExposure (tag 50730)",
             "noise": "variance = shot_noise * x + read_noise, x in [0, 1] normalised raw",
         },
         "samples": result.samples,

@@ -8,6 +8,8 @@ bit-exactly). Tags are encoded with pidng's TIFF writer. Metadata written:
 * levels: BlackLevelRepeatDim 2x2 with the black level of each tile position, WhiteLevel;
 * colour: ColorMatrix1 with CalibrationIlluminant1 D65 (when the frame has a matrix),
   AsShotNeutral;
+* exposure: BaselineExposure (tag 50730, SRATIONAL, EV) from ``raw.baseline_exposure`` (always
+  written, 0 included);
 * capture: ExposureTime, FNumber, ISOSpeedRatings (in the Exif IFD), Make, Model,
   UniqueCameraModel; DNGVersion 1.4, DNGBackwardVersion 1.1.
 
@@ -107,6 +109,7 @@ def _encode(raw: RawImage, path: Path) -> bytearray:
         dngTag(Tag.BlackLevel, [int(black[i]) for i in tile_to_planes(raw.cfa_pattern)]),
         dngTag(Tag.WhiteLevel, [raw.white_level]),
         dngTag(Tag.AsShotNeutral, [_rational(v, path, "as_shot_neutral") for v in raw.as_shot_neutral]),
+        dngTag(Tag.BaselineExposure, [_rational(raw.baseline_exposure, path, "baseline_exposure", signed=True)]),
     ]
     if raw.color_matrix is not None:
         matrix = [_rational(v, path, "color_matrix", signed=True) for v in raw.color_matrix.ravel()]

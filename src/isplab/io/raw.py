@@ -15,6 +15,9 @@ Conventions:
   ``camera_rgb = color_matrix @ xyz``. Its inverse maps camera RGB to XYZ.
 * ``as_shot_neutral`` is the camera-RGB value of a neutral (grey) surface under the scene's light,
   normalised so G = 1; the white-balance gains are its reciprocal (:attr:`RawImage.wb_gains`).
+* ``baseline_exposure`` is the DNG ``BaselineExposure`` in EV: a rendering multiplies the
+  white-balanced linear values by ``2 ** baseline_exposure`` (:attr:`RawImage.exposure_gain`);
+  0.0 when the file has no such tag (every non-DNG raw).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ _EXPOSURE_TIME = 33434
 _F_NUMBER = 33437
 _ISO = 34855
 _UNIQUE_CAMERA_MODEL = 50708
+_BASELINE_EXPOSURE = 50730  # DNG BaselineExposure, SRATIONAL, EV
 _COLOR_MATRICES = ((50721, 50778), (50722, 50779))  # (ColorMatrixN, CalibrationIlluminantN)
 
 _D65 = 21
@@ -68,6 +72,7 @@ class RawImage:
         make: camera maker ('' when unknown).
         model: camera model ('' when unknown).
         unique_camera_model: DNG UniqueCameraModel, or ``None``.
+        baseline_exposure: DNG BaselineExposure in EV (0.0 when absent); see the module docstring.
         path: the file the frame was read from, or ``None`` for synthetic frames.
     """
 
@@ -83,6 +88,7 @@ class RawImage:
     make: str = ""
     model: str = ""
     unique_camera_model: str | None = None
+    baseline_exposure: float = 0.0
     path: Path | None = None
 
     def __post_init__(self) -> None:
@@ -114,6 +120,8 @@ class RawImage:
                 raise IsplabError(f"RawImage.{name} must be positive or None, got {value!r}")
         if self.iso is not None and (int(self.iso) != self.iso or self.iso <= 0):
             raise IsplabError(f"RawImage.iso must be a positive integer or None, got {self.iso!r}")
+        if not np.isfinite(self.baseline_exposure):
+            raise IsplabError(f"RawImage.baseline_exposure must be a finite number of EV, got {self.baseline_exposure!r}")
 
         set_ = object.__setattr__  # frozen dataclass: normalise fields in place once
         set_(self, "mosaic", mosaic)
@@ -123,12 +131,18 @@ class RawImage:
         set_(self, "as_shot_neutral", neutral / neutral[1])
         set_(self, "color_matrix", matrix)
         set_(self, "iso", None if self.iso is None else int(self.iso))
+        set_(self, "baseline_exposure", float(self.baseline_exposure))
         set_(self, "path", None if self.path is None else Path(self.path))
 
     @property
     def wb_gains(self) -> np.ndarray:
         """``(3,)`` as-shot white-balance gains (R, G, B) = 1 / as_shot_neutral, G = 1."""
         return 1.0 / self.as_shot_neutral
+
+    @property
+    def exposure_gain(self) -> float:
+        """``2 ** baseline_exposure``: the factor a rendering brightens the linear values by."""
+        return float(2.0**self.baseline_exposure)
 
     @property
     def analogue_gain(self) -> float | None:
@@ -195,6 +209,7 @@ def read_raw(path: str | Path) -> RawImage:
         make=_tag_text(tags, _MAKE) or "",
         model=_tag_text(tags, _MODEL) or "",
         unique_camera_model=_tag_text(tags, _UNIQUE_CAMERA_MODEL),
+        baseline_exposure=_tag_number(tags, _BASELINE_EXPOSURE) or 0.0,
     )
 
 

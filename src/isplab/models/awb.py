@@ -316,6 +316,55 @@ class AWBEnsemble(nn.Module):
         return 1e6 / self.member_mireds(image, lux).mean(dim=0)
 
 
+class CalibratedAWB(nn.Module):
+    """Test-time augmentation and calibration around an AWB network, in one module (and so in one
+    exported TFLite file).
+
+    ``flip``: the prediction is the mean, in mireds, of the network's on the statistics and on
+    their horizontal mirror image (a mirrored scene has the same illuminant); both run as one
+    batch of two. ``scale``, ``offset``: an affine map of the (averaged) mireds, ``offset +
+    scale * mireds``, fitted on the training images (:func:`fit_calibration`); the result is kept
+    above 1 mired.
+
+    Args:
+        net: an AWB network (``forward(image, lux) -> kelvin``), e.g. from :func:`build_awb_net`.
+        flip: average with the mirrored statistics.
+        scale, offset: the calibration (1, 0: none).
+    """
+
+    def __init__(self, net: nn.Module, flip: bool = True, scale: float = 1.0, offset: float = 0.0) -> None:
+        super().__init__()
+        self.net = net
+        self.flip = bool(flip)
+        self.register_buffer("scale", torch.tensor(float(scale)))
+        self.register_buffer("offset", torch.tensor(float(offset)))
+
+    def raw_mireds(self, image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` mireds before the calibration (flip-averaged when ``flip``)."""
+        if not self.flip:
+            return 1e6 / self.net(image, lux)
+        both = 1e6 / self.net(torch.cat([image, image.flip(2)]), torch.cat([lux, lux]))
+        return 0.5 * (both[: image.shape[0]] + both[image.shape[0] :])
+
+    def forward(self, image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, 3)``, ``(B,)`` -> ``(B,)`` kelvin."""
+        return 1e6 / (self.offset + self.scale * self.raw_mireds(image, lux)).clamp(min=1.0)
+
+
+def fit_calibration(predicted_mireds, true_mireds) -> tuple[float, float]:
+    """Least-squares ``(scale, offset)`` with ``true ~ offset + scale * predicted`` (mireds).
+
+    Returns ``(1, 0)`` (no calibration) for fewer than 2 images or predictions that do not vary.
+    """
+    x = torch.as_tensor(predicted_mireds, dtype=torch.float64).flatten()
+    y = torch.as_tensor(true_mireds, dtype=torch.float64).flatten()
+    if x.numel() < 2 or float(x.std()) < 1e-6:
+        return 1.0, 0.0
+    xc, yc = x - x.mean(), y - y.mean()
+    scale = float((xc * yc).sum() / (xc * xc).sum())
+    return scale, float(y.mean() - scale * x.mean())
+
+
 def member_mireds(model: nn.Module, image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
     """``(M, B)`` mireds of each ensemble member, ``M = 1`` for a single model."""
     if isinstance(model, AWBEnsemble):
@@ -390,7 +439,27 @@ def awb_net_from_config(config: dict) -> nn.Module:
         ensemble=config.get("ensemble", 1), **config.get("options", {}),
     )
     model.awb_config = {**config, **model.awb_config}
+    if "calibration" in config:  # a CalibratedAWB: the buffers come with the state dict
+        net_config = {k: v for k, v in model.awb_config.items() if k not in ("calibration", "flip_average")}
+        model.awb_config = net_config
+        model = calibrated(model, flip=bool(config.get("flip_average", False)))
     return model
+
+
+def calibrated(net: nn.Module, flip: bool = True, scale: float = 1.0, offset: float = 0.0) -> CalibratedAWB:
+    """Wrap ``net`` (a network of :func:`build_awb_net`, or a :class:`CalibratedAWB`, whose network
+    is taken) in a :class:`CalibratedAWB` whose ``awb_config`` records the wrapping, so
+    :func:`save_awb_model` / :func:`load_awb_model` round-trip it."""
+    if isinstance(net, CalibratedAWB):
+        net = net.net
+    model = CalibratedAWB(net, flip=flip, scale=scale, offset=offset)
+    model.awb_config = {**net.awb_config, "flip_average": bool(flip), "calibration": True}
+    return model
+
+
+def base_net(model: nn.Module) -> nn.Module:
+    """The network inside a :class:`CalibratedAWB`, or ``model`` itself."""
+    return model.net if isinstance(model, CalibratedAWB) else model
 
 
 def save_awb_model(model: nn.Module, path: str | Path) -> Path:

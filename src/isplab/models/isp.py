@@ -9,6 +9,9 @@ Architectures (``arch``):
 * ``"punet"``: the MAI 2021 challenge baseline (:mod:`isplab.models.punet`), ``size_multiple`` 16.
 * ``"lfnet"``: a compact local-fusion-block CNN (:mod:`isplab.models.lfnet`), ``size_multiple`` 1.
 * ``"nafnet"``: a small NAFNet-style U-Net (:mod:`isplab.models.nafnet`), ``size_multiple`` 16.
+
+``prior="classical"`` wraps any of them in :class:`isplab.models.isp_prior.PriorISP`: a classical
+render of the input plus the network's correction (recorded as ``isp_config["prior"]``).
 """
 
 from __future__ import annotations
@@ -24,13 +27,15 @@ from isplab.errors import IsplabError
 from isplab.models.checkpoint import load_model, save_model
 from isplab.models.lfnet import LFNet
 from isplab.models.nafnet import NAFNetISP
+from isplab.models.isp_prior import PRIORS, ClassicalPrior, PriorISP
 from isplab.models.punet import PUNet
 
 ISP_ARCHS = ("punet", "lfnet", "nafnet")
 _CLASSES: dict[str, type[nn.Module]] = {"punet": PUNet, "lfnet": LFNet, "nafnet": NAFNetISP}
 
 
-def build_isp_model(arch: str, num_maps_base: int = 16, *, metadata: bool = False, **options: Any) -> nn.Module:
+def build_isp_model(arch: str, num_maps_base: int = 16, *, metadata: bool = False, prior: str = "none",
+                    **options: Any) -> nn.Module:
     """Build a learned-ISP model (see the module docstring).
 
     Args:
@@ -39,6 +44,10 @@ def build_isp_model(arch: str, num_maps_base: int = 16, *, metadata: bool = Fals
         metadata: the model expects metadata-aware input (packed planes white-balanced and
             colour-corrected with the raw's own metadata, :func:`isplab.workflows.isp.data.model_input`);
             recorded as ``isp_config["metadata"]`` (absent for blind models).
+        prior: ``"none"`` (the network alone) or ``"classical"``: ``classical(x) + net(x) - 0.5``
+            with the network's last layer zeroed, so the new model equals the classical render
+            (:mod:`isplab.models.isp_prior`; metadata-aware or blind after ``metadata``); recorded
+            as ``isp_config["prior"]`` (absent for ``"none"``, so older models load unchanged).
         **options: The architecture's other keyword arguments (lfnet: ``num_blocks``, ``units``,
             ``layers``; nafnet: ``enc_blocks``, ``mid_blocks``, ``dec_blocks``; punet: none).
 
@@ -47,13 +56,19 @@ def build_isp_model(arch: str, num_maps_base: int = 16, *, metadata: bool = Fals
     """
     if arch not in _CLASSES:
         raise IsplabError(f"unknown ISP arch {arch!r}: expected one of {', '.join(ISP_ARCHS)}")
+    if prior not in PRIORS:
+        raise IsplabError(f"unknown ISP prior {prior!r}: expected one of {', '.join(PRIORS)}")
     try:
         model = _CLASSES[arch](num_maps_base=num_maps_base, **options)
     except TypeError as e:
         raise IsplabError(f"bad options {options} for ISP arch {arch!r}: {e}") from None
+    if prior == "classical":
+        model = PriorISP(model, arch, ClassicalPrior(metadata=metadata))
     model.isp_config = {"arch": arch, "num_maps_base": num_maps_base, "options": dict(options)}
     if metadata:
         model.isp_config["metadata"] = True
+    if prior != "none":
+        model.isp_config["prior"] = prior
     model.register_forward_pre_hook(_check_input)
     return model
 
@@ -83,7 +98,12 @@ def load_isp_model(path: str | Path) -> nn.Module:
     Raises:
         IsplabError: missing file, or not an isplab ISP model file.
     """
-    return load_model(path, "isp_config", lambda c: build_isp_model(c["arch"], c["num_maps_base"], metadata=bool(c.get("metadata", False)), **c["options"]), "ISP model")
+    return load_model(path, "isp_config", _rebuild, "ISP model")
+
+
+def _rebuild(config: dict) -> nn.Module:
+    return build_isp_model(config["arch"], config["num_maps_base"], metadata=bool(config.get("metadata", False)),
+                           prior=config.get("prior", "none"), **config["options"])
 
 
 def uses_metadata(model: nn.Module) -> bool:

@@ -14,8 +14,22 @@ and to the input of every encoder level. How the network's output ``y`` acts on 
   affine head can too (``g = 0``). The log-gain is bounded smoothly, ``g = 4 tanh(y_g / 4)``
   (gains from 1/55 to 55, i.e. +-5.8 EV), so that one bad step cannot blow the output up: with a
   hard clamp at +-12 a colorbalancergb proxy diverged after a few hundred steps.
+- ``"matrix"``: a per-pixel ``C x C`` colour matrix and offset, ``out = (I + L) x + b`` with ``L, b``
+  the ``C^2 + C`` output channels (HDRNet's local affine colour transforms). A block that is a
+  colour matrix (white balance after demosaic and the input profile) is then a constant ``L``.
+- ``"global"``: first a **global** colour transform that depends on the parameters alone, then the
+  ``"matrix"`` head's local one: ``z = exp(g) * ((I + D) x) + o`` with ``g`` (bounded like the
+  affine log-gain), ``D`` (``C x C``) and ``o`` from a small MLP of the unit parameters, and
+  ``out = (I + L) z + b`` with ``L, b`` from the U-Net. A block that is a global colour transform
+  whose coefficients are a function of the parameters (exposure, white balance) is represented
+  exactly by the MLP, the same for every image, so it generalises to images never seen; the
+  U-Net only has to learn what is left (``proxy train`` also scores ``z`` alone against the
+  target, weight ``global_weight``, so that the MLP explains all it can). Measured on darktable 4.2.1's renders (linear Rec.709
+  float export, ``benchmarks/proxy.py``): one least-squares gain per sample reproduces
+  ``exposure`` to 100 dB PSNR.
 
-The last layer is zero-initialised, so an untrained proxy is the identity.
+The last layer of the U-Net (and of the MLP) is zero-initialised, so an untrained proxy is the
+identity.
 
 Parameters enter **normalised to [0, 1]**: ``u = (value - low) / (high - low)`` over the ranges
 the model was built with (``ranges``); :meth:`ProxyUNet.to_unit` and :meth:`ProxyUNet.from_unit`
@@ -41,7 +55,10 @@ from isplab.models.checkpoint import load_model, save_model
 __all__ = ["PROXY_ARCHS", "PROXY_HEADS", "ProxyUNet", "build_proxy_model", "save_proxy_model", "load_proxy_model"]
 
 PROXY_ARCHS = ("unet",)
-PROXY_HEADS = ("affine", "add")
+PROXY_HEADS = ("affine", "add", "matrix", "global")
+#: Output channels of the U-Net per image channel ``C`` for each head.
+_HEAD_CHANNELS = {"affine": lambda c: 2 * c, "add": lambda c: c, "matrix": lambda c: c * c + c, "global": lambda c: c * c + c}
+MLP_WIDTH = 64  # hidden width of the "global" head's parameter MLP
 GAIN_BOUND = 4.0  # the affine head's log-gain bound (see the module docstring)
 CONFIG_KEY = "proxy_config"
 
@@ -63,7 +80,7 @@ class ProxyUNet(nn.Module):
         channels: image channels ``C`` (3 for RGB).
         width: channels of the first level.
         depth: down-sampling steps (``depth + 1`` levels, the deepest ``2^depth * width`` wide).
-        head: ``"affine"`` or ``"add"`` (see the module docstring).
+        head: ``"affine"``, ``"add"``, ``"matrix"`` or ``"global"`` (see the module docstring).
     """
 
     def __init__(
@@ -94,9 +111,17 @@ class ProxyUNet(nn.Module):
         for level in range(depth, 0, -1):
             self.ups.append(nn.ConvTranspose2d(widths[level], widths[level - 1], 2, stride=2))
             self.decoders.append(_block(2 * widths[level - 1], widths[level - 1]))
-        self.head = nn.Conv2d(widths[0], channels * (2 if head == "affine" else 1), 1)
+        self.head = nn.Conv2d(widths[0], _HEAD_CHANNELS[head](channels), 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        if head == "global":
+            c = channels
+            self.global_mlp = nn.Sequential(
+                nn.Linear(p, MLP_WIDTH), nn.LeakyReLU(0.2), nn.Linear(MLP_WIDTH, MLP_WIDTH), nn.LeakyReLU(0.2),
+                nn.Linear(MLP_WIDTH, c + c * c + c),
+            )  # fmt: skip
+            nn.init.zeros_(self.global_mlp[-1].weight)
+            nn.init.zeros_(self.global_mlp[-1].bias)
 
     @property
     def size_multiple(self) -> int:
@@ -110,8 +135,15 @@ class ProxyUNet(nn.Module):
         """Unit values ``(B, P)`` -> ``low + unit * (high - low)``."""
         return self.low + unit * (self.high - self.low)
 
-    def forward(self, x: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
-        """``x`` ``(B, C, H, W)``, ``unit`` ``(B, P)`` in [0, 1] -> ``(B, C, H, W)``."""
+    def forward(self, x: torch.Tensor, unit: torch.Tensor, *, with_global: bool = False):
+        """``x`` ``(B, C, H, W)``, ``unit`` ``(B, P)`` in [0, 1] -> ``(B, C, H, W)``.
+
+        ``with_global`` (``"global"`` head only): return ``(out, z)``, ``z`` the global part's
+        image, so that training can also score it on its own (what it cannot explain is left to
+        the U-Net, rather than split between the two arbitrarily).
+        """
+        if with_global and self.head_kind != "global":
+            raise IsplabError(f"with_global needs the 'global' head, this proxy's is {self.head_kind!r}")
         if x.ndim != 4 or x.shape[1] != self.channels:
             raise IsplabError(f"proxy expects images (B, {self.channels}, H, W), got {tuple(x.shape)}")
         if unit.ndim != 2 or unit.shape != (x.shape[0], self.n_params):
@@ -133,8 +165,28 @@ class ProxyUNet(nn.Module):
         y = self.head(y)[..., :h, :w]
         if self.head_kind == "add":
             return x + y
-        gain, offset = y.split(self.channels, dim=1)
-        return x * torch.exp(GAIN_BOUND * torch.tanh(gain / GAIN_BOUND)) + offset
+        if self.head_kind == "affine":
+            gain, offset = y.split(self.channels, dim=1)
+            return x * torch.exp(GAIN_BOUND * torch.tanh(gain / GAIN_BOUND)) + offset
+        z = self.global_transform(x, unit) if self.head_kind == "global" else x
+        out = z + _apply_matrix(y, z)
+        return (out, z) if with_global else out
+
+    def global_transform(self, x: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+        """The ``"global"`` head's image-independent part: ``exp(g) * ((I + D) x) + o`` with
+        ``(g, D, o)`` from the MLP of ``unit`` (see the module docstring)."""
+        c = self.channels
+        gain, matrix, offset = self.global_mlp(unit.to(x.dtype)).split([c, c * c, c], dim=1)
+        gain = torch.exp(GAIN_BOUND * torch.tanh(gain / GAIN_BOUND))
+        z = x + torch.einsum("bij,bjhw->bihw", matrix.view(-1, c, c), x)
+        return gain[:, :, None, None] * z + offset[:, :, None, None]
+
+
+def _apply_matrix(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``L x + b`` per pixel, with ``y`` ``(B, C^2 + C, H, W)`` holding ``L`` (row-major) then ``b``."""
+    c = x.shape[1]
+    matrix, offset = y.split([c * c, c], dim=1)
+    return torch.einsum("bijhw,bjhw->bihw", matrix.view(x.shape[0], c, c, *x.shape[-2:]), x) + offset
 
 
 def build_proxy_model(

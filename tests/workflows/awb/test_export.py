@@ -110,3 +110,23 @@ def test_tuning_checks_the_model_against_the_target(vc4, monkeypatch, capsys):
     block = next(a["rpi.nn.awb"] for a in tuned["algorithms"] if "rpi.nn.awb" in a)
     assert block["model"] == str((vc4 / "vc4.tflite").resolve())
     assert block["ccm"] == [1.5, -0.3, -0.2, -0.2, 1.4, -0.2, 0, -0.5, 1.5]
+
+
+def test_flip_average_and_calibration_travel_inside_the_tflite(tmp_path):
+    from isplab.models.awb import calibrated
+
+    torch.manual_seed(0)
+    net = build_awb_model("vc4", "small", width=4, hidden=8).eval()
+    model = calibrated(net, flip=True, scale=0.7, offset=60.0).eval()
+    result = export_awb(model, "vc4", tmp_path / "tta.tflite", random_checks=50)
+    assert result.max_mired_difference < 1.0
+    images, lux = _statistics(8)
+    tflite = predict(tmp_path / "tta.tflite", images, lux)
+    net_kelvin = predict(net, images, lux)
+    mirrored = predict(net, images[:, :, ::-1].copy(), lux)
+    expected = 60.0 + 0.7 * (1e6 / net_kelvin + 1e6 / mirrored) / 2  # mireds
+    assert np.abs(1e6 / tflite - expected).max() < 1.0
+    assert np.abs(1e6 / tflite - 1e6 / net_kelvin).max() > 10  # the file is not the bare network
+    # The saved model exports the same file's numbers.
+    save_awb_model(model, tmp_path / "tta.pt")
+    np.testing.assert_allclose(predict(tmp_path / "tta.pt", images, lux), predict(model, images, lux), rtol=1e-6)

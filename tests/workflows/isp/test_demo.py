@@ -20,6 +20,10 @@ def test_the_shipped_model_is_small_and_documented():
     assert {"command", "iterations", "data", "seed", "heldout"} <= info.keys()
     # the documented held-out scores: colours clearly better than the classical pipeline without metadata
     assert info["heldout"]["model"]["delta_e2000"] < info["heldout"]["greyworld"]["delta_e2000"] - 2
+    # and it beats the classical pipeline that has the same metadata (the oracle) on these noisy raws
+    assert model.isp_config.get("prior") == info["prior"] == "classical"
+    for metric, better in (("psnr_mean", 1), ("ssim", 1), ("delta_e2000", -1)):
+        assert better * (info["heldout"]["model"][metric] - info["heldout"]["oracle"][metric]) > 0, metric
 
 
 @pytest.mark.slow
@@ -51,8 +55,10 @@ def test_the_shipped_models_recorded_heldout_scores_are_reproduced(tmp_path: Pat
         pytest.skip(f"the scores were recorded on {recorded} held-out raws; this environment makes {2 * len(heldout_photos())}")
     model = load_isp_model(demo.SHIPPED_MODEL)
     source = source_for(model, open_pairs(heldout_set(tmp_path / "heldout"), "test"))
-    result = test_isp(model, source, baselines=("greyworld",))
+    result = test_isp(model, source, baselines=("greyworld", "oracle"))
     assert result.images == recorded
     assert result.delta_e2000 == pytest.approx(info["heldout"]["model"]["delta_e2000"], abs=0.02)
     assert result.psnr_mean == pytest.approx(info["heldout"]["model"]["psnr_mean"], abs=0.02)
-    assert result.baselines["greyworld"]["delta_e2000"] == pytest.approx(info["heldout"]["greyworld"]["delta_e2000"], abs=0.02)
+    for name in ("greyworld", "oracle"):
+        for metric in ("delta_e2000", "psnr_mean"):
+            assert result.baselines[name][metric] == pytest.approx(info["heldout"][name][metric], abs=0.02), (name, metric)

@@ -31,23 +31,29 @@ WARM_NEUTRAL = np.array([0.92, 1.0, 0.31])
 
 def test_a_grey_patch_under_a_known_illuminant_becomes_neutral():
     ccm = camera_to_srgb_matrix(xyz_to_camera(CAMERA))
-    transform = colour_transform(1 / WARM_NEUTRAL, ccm)
-    # A flat grey quad: each plane is the grey level times the camera's response to the illuminant.
-    grey = torch.tensor([0.3 * WARM_NEUTRAL[0], 0.3, 0.3, 0.3 * WARM_NEUTRAL[2]], dtype=torch.float32)
-    out = apply_colour(grey.reshape(4, 1, 1).expand(4, 2, 3), transform)
-    np.testing.assert_allclose(out.numpy(), 0.3, rtol=1e-5)
-    # A coloured quad: R and B take M's rows with the mean green, each green plane its own green.
-    r, gr, gb, b = 0.5, 0.2, 0.24, 0.1
-    planes = torch.tensor([r, gr, gb, b]).reshape(4, 1, 1)
-    m, gains = ccm.numpy(), 1 / WARM_NEUTRAL
-    wb = lambda g: np.array([gains[0] * r, g, gains[2] * b])  # noqa: E731
-    expected = [(m @ wb((gr + gb) / 2))[0], (m @ wb(gr))[1], (m @ wb(gb))[1], (m @ wb((gr + gb) / 2))[2]]
-    np.testing.assert_allclose(apply_colour(planes, transform)[:, 0, 0].numpy(), expected, rtol=1e-5)
+    transform = colour_transform(1 / WARM_NEUTRAL, ccm, exposure_gain=2.0)
+    np.testing.assert_allclose(transform.numpy(), 2.0 * ccm.numpy() / WARM_NEUTRAL[None, :], rtol=1e-6)
+    # A flat grey card in a GRBG raw: each site is the grey level times the camera's response there.
+    mosaic = torch.empty(8, 12)
+    mosaic[0::2, 0::2], mosaic[0::2, 1::2] = 0.3, 0.3 * WARM_NEUTRAL[0]  # G R
+    mosaic[1::2, 0::2], mosaic[1::2, 1::2] = 0.3 * WARM_NEUTRAL[2], 0.3  # B G
+    np.testing.assert_allclose(apply_colour(mosaic, "GRBG", transform).numpy(), 0.6, rtol=1e-5)  # neutral, exposed x2
+    # A coloured card: each packed plane holds the corrected colour at its own site of an RGGB layout.
+    colour = np.array([0.5, 0.2, 0.1])  # camera RGB
+    mosaic[0::2, 0::2], mosaic[0::2, 1::2] = colour[1], colour[0]
+    mosaic[1::2, 0::2], mosaic[1::2, 1::2] = colour[2], colour[1]
+    corrected = transform.double().numpy() @ colour
+    planes = apply_colour(mosaic[None], "GRBG", transform)[0]
+    assert planes.shape == (4, 4, 6)
+    np.testing.assert_allclose(planes[:, 1:-1, 1:-1].mean(dim=(1, 2)).numpy(),
+                               [corrected[0], corrected[1], corrected[1], corrected[2]], rtol=1e-4)
     with pytest.raises(IsplabError, match=r"expected \(3,\) white-balance gains and a \(3, 3\) colour matrix"):
         colour_transform([1, 2], ccm)
+    with pytest.raises(IsplabError, match="exposure_gain must be a positive number"):
+        colour_transform(1 / WARM_NEUTRAL, ccm, exposure_gain=0.0)
 
 
-def grey_dng(path: Path, level: float = 0.25) -> Path:
+def grey_dng(path: Path, level: float = 0.25, exposure: float = 0.0) -> Path:
     """A flat grey card shot under WARM_NEUTRAL by CAMERA, as a DNG with that metadata."""
     black, white = 512, 16383
     mosaic = np.empty((32, 48))
@@ -55,7 +61,7 @@ def grey_dng(path: Path, level: float = 0.25) -> Path:
     mosaic[1::2, 0::2], mosaic[1::2, 1::2] = level, level * WARM_NEUTRAL[2]
     raw = RawImage(mosaic=np.round(black + mosaic * (white - black)).astype(np.uint16), cfa_pattern="RGGB",
                    black_level=[black] * 4, white_level=white, as_shot_neutral=WARM_NEUTRAL,
-                   color_matrix=xyz_to_camera(CAMERA))
+                   color_matrix=xyz_to_camera(CAMERA), baseline_exposure=exposure)
     return write_dng(path, raw)
 
 
@@ -65,6 +71,9 @@ def test_metadata_input_of_a_dng_is_neutral_for_a_grey_card(tmp_path: Path):
     aware = load_packed(path, metadata=True)
     assert blind[3].mean() == pytest.approx(0.25 * WARM_NEUTRAL[2], abs=1e-3)  # blue is dim in the raw
     np.testing.assert_allclose(aware.numpy(), 0.25, atol=1e-3)  # and equal to the others after colour correction
+    exposed = grey_dng(tmp_path / "exposed.dng", exposure=-1.0)  # BaselineExposure -1 EV: half as bright
+    np.testing.assert_allclose(load_packed(exposed, metadata=True).numpy(), 0.125, atol=1e-3)
+    torch.testing.assert_close(load_packed(exposed), blind)  # blind input ignores the metadata
 
 
 def test_metadata_is_refused_for_raws_without_metadata(tmp_path: Path):
@@ -155,3 +164,28 @@ def test_precision_is_checked_and_passed_to_the_trainer(tmp_path: Path):
     saved = json.loads((tmp_path / "m/config.json").read_text())
     assert saved["precision"] == "bf16-mixed" and saved["channels_last"] is True
     assert load_isp_model(tmp_path / "m/model.pt").isp_config["arch"] == "lfnet"
+
+
+def test_a_prior_model_trains_from_the_cli_and_is_refused_for_challenge_raws(tmp_path: Path):
+    """`isp train --prior classical` records the prior; the loaded model starts from the classical render."""
+    synthesize_dataset(tmp_path / "syn/train", 2, size=(64, 64), progress=False, sources=("deadleaves",),
+                       camera_split="train")
+    synthesize_dataset(tmp_path / "syn/val", 1, seed=1, size=(64, 64), progress=False, sources=("deadleaves",),
+                       camera_split="val")
+    result = CliRunner().invoke(app, ["isp", "train", str(tmp_path / "syn"), str(tmp_path / "m"), "--arch", "lfnet",
+                                      "--num-maps-base", "4", "--patch", "32", "--batch-size", "2", "--iters", "2",
+                                      "--eval-every", "2", "--train-size", "2", "--metadata", "--prior", "classical",
+                                      "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    model = load_isp_model(tmp_path / "m/model.pt")
+    assert model.isp_config["prior"] == "classical" and uses_metadata(model)
+    assert (tmp_path / "m/config.json").read_text().count('"prior": "classical"') == 1
+
+    write_challenge_folder(tmp_path / "mai", "mediatek_raw", "fujifilm", {"train": 2, "val": 1})
+    config = ISPTrainConfig(arch="lfnet", num_maps_base=4, patch=32, batch_size=2, iters=1, eval_every=1,
+                            patches_per_epoch=2, prior="classical", device="cpu")
+    with pytest.raises(IsplabError, match=r"--prior classical renders packed R, Gr, Gb, B planes of DNG raws; .* mai raws"):
+        train_isp(tmp_path / "mai", tmp_path / "m2", config, progress=False)
+    with pytest.raises(IsplabError, match="unknown prior 'smart'"):
+        train_isp(tmp_path / "syn", tmp_path / "m3", ISPTrainConfig(prior="smart"), progress=False)
+    assert not (tmp_path / "m2" / "model.pt").exists()

@@ -38,12 +38,13 @@ from isplab.workflows.proxy.xmp import read_history
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "proxy.md"
 
 
-def _proxy(path: Path, block: str, params: dict[str, tuple[float, float]], *, backend: str = "builtin", bias: float = 0.0) -> Path:
+def _proxy(path: Path, block: str, params: dict[str, tuple[float, float]], *, backend: str = "builtin", bias: float = 0.0,
+           head: str = "affine") -> Path:
     """A tiny untrained proxy of ``block``: output = input + ``bias`` (the head's weights start at
-    zero; its last three outputs are the offsets, whether the head is additive or affine)."""
+    zero; its last three outputs are the offsets, whatever the head)."""
     fixed = {p.name: p.default for p in get_block(block).params if p.name not in params}
     meta = {"block": block, "params": list(params), "fixed": fixed, "backend": backend, "before_demosaic": block == "temperature"}
-    model = build_proxy_model(list(params.values()), width=4, depth=1, meta=meta)
+    model = build_proxy_model(list(params.values()), width=4, depth=1, meta=meta, head=head)
     with torch.no_grad():
         model.head.bias.zero_()
         model.head.bias[-3:] = bias
@@ -255,6 +256,20 @@ def test_eval_builtin_chain_matches_direct_computation(tmp_path, raw, models):
     # output safety: a second run is refused, --overwrite replaces
     again = CliRunner().invoke(app, ["proxy", "pipeline", "eval", str(path), "-o", str(out), "--settings", "2", "--device", "cpu"])
     assert again.exit_code == 1 and "already holds" in str(again.exception)
+
+
+def test_eval_chain_of_global_and_matrix_heads(tmp_path, raw):
+    """Proxies with the ``global`` and ``matrix`` heads chain like the others: each adds its bias."""
+    _proxy(tmp_path / "models" / "exposure.pt", "exposure", {"exposure": (-2.0, 2.0)}, bias=0.02, head="global")
+    _proxy(tmp_path / "models" / "cbrgb.pt", "colorbalancergb", {"contrast": (-0.5, 0.5), "chroma_global": (-0.5, 0.5)}, bias=-0.005, head="matrix")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["proxy", "pipeline", "eval", str(_config(tmp_path, raw, TWO)), "-o", str(out), "--settings", "2", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    x, _ = builtin.develop(raw, None)
+    for s in json.loads((out / "pipeline_eval.json").read_text())["settings"]:
+        v = s["values"]
+        truth = builtin.colorbalancergb(builtin.exposure(x, v["exposure.exposure"]), v["colorbalancergb.contrast"], v["colorbalancergb.chroma_global"])
+        assert s["psnr"] == pytest.approx(float(psnr(x + 0.02 - 0.005, truth)), abs=1e-3)
 
 
 def test_eval_temperature_chain_starts_without_white_balance(tmp_path, raw):

@@ -52,6 +52,26 @@ def test_regression_recovers_what_the_proxy_rendered(builtin_setup):
     assert all(not p.requires_grad for p in model.parameters())  # frozen
 
 
+@pytest.mark.parametrize("head", ["global", "matrix"])
+def test_regression_through_the_new_heads(head):
+    """Self-consistency through an untrained-but-perturbed proxy with the ``global``/``matrix``
+    head: the parameter gets gradients through the MLP and the U-Net, and is recovered."""
+    from isplab.models.proxy import build_proxy_model
+
+    torch.manual_seed(0)
+    model = build_proxy_model([(-2.0, 2.0)], width=4, depth=1, head=head).eval()
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.05)
+        if head == "global":
+            model.global_mlp[-1].weight.normal_(0, 0.3)
+    x = torch.rand(1, 3, 24, 32)
+    for truth in (0.25, 0.7):
+        with torch.no_grad():
+            target = model(x, torch.tensor([[truth]]))
+        _, u = regress_params(model, x, target, iters=150, seed=2)
+        assert abs(float(u) - truth) < 0.02, (head, float(u), truth)
+
+
 @pytest.mark.slow
 def test_regress_builtin_end_to_end(builtin_setup, tmp_path):
     data, model_path = builtin_setup

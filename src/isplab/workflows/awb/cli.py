@@ -64,6 +64,16 @@ _TRAINING_OPTIONS: dict[str, tuple[Any, Any]] = {
         Annotated[float, typer.Option("--relight", help="Re-lighting augmentation half-width in mireds (0: off).")],
         _DEFAULTS.relight,
     ),
+    "flip_average": (
+        Annotated[bool, typer.Option("--flip-average/--no-flip-average",
+                                     help="Average the prediction with that of the mirrored statistics (inside the exported model).")],
+        _DEFAULTS.flip_average,
+    ),
+    "calibrate": (
+        Annotated[bool, typer.Option("--calibrate/--no-calibrate",
+                                     help="End the model with an affine mired calibration fitted on its training images (exported with it).")],
+        _DEFAULTS.calibrate,
+    ),
     "early_stopping": (
         Annotated[int, typer.Option("--early-stopping", help="Stop after this many epochs without improvement (0: never).")],
         _DEFAULTS.patience or 0,
@@ -133,6 +143,8 @@ def _options_config(values: dict[str, Any]) -> TrainConfig:
         ensemble=values["ensemble"],
         loss=values["loss"],
         relight=values["relight"],
+        flip_average=values["flip_average"],
+        calibrate=values["calibrate"],
         patience=values["early_stopping"] or None,
         tuning_dir=str(values["tuning_dir"]) if values["tuning_dir"] else None,
         seed=values["seed"],

@@ -41,6 +41,10 @@ class TrainConfig:
         rotation: maximum rotation as a fraction of a full turn (Keras ``RandomRotation``).
         zoom: maximum relative zoom in or out.
         relight: half-width in mireds of the re-lighting shift (0: off); labels stay in 2800..7600 K.
+        flip_average: the trained model averages its prediction with that of the mirrored statistics
+            (:class:`isplab.models.awb.CalibratedAWB`, exported with the model).
+        calibrate: the trained model ends with an affine map of its mireds fitted by least squares
+            on its own training images (:func:`isplab.models.awb.fit_calibration`), exported with it.
         tuning_dir: extra folder searched for the sensors' tuning files (re-lighting).
         seed: seed of initialisation and augmentation (whose random numbers are drawn from
             ``(seed, epoch, rank)``).
@@ -66,6 +70,8 @@ class TrainConfig:
     rotation: float = 0.0
     zoom: float = 0.0
     relight: float = 0.0
+    flip_average: bool = False
+    calibrate: bool = False
     tuning_dir: str | None = None
     seed: int = 0
     device: str = "auto"

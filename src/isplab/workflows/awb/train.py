@@ -52,7 +52,7 @@ from isplab.engine import (
     resolve_checkpoint,
 )
 from isplab.errors import IsplabError
-from isplab.models.awb import member_mireds
+from isplab.models.awb import base_net, calibrated, fit_calibration, member_mireds
 from isplab.workflows.awb.config import LOSSES, TrainConfig, reference_config
 from isplab.workflows.awb.constants import TEMPERATURE_RANGE
 from isplab.workflows.awb.dataset import AWBDataset
@@ -60,7 +60,7 @@ from isplab.workflows.awb.model import build_awb_model, load_awb_model
 
 __all__ = [
     "AWBModule", "RUN_FILES", "RelightTables", "TrainConfig", "geometric_augment",
-    "reference_config", "relight", "relight_tables", "train_model",
+    "reference_config", "relight", "relight_tables", "add_test_time", "train_model",
 ]
 
 #: Mired grid on which each sensor's CT curve is tabulated for re-lighting.
@@ -415,7 +415,25 @@ def train_model(
         # Ctrl-C: last.ckpt stays at the last finished epoch (Lightning writes it at each epoch's end).
         fit_interruptible(trainer, module, loader, val_loader, resume=checkpoint, total=config.epochs, unit="epoch",
                           log_file=run_dir / "log.txt")
-    return module.model.cpu().eval()
+    return add_test_time(module.model.cpu().eval(), dataset, config)
+
+
+def add_test_time(model: nn.Module, dataset: AWBDataset, config: TrainConfig) -> nn.Module:
+    """``model`` with ``config``'s test-time flip averaging and calibration (:class:`CalibratedAWB`),
+    the calibration fitted on ``dataset`` (the training images, each once, unaugmented);
+    ``model`` itself when the config asks for neither."""
+    if not (config.flip_average or config.calibrate):
+        return model
+    from isplab.workflows.awb.predict import predict
+
+    wrapped = calibrated(model, flip=config.flip_average).eval()
+    if config.calibrate:
+        low, high = TEMPERATURE_RANGE
+        predicted = 1e6 / predict(wrapped, dataset.images, dataset.lux)
+        scale, offset = fit_calibration(predicted, 1e6 / np.clip(dataset.true_temp.astype(np.float64), low, high))
+        wrapped.scale.fill_(scale)
+        wrapped.offset.fill_(offset)
+    return wrapped
 
 
 def _check_same_model(checkpoint: Path, model: nn.Module) -> None:
@@ -436,6 +454,7 @@ def _initial_model(target: str, config: TrainConfig, input_model: nn.Module | st
     if input_model is None:
         return build_awb_model(target, config.arch, ensemble=config.ensemble, **config.arch_options)
     model = copy.deepcopy(input_model) if isinstance(input_model, nn.Module) else load_awb_model(input_model)
+    model = base_net(model)  # training continues the network; test-time parts are redone from the config
     model_target = getattr(model, "awb_config", {}).get("target")
     if model_target != target:
         raise IsplabError(f"input model is for target {model_target!r} but the dataset is {target!r}")

@@ -99,7 +99,7 @@ def section(
                                       float(raw.white_level), raw.cfa_pattern)
         gains = gains_from_neutral(torch.tensor(raw.as_shot_neutral, dtype=torch.float32, device=device))[None]
         ccm = camera_to_srgb_matrix(torch.tensor(raw.color_matrix, dtype=torch.float32, device=device))[None]
-        brightness = float(sample["brightness_gain"])  # not in the DNG: taken from the manifest
+        brightness = raw.exposure_gain  # the DNG's BaselineExposure, 2 ** EV
         rendered = render(normalised, raw.cfa_pattern, gains * brightness, ccm)
         linear_view = render(normalised, raw.cfa_pattern, gains, ccm, tone=False)
 

@@ -17,13 +17,15 @@ Packings (:data:`PACKINGS`) turn a raw mosaic into the network's ``(4, H/2, W/2)
   :func:`isplab.isp.bayer.pack` into the canonical R, Gr, Gb, B order.
 
 Metadata-aware input (``metadata=True``, ``isplab isp train --metadata``): the raw's as-shot white
-balance and colour matrix are applied to the packed planes *before* the network
-(:func:`colour_transform`), so the network sees white-balanced linear sRGB planes and learns
-demosaicking, denoising and tone, not the camera's colour. This rather than extra constant
-conditioning channels: the colour step is then exact by construction (a neutral patch becomes
-equal planes whatever the camera and illuminant), the architectures and their exports keep their
-4-plane input, and a network cannot misread 12 conditioning numbers it saw for only a few dozen
-cameras. Only raws with metadata (the ``dng`` packing) allow it; MAI/Zurich PNG raws carry none.
+balance, colour matrix and exposure (DNG BaselineExposure) are applied *before* the network
+(:func:`raw_colour_transform`, :func:`apply_colour`: Malvar demosaic, the 3x3 transform per
+pixel, re-sampled on an RGGB mosaic and packed), so the network sees white-balanced, exposed
+linear sRGB planes, the linear image the ``oracle`` baseline renders, and learns demosaicking,
+denoising and tone, not the camera's colour or the photo's brightness. This rather than extra
+constant conditioning channels: the colour step is then exact by construction (a neutral patch
+becomes equal planes whatever the camera and illuminant), the architectures and their exports
+keep their 4-plane input, and a network cannot misread 12 conditioning numbers it saw for only a
+few dozen cameras. Only raws with metadata (the ``dng`` packing) allow it; MAI/Zurich PNG raws carry none.
 
 Decoded raws can be cached in memory (``cache_mb``, :meth:`PairSource.preload`): each pair is read
 and normalised once, then patches are cut from memory.
@@ -177,33 +179,26 @@ def pack_mosaic(mosaic: torch.Tensor, pattern: str, packing: str) -> torch.Tenso
     return bayer.pack(mosaic, pattern)
 
 
-def colour_transform(wb_gains, camera_to_srgb) -> torch.Tensor:
-    """The ``(4, 4)`` map from packed R, Gr, Gb, B planes to white-balanced, colour-corrected ones.
+def colour_transform(wb_gains, camera_to_srgb, exposure_gain: float = 1.0) -> torch.Tensor:
+    """The ``(3, 3)`` map from camera RGB to white-balanced, colour-corrected, exposed linear sRGB.
 
-    With white-balance gains ``g = (gR, 1, gB)`` and the camera -> linear sRGB matrix ``M``
-    (applied after white balance, :func:`isplab.isp.color.camera_to_srgb_matrix`), each 2x2 quad's
-    camera colour ``(gR R, G, gB B)`` becomes ``M @ colour``: the red and blue planes take ``M``'s
-    first and last rows with the mean of the two greens, each green plane takes ``M``'s middle row
-    with its own green (so the Gr/Gb detail survives). A neutral quad (camera response
-    proportional to the as-shot neutral ``1 / g``) becomes four equal values, since ``M``'s rows
-    sum to 1. float32.
+    ``exposure_gain * M @ diag(g)`` with the white-balance gains ``g = (gR, 1, gB)`` (normalised to
+    G = 1) and the camera -> linear sRGB matrix ``M`` (applied after white balance,
+    :func:`isplab.isp.color.camera_to_srgb_matrix`). A neutral (camera response proportional to
+    the as-shot neutral ``1 / g``) becomes equal R, G, B, since ``M``'s rows sum to 1. float32.
     """
     g = torch.as_tensor(np.asarray(wb_gains, dtype=np.float64))
     m = torch.as_tensor(np.asarray(camera_to_srgb, dtype=np.float64))
     if g.shape != (3,) or m.shape != (3, 3):
         raise IsplabError(f"expected (3,) white-balance gains and a (3, 3) colour matrix, got {tuple(g.shape)} and {tuple(m.shape)}")
-    g = g / g[1]
-    rows = [
-        [m[0, 0] * g[0], m[0, 1] / 2, m[0, 1] / 2, m[0, 2] * g[2]],
-        [m[1, 0] * g[0], m[1, 1], 0.0, m[1, 2] * g[2]],
-        [m[1, 0] * g[0], 0.0, m[1, 1], m[1, 2] * g[2]],
-        [m[2, 0] * g[0], m[2, 1] / 2, m[2, 1] / 2, m[2, 2] * g[2]],
-    ]
-    return torch.tensor([[float(v) for v in row] for row in rows], dtype=torch.float32)
+    if not (np.isfinite(exposure_gain) and exposure_gain > 0):
+        raise IsplabError(f"exposure_gain must be a positive number, got {exposure_gain!r}")
+    return (m * (g / g[1])[None, :] * float(exposure_gain)).float()
 
 
 def raw_colour_transform(path: str | Path) -> torch.Tensor:
-    """:func:`colour_transform` from a raw file's as-shot neutral and colour matrix.
+    """:func:`colour_transform` from a raw file's as-shot neutral, colour matrix and exposure
+    ``2 ** BaselineExposure`` (:attr:`isplab.io.raw.RawImage.exposure_gain`).
 
     Raises:
         IsplabError: unreadable file, or a file without a colour matrix.
@@ -214,26 +209,46 @@ def raw_colour_transform(path: str | Path) -> torch.Tensor:
     frame = read_raw(path)
     if frame.color_matrix is None:
         raise IsplabError(f"{path}: no colour matrix in the file, expected a raw with metadata for a --metadata model")
-    return colour_transform(frame.wb_gains, camera_to_srgb_matrix(frame.color_matrix))
+    return colour_transform(frame.wb_gains, camera_to_srgb_matrix(frame.color_matrix), frame.exposure_gain)
 
 
-def apply_colour(packed: torch.Tensor, transform: torch.Tensor) -> torch.Tensor:
-    """Apply a :func:`colour_transform` to ``(..., 4, h, w)`` packed R, Gr, Gb, B planes."""
-    return torch.einsum("ij,...jhw->...ihw", transform.to(packed), packed)
+#: the CFA layout of metadata-aware input, whatever the sensor's (see :func:`apply_colour`)
+METADATA_PATTERN = "RGGB"
+
+
+def apply_colour(mosaic: torch.Tensor, pattern: str, transform: torch.Tensor) -> torch.Tensor:
+    """Metadata-aware input of a normalised ``(..., H, W)`` mosaic: ``(..., 4, H/2, W/2)``.
+
+    The mosaic is demosaicked (Malvar, as the ``oracle`` baseline renders), each pixel's camera RGB
+    mapped by ``transform`` (:func:`colour_transform`: white balance, colour matrix, exposure), and
+    the result sampled back on an RGGB mosaic (:data:`METADATA_PATTERN`) and packed R, Gr, Gb, B.
+    Every plane value is then the corrected colour at that plane's own sensor site (mixing the four
+    sites of a 2x2 quad instead would put the colour matrix's large off-diagonal terms on
+    misaligned samples: colour fringes at every edge), and the planes' layout is RGGB for any
+    sensor, as the classical prior (:mod:`isplab.models.isp_prior`) expects.
+    """
+    from isplab.isp.demosaic import demosaic
+
+    lead = mosaic.shape[:-2]
+    flat = mosaic.reshape(-1, 1, *mosaic.shape[-2:])
+    rgb = demosaic(flat, pattern, "malvar")
+    rgb = torch.einsum("ij,bjhw->bihw", transform.to(rgb), rgb)
+    planes = bayer.pack(bayer.mosaic(rgb, METADATA_PATTERN), METADATA_PATTERN)
+    return planes.reshape(*lead, *planes.shape[-3:])
 
 
 def model_input(mosaic: torch.Tensor, pattern: str, packing: str, transform: torch.Tensor | None = None) -> torch.Tensor:
-    """The network input of a normalised ``(..., H, W)`` mosaic: packed, then colour-corrected when
-    ``transform`` (:func:`raw_colour_transform`) is given, as metadata-aware models expect.
+    """The network input of a normalised ``(..., H, W)`` mosaic: packed, or colour-corrected
+    (:func:`apply_colour`) when ``transform`` (:func:`raw_colour_transform`) is given, as
+    metadata-aware models expect.
 
     Training patches, validation and test images and full-resolution inference all go through it.
     """
-    packed = pack_mosaic(mosaic, pattern, packing)
     if transform is None:
-        return packed
+        return pack_mosaic(mosaic, pattern, packing)
     if packing != "dng":
         raise IsplabError(f"metadata-aware input needs the 'dng' packing, got {packing!r}")
-    return apply_colour(packed, transform)
+    return apply_colour(mosaic, pattern, transform)
 
 
 def _target_array(path: Path) -> np.ndarray:

@@ -26,9 +26,12 @@ classically and are scored the same way:
 - ``libraw``: LibRaw through rawpy (AHD demosaicking, camera white balance, its own colour
   matrix, linear 16-bit sRGB output), then the same brightness, sRGB gamma and tone curve.
 
-A raw file carries no brightness gain; when the folder has the ``manifest.json`` of
-``isplab data synth``, each baseline uses the sample's ``brightness_gain`` from it (else 1), so
-the baselines differ from the target in colour, demosaicking and noise, not in exposure.
+Every baseline brightens by the raw's own exposure, ``2 ** BaselineExposure`` (the DNG tag, which
+``isplab data synth`` writes as ``log2`` of the sample's brightness gain; 0 EV when a file has
+none), so the baselines differ from the target in colour, demosaicking and noise, not in
+exposure, and they read nothing but the raw file: a metadata-aware model gets the same
+exposure (:func:`isplab.workflows.isp.data.raw_colour_transform`). Data folders written before
+isplab wrote the tag read as 0 EV: regenerate them.
 """
 
 from __future__ import annotations
@@ -200,7 +203,6 @@ def test_isp(
     pooled: list[float] = []
     colour_sum, colour_pixels = 0.0, 0
     baseline_sums = {name: {"psnr": 0.0, "ssim": 0.0, "delta_e2000": 0.0, "de_pixels": 0.0} for name in baselines}
-    brightness = manifest_brightness(source) if baselines else {}
     batch: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def close_batch() -> None:
@@ -226,7 +228,7 @@ def test_isp(
             "delta_e2000": float(colour_map.mean()),
         }
         for name in baselines:
-            rendered = baseline_render(name, source.raws[i], brightness.get(source.raws[i].name, 1.0))
+            rendered = baseline_render(name, source.raws[i])
             rendered = _crop_like(rendered, target)[None].to(device)
             sums = baseline_sums[name]
             de_map = delta_e2000(rendered, target, reduction="pixels")
@@ -293,27 +295,12 @@ def check_baselines(names, source: PairSource) -> tuple[str, ...]:
     return names
 
 
-def manifest_brightness(source: PairSource) -> dict[str, float]:
-    """``{raw file name: brightness_gain}`` from an ``isplab data synth`` manifest beside the raws (else empty)."""
-    import json
-
-    for folder in {raw.parent for raw in source.raws}:
-        path = folder / "manifest.json"
-        if path.is_file():
-            try:
-                samples = json.loads(path.read_text()).get("samples", [])
-                return {sample["file"]: float(sample["brightness_gain"]) for sample in samples}
-            except (ValueError, KeyError, TypeError, AttributeError):
-                raise IsplabError(f"{path}: not a valid isplab data synth manifest") from None
-    return {}
-
-
 def generic_xyz_to_camera() -> torch.Tensor:
-    """The mean XYZ -> camera matrix of the training cameras (:mod:`isplab.data.cameras`), float64."""
-    from isplab.data.cameras import camera_split, xyz_to_camera
+    """The mean XYZ -> camera matrix of the training cameras (:mod:`isplab.data.cameras`), float64;
+    the one the blind classical prior uses too (:func:`isplab.models.isp_prior.generic_xyz_to_camera`)."""
+    from isplab.models.isp_prior import generic_xyz_to_camera as generic
 
-    names = camera_split("train")
-    return torch.from_numpy(sum(xyz_to_camera(name) for name in names) / len(names))
+    return generic()
 
 
 def grey_world_gains(mosaic: torch.Tensor, pattern: str) -> torch.Tensor:
@@ -326,14 +313,24 @@ def grey_world_gains(mosaic: torch.Tensor, pattern: str) -> torch.Tensor:
     return torch.stack([green / means[0], torch.ones_like(green), green / means[3]])
 
 
-def baseline_render(name: str, path: str | Path, brightness: float = 1.0) -> torch.Tensor:
-    """The ``(3, H, W)`` sRGB of raw file ``path`` by baseline ``name`` (see the module docstring)."""
+def baseline_render(name: str, path: str | Path, brightness: float | None = None) -> torch.Tensor:
+    """The ``(3, H, W)`` sRGB of raw file ``path`` by baseline ``name`` (see the module docstring).
+
+    ``brightness``: the linear gain; ``None`` (the default) takes the file's own,
+    ``2 ** BaselineExposure`` (:attr:`isplab.io.raw.RawImage.exposure_gain`).
+    """
     from isplab.isp.color import camera_to_srgb_matrix
     from isplab.isp.gamma import linear_to_srgb
     from isplab.isp.pipeline import render
     from isplab.isp.tone import smoothstep_tone
+    from isplab.io.raw import read_raw
     from isplab.workflows.isp.data import read_mosaic
 
+    if name not in BASELINES:
+        raise IsplabError(f"unknown baseline {name!r}: expected one of {', '.join(BASELINES)}")
+    frame = read_raw(path)
+    if brightness is None:
+        brightness = frame.exposure_gain
     if name == "libraw":
         import rawpy
 
@@ -347,11 +344,8 @@ def baseline_render(name: str, path: str | Path, brightness: float = 1.0) -> tor
             raise IsplabError(f"{path}: LibRaw cannot render it ({error})") from None
         linear = torch.from_numpy(rgb.astype(np.float32) / 65535.0).permute(2, 0, 1)
         return smoothstep_tone(linear_to_srgb((linear * brightness).clamp(0, 1)))
-    from isplab.io.raw import read_raw
-
     mosaic, pattern = read_mosaic(path, "dng")
     if name == "oracle":
-        frame = read_raw(path)
         if frame.color_matrix is None:
             raise IsplabError(f"{path}: no colour matrix in the file, so no oracle rendering")
         gains = 1.0 / torch.as_tensor(frame.as_shot_neutral, dtype=torch.float64)

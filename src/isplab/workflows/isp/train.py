@@ -57,6 +57,7 @@ from isplab.engine import (
 from isplab.engine.trainer import LAST_CHECKPOINT, iteration_budget, resolve_accelerator
 from isplab.errors import IsplabError, check_at_least_one
 from isplab.models.isp import build_isp_model, save_isp_model
+from isplab.models.isp_prior import PRIORS
 from isplab.workflows.isp.data import FullImageDataset, PatchDataset, open_pairs
 
 #: ``precision`` values accepted (Lightning's names; ``None`` is 32-bit)
@@ -94,6 +95,9 @@ class ISPTrainConfig:
         cache_mb: keep up to this many MB of decoded training pairs in memory (0: decode every patch's image).
         precision: one of :data:`PRECISIONS` (``"bf16-mixed"``: bf16 autocast, for GPUs).
         channels_last: NHWC memory format for the network and its batches.
+        prior: ``"none"`` or ``"classical"``: the model is a classical render of its input plus the
+            network's correction, and starts equal to the render (:mod:`isplab.models.isp_prior`);
+            ``dng`` packing (RGGB sensors) only.
     """
 
     arch: str = "punet"
@@ -122,6 +126,7 @@ class ISPTrainConfig:
     cache_mb: float = 1024.0
     precision: str | None = None
     channels_last: bool = False
+    prior: str = "none"
 
 
 class VGGLoss(nn.Module):
@@ -303,7 +308,13 @@ def train_isp(
     checkpoint = run.checkpoint
     train_source = open_pairs(data_root, "train", metadata=config.metadata, cache_mb=config.cache_mb)
     val_source = open_pairs(data_root, val_split, metadata=config.metadata)
-    model = build_isp_model(config.arch, config.num_maps_base, metadata=config.metadata, **config.arch_options)
+    if config.prior != "none" and train_source.packing != "dng":
+        raise IsplabError(
+            f"--prior {config.prior} renders packed R, Gr, Gb, B planes of DNG raws; {train_source.root} holds "
+            f"{train_source.layout} raws packed {train_source.packing!r} (use --prior none)"
+        )
+    model = build_isp_model(config.arch, config.num_maps_base, metadata=config.metadata, prior=config.prior,
+                            **config.arch_options)
     if checkpoint is not None:
         _check_same_model(checkpoint, model)
     resolve_accelerator(config.device)  # an absent device is refused before anything is deleted
@@ -325,7 +336,8 @@ def train_isp(
         callbacks=[SaveOnInterrupt(model_dir / "checkpoints" / LAST_CHECKPOINT), *callbacks],
     )
     # Built after build_trainer seeded torch: the same seed gives the same initial weights.
-    model = build_isp_model(config.arch, config.num_maps_base, metadata=config.metadata, **config.arch_options)
+    model = build_isp_model(config.arch, config.num_maps_base, metadata=config.metadata, prior=config.prior,
+                            **config.arch_options)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     module = ISPModule(model, config, log_file=module_log)
@@ -356,6 +368,8 @@ def train_isp(
 
 def _check_config(config: ISPTrainConfig) -> None:
     check_at_least_one(config, ("iters", "eval_every", "batch_size", "patches_per_epoch"))
+    if config.prior not in PRIORS:
+        raise IsplabError(f"unknown prior {config.prior!r}: expected one of {', '.join(PRIORS)}")
     if config.patches_per_epoch < config.batch_size:
         raise IsplabError(
             f"patches_per_epoch ({config.patches_per_epoch}) must be at least batch_size ({config.batch_size})"

@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from isplab.cli_options import Device, Devices, NumNodes, Overwrite, Progress, Resume, Seed, Strategy, Workers, exit_interrupted, trainer_options
 
-app = typer.Typer(help="Neural proxies of darktable's processing blocks: datasets (generate), training (train), scores (test), slider regression (regress), sweeps (sweep), chains (pipeline).", no_args_is_help=True)
+app = typer.Typer(help="Neural proxies of darktable's processing blocks: datasets (generate, pack), training (train), scores (test), slider regression (regress), sweeps (sweep), chains (pipeline).", no_args_is_help=True)
 console = Console(stderr=True, soft_wrap=True)
 
 
@@ -86,12 +86,14 @@ def train_command(
     param: Annotated[list[str] | None, typer.Option("-p", "--param", help="The parameters the proxy takes (comma-separated or repeated); must be the dataset's varied ones. Default: those.", show_default=False)] = None,
     width: Annotated[int, typer.Option("--width", help="U-Net width: encoder channels width, 2 width, ... 2^depth width.")] = 32,
     depth: Annotated[int, typer.Option("--depth", help="Down-sampling steps of the U-Net.")] = 4,
-    head: Annotated[str, typer.Option("--head", help="How the U-Net acts on the input: affine (out = x exp(g) + b, per pixel) or add (out = x + y, the seed's).")] = "affine",
+    head: Annotated[str, typer.Option("--head", help="How the U-Net acts on the input: affine (out = x exp(g) + b, per pixel), add (out = x + y, the seed's), matrix (a 3x3 colour matrix + offset per pixel) or global (a colour transform from the parameters alone, then matrix).")] = "affine",
     iters: Annotated[int, typer.Option("--iters", help="Training iterations (the total, also when resuming).")] = 20_000,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Budget in epochs instead of --iters: epochs x (patches-per-epoch // batch-size) iterations.", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Patches per step and per device.")] = 8,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-4,
+    schedule: Annotated[str, typer.Option("--schedule", help="Learning rate: constant, or cosine (annealed to 0 over the iterations).")] = "constant",
     patch: Annotated[int, typer.Option("--patch", help="Square crop side in pixels.")] = 128,
+    global_weight: Annotated[float, typer.Option("--global-weight", help="--head global: weight of the loss of its global part alone (0: only the whole proxy's loss).")] = 1.0,
     patches_per_epoch: Annotated[int, typer.Option("--patches-per-epoch", help="Random crops per epoch (re-drawn each epoch).")] = 2000,
     eval_every: Annotated[int, typer.Option("--eval-every", help="Validate and checkpoint every this many iterations.")] = 1000,
     loss: Annotated[str | None, typer.Option("--loss", help="l1, mse or l1+grad (default: l1+grad for sharpen, l1 otherwise).", show_default=False)] = None,
@@ -115,7 +117,7 @@ def train_command(
         iters = max(1, epochs * (patches_per_epoch // max(1, batch_size)))
     config = ProxyTrainConfig(
         params=param, width=width, depth=depth, head=head, patch=patch, batch_size=batch_size, lr=lr, iters=iters,
-        eval_every=eval_every, patches_per_epoch=patches_per_epoch, loss=loss, holdout_params=holdout_params,
+        schedule=schedule, global_weight=global_weight, eval_every=eval_every, patches_per_epoch=patches_per_epoch, loss=loss, holdout_params=holdout_params,
         seed=seed, workers=workers, **options.as_kwargs(),
     )  # fmt: skip
     try:
@@ -123,6 +125,19 @@ def train_command(
     except TrainingInterrupted as stop:
         exit_interrupted(stop)
     console.print(f"model: {path}; report: {model_dir / 'report.html'}", highlight=False)
+
+
+@app.command("pack")
+def pack_command(
+    dataset: Annotated[Path, typer.Argument(metavar="DATASET", help="Dataset folder of isplab proxy generate.", show_default=False)],
+    output: Annotated[Path, typer.Argument(metavar="OUTPUT_DIR", help="Packed dataset folder (dataset.json, manifest, pack/*.npz).", show_default=False)],
+    shard_size: Annotated[int, typer.Option("--shard-size", help="Images per .npz shard.")] = 64,
+    overwrite: Overwrite = False,
+) -> None:
+    """Pack a dataset's images as float16 .npz shards (to carry it to a GPU machine); proxy train and test read it like the original."""
+    from isplab.workflows.proxy.pack import pack_dataset, packed_summary
+
+    console.print(packed_summary(pack_dataset(dataset, output, shard_size=shard_size, overwrite=overwrite)), highlight=False)
 
 
 @app.command("test")

@@ -14,6 +14,12 @@
 Images are float32 TIFFs ``(H, W, 3)``, linear Rec.709, unclipped. A sample's record (its JSON,
 and a row of the manifest) holds its parameters, image, split, backend, darktable version and
 render time. A sample is complete when its record exists: the record is written after the TIFF.
+
+A **packed** dataset (``isplab proxy pack``, :mod:`.pack`) holds the same ``dataset.json`` (with a
+``packed`` entry: dtype and an index from each image's relative path to its shard and key) and
+one ``manifest.json``/``manifest.csv``, and the images as float16 arrays in compressed ``.npz``
+shards under ``pack/`` instead of ``inputs/`` and ``outputs/``. :func:`load_dataset` and
+:meth:`ProxyDataset.read` read both kinds alike; the DNGs and XMPs are not packed.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
+import torch
 
 from isplab.errors import IsplabError
 
@@ -37,13 +46,14 @@ __all__ = [
     "write_manifest",
     "ProxyDataset",
     "load_dataset",
+    "read_tiff",
 ]
 
 FORMAT = "isplab-proxy-dataset"
 FORMAT_VERSION = 1
 DATASET_JSON = "dataset.json"
 #: Everything a dataset consists of in its folder (what --overwrite replaces).
-ENTRIES = ("dataset.json", "images", "inputs", "outputs", "xmp", ".work")
+ENTRIES = ("dataset.json", "images", "inputs", "outputs", "xmp", ".work", "pack")
 
 
 def sample_id(index: int) -> str:
@@ -111,6 +121,52 @@ class ProxyDataset:
     def path(self, relative: str) -> Path:
         return self.root / relative
 
+    @property
+    def packed(self) -> dict | None:
+        """The pack index (``dtype``, ``files``) of a packed dataset, else ``None``."""
+        return self.info.get("packed")
+
+    def read(self, relative: str) -> torch.Tensor:
+        """The image ``relative`` (a sample's ``input`` or ``output``) as float32 ``(3, H, W)``,
+        from its TIFF or, in a packed dataset, from its shard.
+
+        Raises:
+            IsplabError: a file that cannot be read or has another shape than ``(H, W, 3)``.
+        """
+        if self.packed is None:
+            return read_tiff(self.path(relative))
+        entry = self.packed["files"].get(relative)
+        if entry is None:
+            raise IsplabError(f"packed dataset {self.root} has no image {relative} in its index (dataset.json 'packed')")
+        shard = self.root / entry["shard"]
+        try:
+            with np.load(shard) as archive:
+                array = archive[entry["key"]]
+        except (OSError, KeyError, ValueError) as error:
+            raise IsplabError(f"cannot read {entry['key']} from {shard}: {error} (expected a proxy dataset pack shard)") from None
+        return _as_chw(array, f"{shard}:{entry['key']}")
+
+
+def _as_chw(array: np.ndarray, name: str) -> torch.Tensor:
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise IsplabError(f"{name} has shape {array.shape}: expected (H, W, 3) as proxy datasets hold")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1).contiguous()
+
+
+def read_tiff(path: Path) -> torch.Tensor:
+    """A float TIFF ``(H, W, 3)`` as float32 ``(3, H, W)``.
+
+    Raises:
+        IsplabError: unreadable, or another shape.
+    """
+    import tifffile
+
+    try:
+        array = tifffile.imread(path)
+    except Exception as error:
+        raise IsplabError(f"cannot read {path}: {error} (expected a float32 TIFF of a proxy dataset)") from None
+    return _as_chw(array, str(path))
+
 
 def load_dataset(folder: str | Path, *, check_files: bool = True) -> ProxyDataset:
     """Read a dataset: ``dataset.json`` and every manifest part (all shards), deduplicated by id.
@@ -144,7 +200,10 @@ def load_dataset(folder: str | Path, *, check_files: bool = True) -> ProxyDatase
             raise IsplabError(f"cannot read manifest {part}: {error!r} (expected an isplab proxy manifest)") from None
     for key in samples:
         failures.pop(key, None)  # a later run completed it
-    if check_files:
+    packed = info.get("packed")
+    if check_files and packed is not None:
+        _check_packed(root, packed, samples.values())
+    elif check_files:
         for record in samples.values():
             for key in ("input", "output"):
                 if not (root / record[key]).is_file():
@@ -153,3 +212,26 @@ def load_dataset(folder: str | Path, *, check_files: bool = True) -> ProxyDatase
                     )
     ordered = sorted(samples.values(), key=lambda r: r["index"])
     return ProxyDataset(root, info, ordered, sorted(failures.values(), key=lambda r: r["index"]))
+
+
+def _check_packed(root: Path, packed: dict, records) -> None:
+    """Every sample's images are in the pack index with the sample's size, and every shard exists."""
+    files = packed.get("files") if isinstance(packed, dict) else None
+    if not isinstance(files, dict):
+        raise IsplabError(f"{root / DATASET_JSON} has a 'packed' entry without a 'files' index: expected a packed proxy dataset")
+    for record in records:
+        for key in ("input", "output"):
+            entry = files.get(record[key])
+            if entry is None:
+                raise IsplabError(
+                    f"dataset {root}: the manifest lists {record[key]} (sample {record['id']}) but the pack does not hold it"
+                )
+            expected = [int(record["height"]), int(record["width"]), 3]
+            if list(entry.get("shape", [])) != expected:
+                raise IsplabError(
+                    f"dataset {root}: {record[key]} (sample {record['id']}) is packed as {entry.get('shape')} but the manifest "
+                    f"says {expected}: expected the same size"
+                )
+    for shard in sorted({e["shard"] for e in files.values()}):
+        if not (root / shard).is_file():
+            raise IsplabError(f"dataset {root}: pack shard {shard} does not exist")

@@ -300,9 +300,12 @@ def _prepare_folder(out: Path, settings: dict, overwrite: bool) -> bool:
     meta = out / DATASET_JSON
     if meta.is_file():
         try:
-            existing = json.loads(meta.read_text()).get("settings")
+            described = json.loads(meta.read_text())
+            existing = described.get("settings")
         except (ValueError, AttributeError):
-            existing = None
+            described, existing = None, None
+        if isinstance(described, dict) and described.get("packed") is not None and not overwrite:
+            raise IsplabError(f"{out} holds a packed dataset (isplab proxy pack): generate into the original folder, or pass --overwrite")
     same = existing == settings
     if same and not overwrite:
         prepare_output_dir(out, resume=True, what="dataset folder")

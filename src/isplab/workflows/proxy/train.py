@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,7 +48,7 @@ from isplab.data.epoch import EpochDataset
 from isplab.errors import IsplabError, check_at_least_one
 from isplab.models.proxy import PROXY_HEADS, build_proxy_model, save_proxy_model
 from isplab.workflows.proxy.blocks import get_block
-from isplab.workflows.proxy.dataset import ProxyDataset, load_dataset
+from isplab.workflows.proxy.dataset import ProxyDataset, load_dataset, read_tiff
 
 __all__ = [
     "LOSSES",
@@ -63,6 +64,7 @@ __all__ = [
 ]
 
 LOSSES = ("l1", "mse", "l1+grad")
+SCHEDULES = ("constant", "cosine")
 #: The loss of each block unless ``--loss`` says otherwise.
 DEFAULT_LOSS = {"sharpen": "l1+grad"}
 MONITOR = "val_psnr"
@@ -76,10 +78,16 @@ class ProxyTrainConfig:
     Attributes:
         params: the varied parameters, in channel order (``None``: the dataset's, in table order).
         width, depth: the U-Net (:func:`isplab.models.proxy.build_proxy_model`).
-        head: how the U-Net's output acts on the input: ``affine`` (per-pixel gain and offset) or
-            ``add`` (the seed's residual); see :mod:`isplab.models.proxy`.
+        head: how the U-Net's output acts on the input: ``affine`` (per-pixel gain and offset),
+            ``add`` (the seed's residual), ``matrix`` (per-pixel colour matrix and offset) or
+            ``global`` (a colour transform from the parameters alone, then ``matrix``); see
+            :mod:`isplab.models.proxy`.
         patch: square crop side in pixels (at most the images' smaller side).
         batch_size, lr, iters: Adam on ``iters`` steps (the total, also when resuming).
+        global_weight: ``global`` head: weight of the loss of its global part alone (added to the
+            loss of the whole proxy), so that the parameter MLP explains all it can.
+        schedule: ``constant`` learning rate, or ``cosine``: ``lr`` annealed to 0 over ``iters``
+            steps (per step; it settles the small, exact coefficients of the ``global`` head).
         eval_every: validate and checkpoint every this many steps.
         patches_per_epoch: crops drawn per epoch (re-drawn each epoch).
         loss: ``l1``, ``mse``, ``l1+grad`` or ``None`` (the block's default, :data:`DEFAULT_LOSS`).
@@ -97,6 +105,8 @@ class ProxyTrainConfig:
     batch_size: int = 8
     lr: float = 1e-4
     iters: int = 20_000
+    schedule: str = "constant"
+    global_weight: float = 1.0
     eval_every: int = 1000
     patches_per_epoch: int = 2000
     loss: str | None = None
@@ -126,15 +136,7 @@ def holdout_mask(units: np.ndarray, fraction: float) -> np.ndarray:
 
 
 def _read_tiff(path: Path) -> torch.Tensor:
-    import tifffile
-
-    try:
-        array = tifffile.imread(path)
-    except Exception as error:
-        raise IsplabError(f"cannot read {path}: {error} (expected a float32 TIFF of a proxy dataset)") from None
-    if array.ndim != 3 or array.shape[2] != 3:
-        raise IsplabError(f"{path} has shape {array.shape}: expected (H, W, 3) as proxy datasets hold")
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1).contiguous()
+    return read_tiff(path)
 
 
 class _Samples:
@@ -153,7 +155,7 @@ class _Samples:
 
     def image(self, relative: str) -> torch.Tensor:
         if relative not in self._cache:
-            self._cache[relative] = _read_tiff(self.data.path(relative))
+            self._cache[relative] = self.data.read(relative)
         return self._cache[relative]
 
     def get(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -215,6 +217,11 @@ class ProxyImageDataset(Dataset):
 # ----------------------------------------------------------------------------------------- module
 
 
+def cosine_factor(step: int, total: int) -> float:
+    """The ``cosine`` schedule's learning-rate factor at ``step`` of ``total``: 1 at the start, 0 at the end."""
+    return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+
 def _gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
 
@@ -243,7 +250,12 @@ class ProxyModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y, unit = batch
-        loss = proxy_loss(self.model(x, unit), y, self.loss_name, self.config.grad_weight)
+        if getattr(self.model, "head_kind", None) == "global" and self.config.global_weight > 0:
+            pred, z = self.model(x, unit, with_global=True)
+            loss = proxy_loss(pred, y, self.loss_name, self.config.grad_weight)
+            loss = loss + self.config.global_weight * proxy_loss(z, y, self.loss_name, self.config.grad_weight)
+        else:
+            loss = proxy_loss(self.model(x, unit), y, self.loss_name, self.config.grad_weight)
         self.log("train_loss", loss, prog_bar=True, sync_dist=True)
         return loss
 
@@ -262,7 +274,12 @@ class ProxyModule(L.LightningModule):
             handle.write(f"step {self.global_step}: {values}\n")
 
     def configure_optimizers(self) -> dict[str, Any]:
-        return configure_optimizer(self.model.parameters(), lr=self.config.lr)
+        result = configure_optimizer(self.model.parameters(), lr=self.config.lr)
+        if self.config.schedule == "cosine":
+            total = max(1, self.config.iters)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(result["optimizer"], lambda step: cosine_factor(step, total))
+            result["lr_scheduler"] = {"scheduler": scheduler, "interval": "step"}
+        return result
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["proxy_config"] = getattr(self.model, "proxy_config", None)
@@ -438,6 +455,10 @@ def _check_config(config: ProxyTrainConfig) -> None:
     check_at_least_one(config, ("iters", "eval_every", "batch_size", "patches_per_epoch", "width", "patch", "val_max"))
     if config.head not in PROXY_HEADS:
         raise IsplabError(f"unknown proxy head {config.head!r}: expected one of {', '.join(PROXY_HEADS)}")
+    if config.global_weight < 0:
+        raise IsplabError(f"global_weight must be >= 0, got {config.global_weight}")
+    if config.schedule not in SCHEDULES:
+        raise IsplabError(f"unknown learning-rate schedule {config.schedule!r}: expected one of {', '.join(SCHEDULES)}")
     if config.loss is not None and config.loss not in LOSSES:
         raise IsplabError(f"unknown loss {config.loss!r}: expected one of {', '.join(LOSSES)}")
     if not 0 <= config.holdout_params < 1:
