@@ -75,6 +75,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--fidelity", action="store_true", help="proxy fidelity and regression per block")
     parser.add_argument("--speed", action="store_true", help="renderer time vs proxy forward time")
+    parser.add_argument("--ceiling", type=Path, nargs="+", metavar="DATASET",
+                        help="PSNR of exact global colour models fitted per sample (least squares) on these datasets")
+    parser.add_argument("--ceiling-samples", type=int, default=60)
     parser.add_argument("--blocks", nargs="+", default=["exposure", "colorbalancergb", "sharpen", "hazeremoval", "lowpass", "temperature"])
     parser.add_argument("--fid-count", type=int, default=400)
     parser.add_argument("--fid-images", type=int, default=16)
@@ -88,6 +91,9 @@ def main() -> None:
     parser.add_argument("--fid-dir", type=Path, help="keep each block's dataset and run here (BLOCK-data, BLOCK-run); an existing "
                         "dataset generated with the same settings is reused (default: a temporary folder)")
     parser.add_argument("--fid-lr", type=float, default=1e-3)
+    parser.add_argument("--fid-reuse", action="store_true", help="with --fid-dir: score the proxy already trained there "
+                        "(BLOCK-run/model.pt) instead of training again")
+    parser.add_argument("--regress-polish", type=int, default=20, help="L-BFGS iterations after the 100 Adam steps of the proxy regression")
     parser.add_argument("--fid-schedule", default="constant", choices=["constant", "cosine"])
     parser.add_argument("--regress-samples", type=int, default=5)
     parser.add_argument("--search-renders", type=int, default=60)
@@ -96,6 +102,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     console = Console()
+    if args.ceiling:
+        rows = ceiling(args, console)
+        if args.json:
+            args.json.write_text(json.dumps({"ceiling": rows}, indent=2))
+        return
     if args.fidelity or args.speed:
         extra = {}
         if args.fidelity:
@@ -189,8 +200,12 @@ def fidelity(args, console: Console) -> list[dict]:
             config = ProxyTrainConfig(width=args.fid_width, head=args.fid_head, patch=min(args.fid_patch, size[1]), iters=args.fid_iters,
                                       eval_every=max(1, args.fid_iters // 4), lr=args.fid_lr, schedule=args.fid_schedule, device=args.device)  # fmt: skip
             start = time.perf_counter()
-            train_proxy(block, ds, run, config, progress=False, report=False, overwrite=True)
-            train_s = time.perf_counter() - start
+            if args.fid_reuse and args.fid_dir and (run / "model.pt").is_file():
+                console.print(f"{block}: scoring the proxy already in {run}")
+                train_s = None
+            else:
+                train_proxy(block, ds, run, config, progress=False, report=False, overwrite=True)
+                train_s = time.perf_counter() - start
             from isplab.workflows.proxy.evaluate import load_proxy
 
             model = load_proxy(run / "model.pt", block)
@@ -204,7 +219,7 @@ def fidelity(args, console: Console) -> list[dict]:
                 x, target = data.read(s["input"])[None], data.read(s["output"])[None]
                 truth = np.array([s["params"][n] for n in names])
                 t0 = time.perf_counter()
-                first, u = regress_params(model, x, target, iters=100, seed=k)
+                first, u = regress_params(model, x, target, iters=100, seed=k, polish=args.regress_polish)
                 proxy_s = time.perf_counter() - t0
                 values = model.from_unit(u)[0].numpy()
                 image = next(im for im in data.info["images"] if im["id"] == s["image"])
@@ -236,6 +251,46 @@ def fidelity(args, console: Console) -> list[dict]:
         table.add_row(r["block"], *(fmt(g.get(k, {}).get("psnr")) for k in ("held-out images", "held-out parameters", "held-out images and parameters")),
                       fmt(g.get("held-out images and parameters", {}).get("psnr_display")), fmt(r["regress_error_pct"]), fmt(r["render_back_psnr"]), fmt(r["regress_s"]), fmt(r["search_error_pct"]),
                       fmt(r["search_renders"]), fmt(r["search_s"]))  # fmt: skip
+    console.print(table)
+    return rows
+
+
+def ceiling(args, console: Console) -> list[dict]:
+    """Per sample, fit ``output ~ f(input)`` by least squares over all pixels, for f a global gain,
+    a gain per channel, a 3x3 matrix + offset and a quadratic colour polynomial (10 terms), and
+    report the PSNR of each fit (linear values, peak 1): the best a proxy that applies one such
+    transform per image could do, and whether the block is a global colour transform at all."""
+    import numpy as np
+
+    from isplab.workflows.proxy.dataset import load_dataset
+
+    def score(pred, y):
+        mse = float(np.mean((pred - y) ** 2))
+        return 10 * np.log10(1 / mse) if mse > 0 else float("inf")
+
+    rows = []
+    for folder in args.ceiling:
+        data = load_dataset(folder)
+        fits: dict[str, list[float]] = {"identity": [], "gain": [], "gain per channel": [], "3x3 + offset": [], "quadratic": []}
+        for s in data.samples[: args.ceiling_samples]:
+            x = data.read(s["input"]).reshape(3, -1).T.double().numpy()
+            y = data.read(s["output"]).reshape(3, -1).T.double().numpy()
+            fits["identity"].append(score(x, y))
+            fits["gain"].append(score(x * (x * y).sum() / (x * x).sum(), y))
+            fits["gain per channel"].append(score(x * (x * y).sum(0) / (x * x).sum(0), y))
+            for name, a in (("3x3 + offset", np.c_[x, np.ones(len(x))]),
+                            ("quadratic", np.c_[x, x**2, x[:, [0]] * x[:, [1]], x[:, [1]] * x[:, [2]], x[:, [0]] * x[:, [2]], np.ones(len(x))])):  # fmt: skip
+                m, *_ = np.linalg.lstsq(a, y, rcond=None)
+                fits[name].append(score(a @ m, y))
+        n = len(fits["gain"])
+        rows.append({"dataset": str(folder), "block": data.block, "samples": n, "varied": data.varied,
+                     "fits": {k: {"mean": float(np.mean(v)), "median": float(np.median(v)), "min": float(np.min(v))} for k, v in fits.items()}})  # fmt: skip
+    table = Table(title="exact global colour models fitted per sample: PSNR mean / median / min (dB)")
+    table.add_column("block")
+    for name in rows[0]["fits"] if rows else []:
+        table.add_column(name, justify="right")
+    for r in rows:
+        table.add_row(f"{r['block']} ({r['samples']})", *(f"{f['mean']:.1f} / {f['median']:.1f} / {f['min']:.1f}" for f in r["fits"].values()))
     console.print(table)
     return rows
 

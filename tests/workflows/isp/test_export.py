@@ -94,3 +94,24 @@ def test_every_architecture_exports_to_onnx_and_tflite_with_parity(arch, tmp_pat
     wide = np.random.default_rng(2).uniform(0, 1, (1, 16, 48, 4)).astype(np.float32)
     (rgb,) = session.run(None, {"raw": wide})
     np.testing.assert_allclose(rgb, reference_nhwc(net, wide), atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("metadata", [True, False], ids=["metadata", "blind"])
+def test_a_model_with_the_classical_prior_exports_with_the_prior_in_the_graph(metadata, tmp_path) -> None:
+    """The challenge-style NHWC ONNX files of a prior model match PyTorch, prior included."""
+    from isplab.models.isp_prior import last_layer
+
+    torch.manual_seed(0)
+    net = build_isp_model("lfnet", 4, num_blocks=1, metadata=metadata, prior="classical").eval()
+    with torch.no_grad():
+        last_layer(net.net, "lfnet").weight.normal_(0, 0.05)  # as if trained: the network's part is not zero
+    dynamic, fixed = export_isp(net, tmp_path, fixed_size=(16, 24))
+    raw = np.random.default_rng(3).uniform(0, 0.5, (1, 16, 24, 4)).astype(np.float32)
+    expected = reference_nhwc(net, raw)
+    with torch.no_grad():
+        prior_only = net.prior(torch.from_numpy(raw).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+    assert np.abs(expected - prior_only).max() > 1e-3
+    for path in (fixed, dynamic):
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (rgb,) = session.run(None, {"raw": raw})
+        np.testing.assert_allclose(rgb, expected, atol=1e-4, rtol=1e-3)

@@ -80,6 +80,9 @@ def test_packed_dataset_trains_like_the_original(dataset, packed, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(a(x, unit), b(x, unit), atol=2e-3, rtol=2e-3)
     assert (tmp_path / "b" / "report.html").is_file()
+    # regress and sweep need the DNGs the pack leaves behind: refused, naming the original folder
+    message = refused("proxy", "regress", "exposure", "-m", str(tmp_path / "b" / "model.pt"), "--sample", "3", "--dataset", str(packed))
+    assert "is a packed dataset" in message and str(dataset.resolve()) in message
     result = CliRunner().invoke(app, ["proxy", "test", str(packed), "-m", str(tmp_path / "b" / "model.pt"), "-o", str(tmp_path / "t")])
     assert result.exit_code == 0, result.output
     assert "held-out images:" in result.output

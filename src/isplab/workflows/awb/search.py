@@ -343,10 +343,10 @@ def _report_trial(study, trial) -> None:
     """One stderr line per trial (workers print too)."""
     attrs = trial.user_attrs
     what = f"{attrs.get('config', {}).get('arch')} x{attrs.get('config', {}).get('ensemble')}, {attrs.get('parameters')} parameters"
-    if trial.value is not None and math.isfinite(trial.value):
-        outcome = f"CV mean {trial.value:.2f}, worst {attrs.get('cv_worst', math.nan):.1f} mireds"
-    elif trial.state.name == "PRUNED":
+    if trial.state.name == "PRUNED":  # Optuna gives a pruned trial its last running mean as value
         outcome = f"pruned after fold {max(trial.intermediate_values, default=-1)}"
+    elif trial.value is not None and math.isfinite(trial.value):
+        outcome = f"CV mean {trial.value:.2f}, worst {attrs.get('cv_worst', math.nan):.1f} mireds"
     else:
         outcome = f"failed: {attrs.get('error', 'see above')}"
     print(f"trial {trial.number} ({what}, {attrs.get('seconds', 0):.0f} s): {outcome}", file=sys.stderr, flush=True)

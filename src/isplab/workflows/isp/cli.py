@@ -78,7 +78,7 @@ def train(
     vgg: Annotated[float, typer.Option("--vgg", help="Weight of the VGG-19 relu5_4 content term (needs weights; the challenge recipe uses 1).")] = 0.0,
     vgg_weights: Annotated[Path | None, typer.Option("--vgg-weights", help="Local VGG-19 weights file (torchvision state dict); default: torch's hub cache.", show_default=False)] = None,
     workers: Annotated[int, typer.Option("--workers", help="Dataloader worker processes per device.")] = 0,
-    metadata: Annotated[bool, typer.Option("--metadata/--blind", help="Metadata-aware model: apply each raw's as-shot white balance and colour matrix before the network (DNG datasets only; MAI/Zurich PNG raws carry none). Blind: the network learns colour too.")] = False,
+    metadata: Annotated[bool, typer.Option("--metadata/--blind", help="Metadata-aware model: apply each raw's as-shot white balance, colour matrix and exposure (DNG BaselineExposure) before the network (DNG datasets only; MAI/Zurich PNG raws carry none). Blind: the network learns colour too.")] = False,
     cache_mb: Annotated[float, typer.Option("--cache-mb", help="Keep up to this many MB of decoded training raws in memory (0: decode on every patch).")] = 1024.0,
     precision: Annotated[str, typer.Option("--precision", help="32-true, or bf16-mixed (bf16 autocast on GPUs that support it), 16-mixed.")] = "32-true",
     channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last", help="NHWC memory format for the network and batches.")] = False,

@@ -10,9 +10,10 @@ returning RGB ``[1, 2h, 2w, 3]`` in [0, 1], channels last as the challenge's TFL
   phone.
 
 A metadata-aware model (``isplab isp train --metadata``) exports the network alone: its input is
-the packed raw already white-balanced and colour-corrected with the raw's own metadata
-(:func:`isplab.workflows.isp.data.model_input`, as ``isp run`` prepares it), since those 12
-numbers differ per photo and come from the file, not from the graph.
+the packed raw already white-balanced, colour-corrected and exposed with the raw's own metadata
+(:func:`isplab.workflows.isp.data.model_input`, as ``isp run`` prepares it), since those numbers
+differ per photo and come from the file, not from the graph. A model with the classical prior
+(``--prior classical``) exports with its prior inside the graph (it needs nothing but the input).
 
 Each file is checked against the PyTorch model by :mod:`isplab.export` (the dynamic ONNX model at
 two sizes); a mismatch raises :class:`~isplab.errors.ParityError`.

@@ -18,7 +18,7 @@ smooth ramps keep it from showing as a seam.
 
 Input preparation is the same everywhere (:func:`isplab.workflows.isp.data.model_input`): a
 metadata-aware model (``isp_config["metadata"]``, ``isplab isp train --metadata``) gets the packed
-planes white-balanced and colour-corrected with each raw's own metadata, in training, validation,
+planes white-balanced, colour-corrected and exposed with each raw's own metadata, in training, validation,
 ``isp test`` (:func:`source_for`) and ``isp run`` (:func:`load_packed` with ``metadata=True``).
 """
 

@@ -90,7 +90,7 @@ class ISPTrainConfig:
         seed: seeds initialisation and patch sampling.
         device, devices, strategy, num_nodes: see :func:`isplab.engine.build_trainer`.
         workers: dataloader worker processes.
-        metadata: train a metadata-aware model (input white-balanced and colour-corrected with
+        metadata: train a metadata-aware model (input white-balanced, colour-corrected and exposed with
             each raw's own metadata, see :mod:`isplab.workflows.isp.data`); DNG datasets only.
         cache_mb: keep up to this many MB of decoded training pairs in memory (0: decode every patch's image).
         precision: one of :data:`PRECISIONS` (``"bf16-mixed"``: bf16 autocast, for GPUs).

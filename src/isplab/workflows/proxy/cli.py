@@ -167,6 +167,7 @@ def regress_command(
     raw: Annotated[Path | None, typer.Option("--raw", help="Raw to render the recovered parameters from (render-back check) without --sample.", show_default=False)] = None,
     iters: Annotated[int, typer.Option("--iters", help="Adam steps on the parameters.")] = 100,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (unit parameter range).")] = 0.05,
+    polish: Annotated[int, typer.Option("--polish", help="L-BFGS iterations after Adam (0: Adam only).")] = 20,
     search: Annotated[bool, typer.Option("--search/--no-search", help="Also run Nelder-Mead directly on the renderer.")] = True,
     search_renders: Annotated[int, typer.Option("--search-renders", help="Render budget of the Nelder-Mead search.")] = 60,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder for regress.json and the render-back TIFF/XMP.", show_default=False)] = None,
@@ -179,7 +180,7 @@ def regress_command(
 
     r = regress(RegressOptions(
         block=block, model=model, target=target, input=input, sample=sample, dataset=dataset, raw=raw, iters=iters,
-        lr=lr, seed=seed, search=search, search_renders=search_renders, output=output, overwrite=overwrite,
+        lr=lr, polish=polish, seed=seed, search=search, search_renders=search_renders, output=output, overwrite=overwrite,
         darktable_cli=darktable_cli,
     ))  # fmt: skip
     for name in r.params:

@@ -54,7 +54,7 @@ class RegressOptions:
             target, raw and true parameters.
         dataset: the dataset holding ``sample`` and the raws.
         raw: the raw file to render back from when not using ``sample``.
-        iters, lr, seed: the proxy regression.
+        iters, lr, polish, seed: the proxy regression (Adam steps and rate, then L-BFGS iterations).
         search, search_renders: run the derivative-free search on the black box, at most this
             many renders.
         output: folder for ``regress.json`` and the render-back TIFF/XMP (``None``: nothing kept).
@@ -69,6 +69,7 @@ class RegressOptions:
     raw: Path | None = None
     iters: int = 100
     lr: float = 0.05
+    polish: int = 20
     seed: int = 0
     search: bool = True
     search_renders: int = 60
@@ -96,9 +97,12 @@ class RegressResult:
 
 
 def regress_params(
-    model: ProxyUNet, x: torch.Tensor, target: torch.Tensor, *, iters: int = 100, lr: float = 0.05, start: torch.Tensor | None = None, seed: int = 0
+    model: ProxyUNet, x: torch.Tensor, target: torch.Tensor, *, iters: int = 100, lr: float = 0.05, start: torch.Tensor | None = None, seed: int = 0,
+    polish: int = 20,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fit unit parameters ``(1, P)`` so that ``model(x, u)`` matches ``target`` (both ``(1, 3, H, W)``).
+    """Fit unit parameters ``(1, P)`` so that ``model(x, u)`` matches ``target`` (both ``(1, 3, H, W)``):
+    ``iters`` Adam steps at ``lr``, then at most ``polish`` L-BFGS iterations (:func:`fit_unit`;
+    Adam at a constant rate stops about ``lr`` from the optimum, see ``benchmarks/proxy.py``).
 
     Returns:
         ``(start, recovered)`` unit values. The model is left unchanged (frozen).
@@ -108,7 +112,7 @@ def regress_params(
         p.requires_grad_(False)
     if start is None:
         start = torch.from_numpy(np.random.default_rng(seed).random((1, model.n_params))).float()
-    u, _ = fit_unit(lambda v: model(x, v), target, start, iters=iters, lr=lr)
+    u, _ = fit_unit(lambda v: model(x, v), target, start, iters=iters, lr=lr, polish=polish)
     return start, u
 
 
@@ -235,6 +239,8 @@ def _psnr(a: np.ndarray | torch.Tensor, b: torch.Tensor) -> float:
 def regress(opts: RegressOptions) -> RegressResult:
     """Run the proxy regression, the render-back check and (``opts.search``) the derivative-free
     search (see the module docstring)."""
+    if opts.polish < 0:
+        raise IsplabError(f"--polish must be at least 0, got {opts.polish}")
     if opts.iters < 1 or opts.search_renders < 1:
         raise IsplabError(f"--iters and --search-renders must be at least 1, got {opts.iters} and {opts.search_renders}")
     get_block(opts.block)
@@ -251,6 +257,9 @@ def regress(opts: RegressOptions) -> RegressResult:
         data = load_dataset(opts.dataset or meta.get("dataset") or "")
         if data.block != opts.block:
             raise IsplabError(f"dataset {data.root} holds {data.block!r} samples, not {opts.block!r}")
+        if data.packed is not None:
+            raise IsplabError(f"{data.root} is a packed dataset (no DNGs, TIFFs or XMPs): regress needs the original dataset folder "
+                              f"({data.packed.get('source')})")  # fmt: skip
     if opts.sample is not None:
         wanted = opts.sample.zfill(6) if opts.sample.isdigit() else opts.sample
         match = [s for s in data.samples if s["id"] == wanted]
@@ -269,7 +278,7 @@ def regress(opts: RegressOptions) -> RegressResult:
         raise IsplabError(f"{x_path} is {tuple(x.shape[-2:])} but {t_path} is {tuple(target.shape[-2:])}: expected the same size")
 
     t0 = time.perf_counter()
-    start, u = regress_params(model, x, target, iters=opts.iters, lr=opts.lr, seed=opts.seed)
+    start, u = regress_params(model, x, target, iters=opts.iters, lr=opts.lr, seed=opts.seed, polish=opts.polish)
     seconds = time.perf_counter() - t0
     values = model.from_unit(u)[0]
     to_dict = lambda v: {n: float(v[i]) for i, n in enumerate(names)}  # noqa: E731

@@ -97,6 +97,8 @@ def sweep(opts: SweepOptions) -> SweepResult:
     data = load_dataset(opts.dataset or meta.get("dataset") or "")
     if data.block != opts.block:
         raise IsplabError(f"dataset {data.root} holds {data.block!r} samples, not {opts.block!r}")
+    if data.packed is not None:
+        raise IsplabError(f"{data.root} is a packed dataset (no DNGs): sweep needs the original dataset folder ({data.packed.get('source')})")
     lo, hi = model.low.numpy(), model.high.numpy()
     base = {n: float((lo[i] + hi[i]) / 2) for i, n in enumerate(names)}
     raw, x = opts.image, None
