@@ -37,23 +37,29 @@ models, no 12 MP run) is a smoke test only. ``--work DIR`` keeps the data and th
 (``DIR/models/<arch>/model.pt``) instead of a temporary folder.
 
 Measured (2 CPU cores shared with two other jobs, OMP_NUM_THREADS=1, no GPU; NAFNet width 8,
-classical prior, 1800 iterations of 8 x 96 px patches, lr 1e-3, 24 training and 6 validation scenes
-of 384 x 256, the 12 noisy held-out raws of 512 x 384; ``--no-full-res --runs 1``):
+classical prior, 8 x 96 px patches, lr 1e-3, 24 training and 6 validation scenes of 384 x 256, the
+12 noisy held-out raws of 512 x 384; ``--no-full-res --runs 1``; iterations as listed):
 
-=============================  =========  =====  ======  ==============
-method                         PSNR mean  SSIM   ΔE2000  training
-=============================  =========  =====  ======  ==============
-metadata-aware + prior         28.28      0.829  4.88    610 s (11 min)
-oracle (classical)             28.22      0.692  6.29
-blind + prior                  18.88      0.706  15.03   851 s (15 min)
-greyworld (classical)          20.62      0.671  14.98
-libraw (classical)             28.78      0.703  6.04
-=============================  =========  =====  ======  ==============
+=====================================  =========  =====  ======  ===============
+method                                 PSNR mean  SSIM   ΔE2000  training
+=====================================  =========  =====  ======  ===============
+metadata-aware + prior, 1800 iters     28.28      0.829  4.88    610 s (11 min)
+metadata-aware + prior, 3600 iters     27.99      0.818  5.41    1117 s (19 min)
+oracle (classical)                     28.22      0.692  6.29
+blind + prior, 1800 iters              18.88      0.706  15.03   851 s (15 min)
+greyworld (classical)                  20.62      0.671  14.98
+libraw (classical)                     28.78      0.703  6.04
+=====================================  =========  =====  ======  ===============
 
-The metadata-aware model beats the oracle pipeline (the same metadata) in all three; an untrained
-one (the prior alone) scores 28.19 / 0.717 / 6.34. The blind model improves on its prior (15.99 dB,
-ΔE2000 21.02 untrained) but not on grey-world, which is given each raw's true exposure from the
-DNG, while the blind model must estimate it (auto-exposure to a mean learned on generated scenes).
+Both metadata-aware runs beat the oracle pipeline (the same metadata, no denoising) in SSIM and
+ΔE2000; in PSNR the 1800-iteration run (the shipped model,
+``src/isplab/workflows/isp/weights/nafnet8_metadata.json``) is 0.06 dB above it and the longer run
+0.23 dB below, although the longer run validates better on generated scenes (24.67 against
+24.51 dB): the PSNR margin is within what the budget changes. An untrained metadata-aware model (the
+prior alone) scores 28.19 / 0.717 / 6.34. The blind model improves on its prior (15.99 dB, ΔE2000
+21.02 untrained) but not on grey-world, which is given each raw's true exposure from the DNG while
+the blind model must estimate it (auto-exposure to a mean learned on generated scenes); the
+grey-world PSNR target is not met.
 """
 
 from __future__ import annotations

@@ -8,8 +8,10 @@ at initialisation; training can only learn corrections (denoising, demosaicking 
 exposure) instead of gamma, tone curve and colour matrix from scratch.
 
 The classical render (:class:`ClassicalPrior`) works on packed ``(B, 4, h, w)`` planes in the
-canonical R, Gr, Gb, B order of an **RGGB** sensor (the ``dng`` packing of isplab's synthetic
-data) and returns ``(B, 3, 2h, 2w)`` sRGB, from differentiable ops that export to ONNX
+canonical R, Gr, Gb, B order of an **RGGB** layout and returns ``(B, 3, 2h, 2w)`` sRGB. Metadata-aware
+input is RGGB whatever the sensor (:func:`isplab.workflows.isp.data.apply_colour` re-samples it);
+blind input is the sensor's own planes, so a blind prior assumes an RGGB sensor (that of isplab's
+synthetic data). It is built from differentiable ops that export to ONNX
 (padding, slicing, pixel shuffle, means, matmul, clamp, power):
 
 * metadata-aware models (input already white-balanced, colour-corrected and exposed with the

@@ -97,7 +97,7 @@ class ISPTrainConfig:
         channels_last: NHWC memory format for the network and its batches.
         prior: ``"none"`` or ``"classical"``: the model is a classical render of its input plus the
             network's correction, and starts equal to the render (:mod:`isplab.models.isp_prior`);
-            ``dng`` packing (RGGB sensors) only.
+            ``dng`` packing only (blind models: RGGB sensors).
     """
 
     arch: str = "punet"
