@@ -36,6 +36,22 @@ models predict the same held-out temperatures (:func:`cv_speed_results`).
 grouped K-fold CV of the configuration with and without the test-time parts exported with the
 model: flip averaging, the affine calibration fitted on each fold's training images, and both
 (each fold's network is trained once and wrapped four ways; :func:`tta_results`).
+
+Measured (2026-12-01, 1 torch thread on a 2-core CPU shared with other jobs, so times are upper
+bounds): ``isplab awb search --arch small --arch chroma --max-ensemble 2 --min-epochs 40
+--max-epochs 200 --tuning-dir ../shared/data/awb-rpi/tunings`` ran 9 trials on pisp (6 finished,
+2 pruned, 1 stopped by ``--timeout 1560``) and 10 on vc4 (8 finished, 1 pruned, 1 stopped,
+``--timeout 1260``). Best overall: 2 x ``chroma`` (41,890 parameters, 192 KB TFLite) at CV mean
+15.15 / worst 102.6 (pisp) and 14.50 / 86.2 (vc4). Best within 50 KB: on pisp a ``small`` net
+(width 24, hidden 32, re-lighting 23 mireds, no flip augmentation; 8,113 parameters, 45.3 KB
+float32 TFLite, 0.033 ms a call vs Raspberry Pi's 46.5 KB, 0.068 ms) at 15.79 / 101.1; the same
+configuration scores 16.12 / 89.6 on vc4 (``--tta``). None beats the default 3 x ``chroma``
+(13.7 pisp, 13.9 vc4), which stays the default. ``--tta`` on that small configuration (mean /
+worst): pisp bare 15.79 / 101.1, flip 15.68 / 101.0, calibrated 15.81 / 98.9, both 15.69 / 98.9;
+vc4 bare 16.12 / 89.6, flip 15.69 / 84.7, calibrated 15.89 / 90.7, both 15.55 / 85.2.
+``--cv-speed``: one pisp fold of that small configuration (153 epochs) 50.1 s with Lightning,
+39.8 s with the fast path (1.26x); the default 3 x ``chroma`` for 20 epochs 19.3 s vs 18.6 s
+(1.04x); both with identical held-out predictions.
 """
 
 from __future__ import annotations
