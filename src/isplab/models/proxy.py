@@ -16,18 +16,19 @@ and to the input of every encoder level. How the network's output ``y`` acts on 
   hard clamp at +-12 a colorbalancergb proxy diverged after a few hundred steps.
 - ``"matrix"``: a per-pixel ``C x C`` colour matrix and offset, ``out = (I + L) x + b`` with ``L, b``
   the ``C^2 + C`` output channels (HDRNet's local affine colour transforms). A block that is a
-  colour matrix (white balance after demosaic and the input profile) is then a constant ``L``.
+  colour matrix is then a constant ``L``.
 - ``"global"``: first a **global** colour transform that depends on the parameters alone, then the
   ``"matrix"`` head's local one: ``z = exp(g) * ((I + D) x) + o`` with ``g`` (bounded like the
   affine log-gain), ``D`` (``C x C``) and ``o`` from a small MLP of the unit parameters, and
-  ``out = (I + L) z + b`` with ``L, b`` from the U-Net. A block that is a global colour transform
-  whose coefficients are a function of the parameters (exposure, white balance) is represented
-  exactly by the MLP, the same for every image, so it generalises to images never seen; the
-  U-Net only has to learn what is left (``proxy train`` also scores ``z`` alone against the
-  target, weight ``global_weight``, so that the MLP explains all it can). Measured on darktable 4.2.1's renders (linear Rec.709
-  float export, ``benchmarks/proxy.py --ceiling``): one least-squares gain per sample reproduces
-  ``exposure`` to 77 dB PSNR or better (100 dB on average), a 3x3 matrix + offset ``temperature``
-  to 41 dB on average.
+  ``out = (I + L) z + b`` with ``L, b`` from the U-Net. What of a block is a global colour
+  transform with coefficients that depend on the parameters is represented by the MLP, the same
+  for every image, so it generalises to images never seen; the U-Net only has to learn what is
+  left (``proxy train`` also scores ``z`` alone against the target, weight ``global_weight``, so
+  that the MLP explains all it can). Measured on darktable 4.2.1's renders (linear Rec.709 float
+  export, ``benchmarks/proxy.py --ceiling``): one least-squares gain per sample reproduces
+  ``exposure`` to 77 dB PSNR or better (100 dB on average); a 3x3 matrix + offset reproduces
+  ``temperature`` to 41 dB on average (the rest is spatial: the multipliers act before
+  demosaicking).
 
 The last layer of the U-Net (and of the MLP) is zero-initialised, so an untrained proxy is the
 identity.
