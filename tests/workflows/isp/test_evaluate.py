@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import cv2
@@ -179,7 +180,7 @@ def test_baselines_score_the_same_raws(heldout, tmp_path: Path):
     assert oracle["delta_e2000"] < 6.0 and oracle["psnr_mean"] > 25.0
     assert abs(libraw["delta_e2000"] - oracle["delta_e2000"]) < 1.5
     assert grey["delta_e2000"] > oracle["delta_e2000"] + 3.0
-    assert [row["method"] for row in result.comparison()] == ["model", "oracle", "greyworld", "libraw"]
+    assert [row["method"] for row in result.comparison()] == ["model", "oracle", "greyworld", "libraw", "greyworld-auto"]
     for row in result.rows:
         assert row["oracle_delta_e2000"] < row["greyworld_delta_e2000"] or row["greyworld_delta_e2000"] < 8
     html = result.report.read_text()
@@ -200,10 +201,38 @@ def test_oracle_render_reproduces_a_clean_target(heldout):
     swapped = evaluate.baseline_render("oracle", heldout / sample["file"], sample["brightness_gain"] * 2)
     assert (swapped - target).abs().mean() > 0.05  # the brightness gain is applied
     # By default every baseline takes the exposure from the raw itself (DNG BaselineExposure), not the manifest.
-    for name in evaluate.BASELINES:
+    for name in ("oracle", "greyworld", "libraw"):
         from_file = evaluate.baseline_render(name, heldout / sample["file"])
         given = evaluate.baseline_render(name, heldout / sample["file"], sample["brightness_gain"])
         torch.testing.assert_close(from_file, given, atol=1e-5, rtol=0)
+
+
+def test_greyworld_auto_ignores_the_files_exposure_and_brings_green_to_middle_grey(heldout):
+    """``greyworld-auto`` reads no metadata: the same mosaic renders the same whatever its exposure
+    tag or a global scale of the raw; its gain is middle grey over the mean green."""
+    import json
+
+    from isplab.io.dng import write_dng
+    from isplab.io.raw import read_raw
+    from isplab.models.isp_prior import EXPOSURE_TARGET
+    from isplab.workflows.isp.data import read_mosaic
+
+    sample = json.loads((heldout / "manifest.json").read_text())["samples"][0]
+    path = heldout / sample["file"]
+    frame = read_raw(path)
+    retagged = heldout.parent / "retagged.dng"
+    write_dng(retagged, dataclasses.replace(frame, baseline_exposure=frame.baseline_exposure + 1.0), overwrite=True)
+    assert read_raw(retagged).exposure_gain == pytest.approx(2 * frame.exposure_gain)
+    torch.testing.assert_close(evaluate.baseline_render("greyworld-auto", retagged),
+                               evaluate.baseline_render("greyworld-auto", path), atol=1e-6, rtol=0)
+    # the exposure-aware grey-world does follow the tag
+    assert (evaluate.baseline_render("greyworld", retagged) - evaluate.baseline_render("greyworld", path)).abs().mean() > 0.02
+    mosaic, pattern = read_mosaic(path, "dng")
+    gain = evaluate.auto_exposure_gain(mosaic.double(), pattern)
+    green = float(mosaic.double().reshape(mosaic.shape[0] // 2, 2, mosaic.shape[1] // 2, 2).permute(1, 3, 0, 2).reshape(4, -1).mean(1)[[i for i, c in enumerate(pattern) if c == "G"]].mean())
+    assert gain == pytest.approx(EXPOSURE_TARGET / green, rel=1e-6)
+    torch.testing.assert_close(evaluate.baseline_render("greyworld-auto", path),
+                               evaluate.baseline_render("greyworld", path, gain), atol=1e-6, rtol=0)
 
 
 def test_an_untrained_metadata_prior_model_renders_like_the_oracle_baseline(heldout):
@@ -239,5 +268,5 @@ def test_baselines_need_metadata_and_known_names(tmp_path: Path, heldout):
     root = write_mai(tmp_path / "mai", 1, 24)
     with pytest.raises(IsplabError, match="baselines need raws with white balance and colour matrix"):
         evaluate.test_isp(HalfRGB(), open_pairs(root, "test"), baselines=("oracle",))
-    with pytest.raises(IsplabError, match="unknown baseline 'dcraw': expected one of oracle, greyworld, libraw"):
+    with pytest.raises(IsplabError, match="unknown baseline 'dcraw': expected one of oracle, greyworld, libraw, greyworld-auto"):
         evaluate.test_isp(HalfRGB(), open_pairs(heldout, "test"), baselines=("dcraw",))

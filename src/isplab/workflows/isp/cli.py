@@ -130,7 +130,7 @@ def test(
     split: Annotated[str, typer.Option("--split", help="Which split to score (test, val, train).")] = "test",
     out: Annotated[Path | None, typer.Option("--output", "-o", help="Write side-by-side images and report.html here.", show_default=False)] = None,
     max_images: Annotated[int | None, typer.Option("--max-images", help="Score only the first N images (default: all).", show_default=False)] = None,
-    baselines: Annotated[bool, typer.Option("--baselines/--no-baselines", help="Also score the classical baselines (oracle metadata, grey-world, LibRaw) on the same raws; DNG folders only.")] = True,
+    baselines: Annotated[bool, typer.Option("--baselines/--no-baselines", help="Also score the classical baselines (oracle metadata, grey-world, LibRaw, grey-world with auto exposure) on the same raws; DNG folders only.")] = True,
     device: Device = "auto",
     overwrite: Overwrite = False,
     data: DataAlias = None,

@@ -23,10 +23,15 @@ classically and are scored the same way:
 - ``greyworld``: the same pipeline without metadata: grey-world white balance (the mean of each
   colour plane made equal) and the colour matrix of an average training camera
   (:func:`generic_xyz_to_camera`);
+- ``greyworld-auto``: ``greyworld`` without the file's exposure either — what a camera that
+  reads no metadata at all renders classically, the fair reference for a **blind** learned model:
+  the gain brings the grey-world-balanced green mean to
+  :data:`isplab.models.isp_prior.EXPOSURE_TARGET` (the auto-exposure of the blind classical prior,
+  :class:`isplab.models.isp_prior.ClassicalPrior`, before any training);
 - ``libraw``: LibRaw through rawpy (AHD demosaicking, camera white balance, its own colour
   matrix, linear 16-bit sRGB output), then the same brightness, sRGB gamma and tone curve.
 
-Every baseline brightens by the raw's own exposure, ``2 ** BaselineExposure`` (the DNG tag, which
+Every baseline but ``greyworld-auto`` brightens by the raw's own exposure, ``2 ** BaselineExposure`` (the DNG tag, which
 ``isplab data synth`` writes as ``log2`` of the sample's brightness gain; 0 EV when a file has
 none), so the baselines differ from the target in colour, demosaicking and noise, not in
 exposure, and they read nothing but the raw file: a metadata-aware model gets the same
@@ -52,7 +57,7 @@ from isplab.io.paths import prepare_output_dir
 from isplab.workflows.isp.data import PairSource, packed_to_rgb
 
 #: classical renderings scored beside the model (see the module docstring)
-BASELINES = ("oracle", "greyworld", "libraw")
+BASELINES = ("oracle", "greyworld", "libraw", "greyworld-auto")
 #: how many of the worst images (by ΔE2000) the summary and the report list
 WORST = 5
 
@@ -105,9 +110,10 @@ class ISPTestResult:
         for name, value in self.metrics().items():
             lines.append(f"{name}: {'skipped' if value is None else f'{value:.4f}'}")
         if self.baselines:
-            lines.append("method       PSNR mean  SSIM    ΔE2000  ΔE2000 pooled")
+            width = max(len(row["method"]) for row in self.comparison())
+            lines.append(f"{'method':<{width}} PSNR mean  SSIM    ΔE2000  ΔE2000 pooled")
             for row in self.comparison():
-                lines.append(f"{row['method']:<12} {row['psnr_mean']:9.2f}  {row['ssim']:.4f}  {row['delta_e2000']:6.2f}"
+                lines.append(f"{row['method']:<{width}} {row['psnr_mean']:9.2f}  {row['ssim']:.4f}  {row['delta_e2000']:6.2f}"
                              f"  {row['delta_e2000_pooled']:6.2f}")
         worst = ", ".join(f"{row['name']} ({row['delta_e2000']:.2f})" for row in self.worst())
         lines.append(f"worst images by ΔE2000: {worst}")
@@ -313,6 +319,20 @@ def grey_world_gains(mosaic: torch.Tensor, pattern: str) -> torch.Tensor:
     return torch.stack([green / means[0], torch.ones_like(green), green / means[3]])
 
 
+def auto_exposure_gain(mosaic: torch.Tensor, pattern: str) -> float:
+    """The ``greyworld-auto`` gain of a normalised ``(H, W)`` mosaic: middle grey over its mean green.
+
+    After grey-world white balance every plane's mean equals the green mean, so this is the
+    blind classical prior's auto-exposure (:meth:`isplab.models.isp_prior.ClassicalPrior.white_balance_gains`).
+    """
+    from isplab.isp import bayer
+    from isplab.models.isp_prior import _EPS, EXPOSURE_TARGET
+
+    planes = bayer.pack(mosaic, pattern)  # R, Gr, Gb, B
+    green = float((planes[1].mean() + planes[2].mean()) / 2)
+    return EXPOSURE_TARGET / max(green, _EPS)
+
+
 def baseline_render(name: str, path: str | Path, brightness: float | None = None) -> torch.Tensor:
     """The ``(3, H, W)`` sRGB of raw file ``path`` by baseline ``name`` (see the module docstring).
 
@@ -350,9 +370,11 @@ def baseline_render(name: str, path: str | Path, brightness: float | None = None
             raise IsplabError(f"{path}: no colour matrix in the file, so no oracle rendering")
         gains = 1.0 / torch.as_tensor(frame.as_shot_neutral, dtype=torch.float64)
         ccm = camera_to_srgb_matrix(torch.as_tensor(frame.color_matrix, dtype=torch.float64))
-    elif name == "greyworld":
+    elif name in ("greyworld", "greyworld-auto"):
         gains = grey_world_gains(mosaic.double(), pattern)
         ccm = camera_to_srgb_matrix(generic_xyz_to_camera())
+        if name == "greyworld-auto":
+            brightness = auto_exposure_gain(mosaic.double(), pattern)
     else:
         raise IsplabError(f"unknown baseline {name!r}: expected one of {', '.join(BASELINES)}")
     out = render(mosaic.double()[None, None], pattern, (gains / gains[1] * brightness)[None], ccm[None])
