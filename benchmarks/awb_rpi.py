@@ -25,12 +25,6 @@ and speed do not depend on the weights), next to Raspberry Pi's reference model'
 compares, under the same grouped K-fold CV, the shared model of a target with per-sensor copies of
 it fine-tuned on each sensor's training images (:func:`per_sensor_results`), per sensor and overall.
 
-    .venv/bin/python benchmarks/awb_rpi.py --cv-speed [--config C] [--epochs 30]
-
-times one CV fold (fold 0 of the grouped K folds) trained by Lightning (``train_model``) and by the
-fast path (``fast_train``, what ``cross_validate`` and ``awb search`` use) and checks that both
-models predict the same held-out temperatures (:func:`cv_speed_results`).
-
     .venv/bin/python benchmarks/awb_rpi.py --tta [--config C]
 
 grouped K-fold CV of the configuration with and without the test-time parts exported with the
@@ -53,9 +47,11 @@ calibrated 15.81 / 98.9, both 15.69 / 98.9; vc4 bare 16.12 / 89.6, flip 15.69 / 
 calibrated 13.91 / 98.3, both 13.84 / 99.4; vc4 bare 14.17 / 80.8, flip 14.07 / 80.6, calibrated
 14.06 / 81.8, both 13.93 / 81.2 (485 s and 363 s for the 5 folds). Flip averaging and calibration
 lower the mean by about 0.2 mireds on both targets but not the worst case, so they stay opt-in.
-``--cv-speed``: one pisp fold of that small configuration (153 epochs) 50.1 s with Lightning,
-39.8 s with the fast path (1.26x); the default 3 x ``chroma`` for 20 epochs 19.3 s vs 18.6 s
-(1.04x); both with identical held-out predictions.
+A training loop without the Lightning Trainer (same models, bit for bit) was tried for CV: one pisp
+fold of that small configuration (153 epochs) took 50.1 s with Lightning and 39.8 s without
+(1.26x), the default 3 x ``chroma`` for 20 epochs 19.3 s vs 18.6 s (1.04x): convolutions and their
+gradients dominate a step, not the Trainer, so it was not kept (and training all folds as one
+``vmap``-ped model was slower still).
 """
 
 from __future__ import annotations
@@ -319,33 +315,9 @@ def per_sensor_table(results: dict[str, dict]) -> Table:
     return table
 
 
-def cv_speed_results(target: str, data: Path, config: TrainConfig, folds: int, console: Console) -> dict:
-    """Seconds to train CV fold 0 with Lightning and with the fast path, and how far apart (mireds)
-    their held-out predictions are (the fast path is meant to train the same model)."""
-    from isplab.workflows.awb.dataset import grouped_kfold
-    from isplab.workflows.awb.fast import fast_train
-
-    dataset = load_dataset(data / target / "train", target)
-    train_idx, test_idx = grouped_kfold(dataset.samples, folds, seed=0)[0]
-    subset = dataset.subset(train_idx)
-    timings, predictions = {}, {}
-    for name, function in (("fast", lambda: fast_train(subset, config)),
-                           ("lightning", lambda: train_model(subset, config, progress=False))):
-        start = time.perf_counter()
-        model = function()
-        timings[name] = time.perf_counter() - start
-        predictions[name] = predict(model, dataset.images[test_idx], dataset.lux[test_idx])
-        console.log(f"{target}: {name} {timings[name]:.1f} s")
-    apart = np.abs(1e6 / predictions["fast"] - 1e6 / predictions["lightning"])
-    return {"train_images": len(train_idx), "epochs": config.epochs, "arch": config.arch, "ensemble": config.ensemble,
-            "seconds_lightning": timings["lightning"], "seconds_fast": timings["fast"],
-            "speedup": timings["lightning"] / timings["fast"], "max_mired_difference": float(apart.max())}
-
-
 def tta_results(target: str, data: Path, config: TrainConfig, folds: int, console: Console) -> dict:
     """Grouped CV of ``config``'s network bare, flip-averaged, calibrated, and both (see the module docstring)."""
     from isplab.workflows.awb.dataset import grouped_kfold, mired_error
-    from isplab.workflows.awb.fast import fast_train
     from isplab.workflows.awb.train import add_test_time
 
     dataset = load_dataset(data / target / "train", target)
@@ -355,7 +327,7 @@ def tta_results(target: str, data: Path, config: TrainConfig, folds: int, consol
     start = time.perf_counter()
     for index, (train_idx, test_idx) in enumerate(grouped_kfold(dataset.samples, folds, seed=0)):
         subset = dataset.subset(train_idx)
-        net = fast_train(subset, bare)
+        net = train_model(subset, bare, progress=False)
         for name, (flip, calibrate) in variants.items():
             model = add_test_time(net, subset, dataclasses.replace(bare, flip_average=flip, calibrate=calibrate))
             predicted[name][test_idx] = predict(model, dataset.images[test_idx], dataset.lux[test_idx])
@@ -392,8 +364,6 @@ def main() -> None:
     parser.add_argument("--per-sensor", action="store_true",
                         help="compare the shared model with per-sensor fine-tuned copies under grouped CV instead")
     parser.add_argument("--finetune-epochs", type=int, default=None, help="with --per-sensor: epochs of fine-tuning (default 30; 1 with --quick)")
-    parser.add_argument("--cv-speed", action="store_true",
-                        help="time one CV fold trained by Lightning and by the fast path instead")
     parser.add_argument("--tta", action="store_true",
                         help="grouped CV with and without flip averaging and calibration instead")
     parser.add_argument("--min-sensor-images", type=int, default=20, help="with --per-sensor: fewer training images keep the shared model")
@@ -428,20 +398,9 @@ def main() -> None:
     folds = args.folds or (2 if args.quick else 5)
     latency_runs = args.latency_runs or (50 if args.quick else 200)
 
-    if args.cv_speed or args.tta:
-        function = cv_speed_results if args.cv_speed else tta_results
-        results = {t: function(t, args.data, config, folds, console) for t in args.targets}
-        if args.cv_speed:
-            table = Table(title="One CV fold: Lightning vs the fast path (same model)")
-            for column in ("target", "arch", "ens", "epochs", "images", "Lightning (s)", "fast (s)", "speed-up", "max diff (mireds)"):
-                table.add_column(column, justify="left" if column in ("target", "arch") else "right")
-            for target, r in results.items():
-                table.add_row(target, r["arch"], str(r["ensemble"]), str(r["epochs"]), str(r["train_images"]),
-                              f"{r['seconds_lightning']:.1f}", f"{r['seconds_fast']:.1f}", f"{r['speedup']:.2f}x",
-                              f"{r['max_mired_difference']:.2g}")
-            console.print(table)
-        else:
-            console.print(tta_table(results))
+    if args.tta:
+        results = {t: tta_results(t, args.data, config, folds, console) for t in args.targets}
+        console.print(tta_table(results))
         if args.json:
             args.json.write_text(json.dumps({"quick": args.quick, "config": dataclasses.asdict(config),
                                              "threads": torch.get_num_threads(), "targets": results}, indent=2))

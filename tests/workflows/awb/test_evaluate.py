@@ -156,10 +156,9 @@ def test_evaluate_model_with_standin(dataset):
     assert result.target == "pisp"
 
 
-@pytest.mark.parametrize("fast", [True, False])
-def test_cross_validate_predictions_come_from_other_folds(dataset, monkeypatch, fast):
+def test_cross_validate_predictions_come_from_other_folds(dataset, monkeypatch):
     """A stand-in trainer whose model predicts its training set's mean temperature shows which
-    images each fold's model was trained on (the fast path's trainer and Lightning's)."""
+    images each fold's model was trained on."""
     trained_on = []
 
     class MeanModel(nn.Module):
@@ -174,13 +173,9 @@ def test_cross_validate_predictions_come_from_other_folds(dataset, monkeypatch, 
         trained_on.append(({s.path.name for s in subset.samples}, None if weights is None else weights.tolist()))
         return MeanModel(float(np.mean(subset.true_temp)))
 
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"the {'Lightning' if fast else 'fast'} trainer was used")
-
-    monkeypatch.setattr(evaluate_module, "fast_train" if fast else "train_model", fake_train)
-    monkeypatch.setattr(evaluate_module, "train_model" if fast else "fast_train", refuse)
+    monkeypatch.setattr(evaluate_module, "train_model", fake_train)
     weights = np.arange(len(dataset)) + 1
-    result = cross_validate(dataset, 3, TrainConfig(), weights=weights, fast=fast)
+    result = cross_validate(dataset, 3, TrainConfig(), weights=weights)
 
     names = [s.path.name for s in dataset.samples]
     assert sorted(row.file for row in result.rows) == sorted(names)  # every image exactly once

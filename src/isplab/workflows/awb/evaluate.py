@@ -32,7 +32,6 @@ from isplab.engine import Report
 from isplab.errors import IsplabError
 from isplab.workflows.awb.constants import TEMPERATURE_RANGE
 from isplab.workflows.awb.dataset import AWBDataset, grouped_kfold, mired_error
-from isplab.workflows.awb.fast import fast_train
 from isplab.workflows.awb.predict import predict
 from isplab.workflows.awb.train import TrainConfig, train_model
 
@@ -207,7 +206,6 @@ def cross_validate(
     weights: np.ndarray | None = None,
     progress: bool = False,
     on_fold: Callable[[FoldResult, float], None] | None = None,
-    fast: bool | None = None,
 ) -> CVResult:
     """Grouped ``k``-fold cross-validation: a fresh model per fold, scored on the held-out fold.
 
@@ -225,13 +223,7 @@ def cross_validate(
         on_fold: called after each fold with its :class:`FoldResult` and the mean mired error of
             all images held out so far (after the last fold: the result's ``model.mean``); what it
             raises (e.g. ``optuna.TrialPruned`` to stop a bad configuration early) propagates.
-        fast: train each fold with :func:`~isplab.workflows.awb.fast.fast_train` (no Lightning
-            Trainer, the same models: ``tests/workflows/awb/test_fast.py``) rather than
-            :func:`~isplab.workflows.awb.train.train_model`; ``None`` (default): fast unless
-            ``config`` asks for several devices, a strategy or nodes (DDP needs Lightning).
     """
-    if fast is None:
-        fast = single_device(config)
     if weights is not None and len(weights) != len(dataset):
         raise IsplabError(f"got {len(weights)} weights for a dataset of {len(dataset)} images")
     predicted = np.full(len(dataset), np.nan)
@@ -241,10 +233,7 @@ def cross_validate(
     for index, (train_idx, test_idx) in enumerate(splits):
         start = time.perf_counter()
         fold_weights = None if weights is None else np.asarray(weights)[train_idx]
-        if fast:
-            model = fast_train(dataset.subset(train_idx), config, weights=fold_weights)
-        else:
-            model = train_model(dataset.subset(train_idx), config, weights=fold_weights, progress=progress)
+        model = train_model(dataset.subset(train_idx), config, weights=fold_weights, progress=progress)
         timings.append(time.perf_counter() - start)
         predicted[test_idx] = predict(model, dataset.images[test_idx], dataset.lux[test_idx])
         fold_of[test_idx] = index
@@ -267,13 +256,6 @@ def cross_validate(
         target=result.target,
         folds=folds,
     )
-
-
-def single_device(config: TrainConfig) -> bool:
-    """Whether ``config`` trains on one device of one machine (what :func:`fast_train` does)."""
-    devices = config.devices
-    one = len(devices) == 1 if isinstance(devices, (list, tuple)) else str(devices) in ("1", "auto")
-    return one and config.strategy == "auto" and config.num_nodes == 1
 
 
 def _fold_result(

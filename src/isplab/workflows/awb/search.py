@@ -3,8 +3,7 @@
 Every trial is scored by the same grouped K-fold cross-validation as ``isplab awb evaluate --cv``
 (:func:`~isplab.workflows.awb.evaluate.cross_validate`: scenes never split, folds fixed by the
 search's seed, so every trial sees the same folds and no choice is made on a test fold's own
-training; each fold trained without a Lightning Trainer by :mod:`isplab.workflows.awb.fast`,
-which gives the models ``train`` would). The objective is the mean out-of-fold error in mireds; after each fold the running
+training). The objective is the mean out-of-fold error in mireds; after each fold the running
 mean is reported to Optuna, and a :class:`optuna.pruners.MedianPruner` stops trials that are worse
 than the median of earlier trials at the same fold. Each trial records as user attributes its
 worst, median and 95th-percentile error, its parameter count and the float32 size estimate
