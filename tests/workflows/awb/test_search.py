@@ -251,8 +251,11 @@ def test_workers_run_trials_in_parallel_processes_on_one_study(data, tmp_path):
                     space=SearchSpace(archs=("small",), epochs=(1, 1), max_ensemble=1))
     assert [t["state"] for t in result.trials] == ["complete", "complete"]
     db = optuna.load_study(study_name="awb", storage=f"sqlite:///{tmp_path / 'study' / 'study.db'}")
-    processes = {t.user_attrs["process"] for t in db.trials}
-    assert len(processes) == 2 and os.getpid() not in processes
+    # Two spawned worker processes served the study; which of them ran which trial depends on the
+    # machine's load (a worker that starts late may find every trial taken).
+    workers = {value for key, value in db.user_attrs.items() if key.startswith("worker_")}
+    assert len(workers) == 2 and os.getpid() not in workers
+    assert {t.user_attrs["process"] for t in db.trials} <= workers
 
 
 def test_holdout_scenes_stay_out_of_the_search_and_score_the_best(data, tmp_path):

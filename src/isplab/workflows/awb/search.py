@@ -311,6 +311,7 @@ def _run_worker(
         study_name=STUDY_NAME, storage=storage or _storage(Path(db)), sampler=_sampler(seed, worker, workers > 1, start),
         pruner=_pruner(),
     )
+    study.set_user_attr(f"worker_{start}_{worker}_process", os.getpid())  # which processes served the study
     states = optuna.trial.TrialState
     failures = 0
     # Ask/tell rather than study.optimize: the count is checked before each trial, so workers that
