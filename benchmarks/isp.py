@@ -183,7 +183,7 @@ def benchmark_arch(arch: str, data: Path, heldout: Path, work: Path, config: ISP
 
 
 def results_table(results: list[dict], baselines: list[dict], config: ISPTrainConfig, minutes: float) -> Table:
-    kind = ("metadata-aware" if config.metadata else "blind") + (f", {config.prior} prior" if config.prior != "none" else "")
+    kind = ("metadata-aware" if config.metadata else "blind, exposure-aware" if config.exposure else "blind") + (f", {config.prior} prior" if config.prior != "none" else "")
     table = Table(title=f"{kind} learned ISP on the held-out real-photo set: width {config.num_maps_base}, {config.iters} "
                         f"iterations of {config.batch_size} x {config.patch}px patches ({minutes:.0f} min in all), "
                         f"{config.device}")
@@ -225,6 +225,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="keep data and trained models here, replacing the benchmark's "
                         "earlier ones (default: a temporary folder)")
     parser.add_argument("--no-full-res", action="store_true", help="skip the 12 MP run")
+    parser.add_argument("--exposure", action="store_true", help="blind models read each raw's exposure (compare with greyworld)")
     args = parser.parse_args()
     quick = args.quick
     args.runs = args.runs or (1 if quick else 3)
@@ -239,6 +240,7 @@ def main() -> None:
         device=args.device,
         seed=0,
         metadata=args.metadata,
+        exposure=args.exposure,
         precision=args.precision,
         prior=args.prior,
     )

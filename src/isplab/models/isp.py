@@ -35,7 +35,7 @@ _CLASSES: dict[str, type[nn.Module]] = {"punet": PUNet, "lfnet": LFNet, "nafnet"
 
 
 def build_isp_model(arch: str, num_maps_base: int = 16, *, metadata: bool = False, prior: str = "none",
-                    **options: Any) -> nn.Module:
+                    exposure: bool = False, **options: Any) -> nn.Module:
     """Build a learned-ISP model (see the module docstring).
 
     Args:
@@ -44,6 +44,9 @@ def build_isp_model(arch: str, num_maps_base: int = 16, *, metadata: bool = Fals
         metadata: the model expects metadata-aware input (packed planes white-balanced and
             colour-corrected with the raw's own metadata, :func:`isplab.workflows.isp.data.model_input`);
             recorded as ``isp_config["metadata"]`` (absent for blind models).
+        exposure: a blind model whose input is brightened by the raw's own exposure (DNG
+            ``BaselineExposure``, :func:`isplab.workflows.isp.data.exposure_gain`) and nothing else;
+            recorded as ``isp_config["exposure"]``. Metadata-aware models always get the exposure.
         prior: ``"none"`` (the network alone) or ``"classical"``: ``classical(x) + net(x) - 0.5``
             with the network's last layer zeroed, so the new model equals the classical render
             (:mod:`isplab.models.isp_prior`; metadata-aware or blind after ``metadata``); recorded
@@ -63,10 +66,12 @@ def build_isp_model(arch: str, num_maps_base: int = 16, *, metadata: bool = Fals
     except TypeError as e:
         raise IsplabError(f"bad options {options} for ISP arch {arch!r}: {e}") from None
     if prior == "classical":
-        model = PriorISP(model, arch, ClassicalPrior(metadata=metadata))
+        model = PriorISP(model, arch, ClassicalPrior(metadata=metadata, auto_exposure=not exposure))
     model.isp_config = {"arch": arch, "num_maps_base": num_maps_base, "options": dict(options)}
     if metadata:
         model.isp_config["metadata"] = True
+    elif exposure:
+        model.isp_config["exposure"] = True
     if prior != "none":
         model.isp_config["prior"] = prior
     model.register_forward_pre_hook(_check_input)
@@ -103,7 +108,13 @@ def load_isp_model(path: str | Path) -> nn.Module:
 
 def _rebuild(config: dict) -> nn.Module:
     return build_isp_model(config["arch"], config["num_maps_base"], metadata=bool(config.get("metadata", False)),
-                           prior=config.get("prior", "none"), **config["options"])
+                           prior=config.get("prior", "none"), exposure=bool(config.get("exposure", False)), **config["options"])
+
+
+def uses_exposure(model: nn.Module) -> bool:
+    """Whether ``model``'s input is brightened by each raw's own exposure (metadata-aware or ``isp_config["exposure"]``)."""
+    config = getattr(model, "isp_config", {})
+    return bool(config.get("metadata", False) or config.get("exposure", False))
 
 
 def uses_metadata(model: nn.Module) -> bool:

@@ -23,7 +23,9 @@ synthetic data). It is built from differentiable ops that export to ONNX
   auto-exposure that scales the white-balanced planes' mean to a **learnable** target
   (``exp(log_exposure_target)``, initialised to :data:`EXPOSURE_TARGET`, middle grey), clip,
   demosaic, the colour matrix of an average training camera (:func:`generic_camera_to_srgb`, the
-  ``greyworld`` baseline's), clip, gamma and tone. The means are taken over the whole input, so a
+  ``greyworld`` baseline's), clip, gamma and tone. An exposure-aware blind model
+  (``auto_exposure=False``, ``isplab isp train --exposure``) gets input already brightened by the
+  raw's own exposure and skips the auto-exposure: it then starts as the ``greyworld`` baseline. The means are taken over the whole input, so a
   tile of a tiled run gets its own white balance and exposure.
 """
 
@@ -92,22 +94,29 @@ class ClassicalPrior(nn.Module):
         metadata: the input is metadata-corrected (white balance, colour matrix, exposure applied);
             otherwise grey-world, auto-exposure and the generic colour matrix are applied first.
         exposure_target: the blind auto-exposure's initial target mean (learnable).
+        auto_exposure: blind prior only; ``False`` when the input is already brightened by the
+            raw's own exposure (an exposure-aware blind model, ``isplab isp train --exposure``):
+            grey-world white balance only, no auto-exposure.
     """
 
-    def __init__(self, metadata: bool, exposure_target: float = EXPOSURE_TARGET) -> None:
+    def __init__(self, metadata: bool, exposure_target: float = EXPOSURE_TARGET, auto_exposure: bool = True) -> None:
         super().__init__()
         self.metadata = bool(metadata)
+        self.auto_exposure = bool(auto_exposure) and not self.metadata
         if not self.metadata:
+            self.register_buffer("ccm", generic_camera_to_srgb().float())
+        if self.auto_exposure:
             if not exposure_target > 0:
                 raise IsplabError(f"exposure_target must be positive, got {exposure_target}")
-            self.register_buffer("ccm", generic_camera_to_srgb().float())
             self.log_exposure_target = nn.Parameter(torch.tensor(float(exposure_target)).log())
 
     def white_balance_gains(self, x: torch.Tensor) -> torch.Tensor:
-        """Blind prior: ``(B, 4)`` per-plane gains, grey-world times auto-exposure."""
+        """Blind prior: ``(B, 4)`` per-plane gains, grey-world (times auto-exposure when ``auto_exposure``)."""
         means = x.mean(dim=(2, 3)).clamp_min(_EPS)  # (B, 4): R, Gr, Gb, B
         green = (means[:, 1] + means[:, 2]) / 2
         wb = torch.stack([green / means[:, 0], torch.ones_like(green), torch.ones_like(green), green / means[:, 3]], 1)
+        if not self.auto_exposure:
+            return wb
         balanced_mean = (means * wb).mean(dim=1).clamp_min(_EPS)  # the white-balanced planes' mean
         return wb * (self.log_exposure_target.exp() / balanced_mean)[:, None]
 
@@ -121,7 +130,7 @@ class ClassicalPrior(nn.Module):
         return smoothstep_tone(linear_to_srgb(rgb))
 
     def extra_repr(self) -> str:
-        return f"metadata={self.metadata}"
+        return f"metadata={self.metadata}, auto_exposure={self.auto_exposure}"
 
 
 #: the last layer of each architecture, whose weights start at zero under a prior

@@ -270,3 +270,48 @@ def test_baselines_need_metadata_and_known_names(tmp_path: Path, heldout):
         evaluate.test_isp(HalfRGB(), open_pairs(root, "test"), baselines=("oracle",))
     with pytest.raises(IsplabError, match="unknown baseline 'dcraw': expected one of oracle, greyworld, libraw, greyworld-auto"):
         evaluate.test_isp(HalfRGB(), open_pairs(heldout, "test"), baselines=("dcraw",))
+
+
+def test_an_untrained_exposure_aware_blind_prior_model_renders_like_the_greyworld_baseline(heldout, tmp_path: Path):
+    """``exposure=True``: a blind model that reads only the raw's exposure starts as the ``greyworld``
+    pipeline (which reads the same exposure); the input follows the file's BaselineExposure."""
+    import json
+
+    from isplab.engine.metrics import delta_e2000
+    from isplab.io.dng import write_dng
+    from isplab.io.raw import read_raw
+    from isplab.models.isp import load_isp_model, save_isp_model, uses_exposure
+    from isplab.workflows.isp.infer import load_packed, source_for
+
+    torch.manual_seed(0)
+    model = build_isp_model("lfnet", 4, exposure=True, prior="classical").eval()
+    assert uses_exposure(model) and not model.prior.auto_exposure
+    assert not hasattr(model.prior, "log_exposure_target")
+    source = source_for(model, open_pairs(heldout, "test"))
+    assert source.exposure and not source.metadata
+    for i in range(len(source)):
+        packed, _ = source.load(i)
+        with torch.no_grad():
+            out = evaluate.predict(model, packed[None])
+        grey = evaluate.baseline_render("greyworld", source.raws[i])[None]
+        assert (out - grey).abs()[..., 4:-4, 4:-4].median() < 0.02
+        assert float(delta_e2000(out, grey)) < 6.0
+    # the input is the mosaic times 2 ** BaselineExposure, read from the file
+    sample = json.loads((heldout / "manifest.json").read_text())["samples"][0]
+    path = heldout / sample["file"]
+    frame = read_raw(path)
+    brighter = tmp_path / "brighter.dng"
+    write_dng(brighter, dataclasses.replace(frame, baseline_exposure=frame.baseline_exposure + 1.0))
+    base = load_packed(path, exposure=True)
+    torch.testing.assert_close(load_packed(brighter, exposure=True), 2 * base, atol=1e-6, rtol=0)
+    torch.testing.assert_close(base, load_packed(path) * frame.exposure_gain, atol=1e-6, rtol=0)
+    # recorded in the model file
+    loaded = load_isp_model(save_isp_model(model, tmp_path / "m.pt"))
+    assert loaded.isp_config["exposure"] is True and uses_exposure(loaded)
+    assert not uses_exposure(build_isp_model("lfnet", 4, prior="classical"))
+
+
+def test_exposure_aware_input_needs_raws_that_carry_it(tmp_path: Path):
+    root = write_mai(tmp_path / "mai", 1, 24)
+    with pytest.raises(IsplabError, match="exposure-aware input needs raws that carry their exposure"):
+        open_pairs(root, "test", exposure=True)

@@ -82,6 +82,7 @@ def train(
     cache_mb: Annotated[float, typer.Option("--cache-mb", help="Keep up to this many MB of decoded training raws in memory (0: decode on every patch).")] = 1024.0,
     precision: Annotated[str, typer.Option("--precision", help="32-true, or bf16-mixed (bf16 autocast on GPUs that support it), 16-mixed.")] = "32-true",
     channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last", help="NHWC memory format for the network and batches.")] = False,
+    exposure: Annotated[bool, typer.Option("--exposure/--no-exposure", help="Blind models: brighten each raw by its own exposure (DNG BaselineExposure) before the network, and nothing else (DNG datasets only). Metadata-aware models always do.")] = False,
     prior: Annotated[str, typer.Option("--prior", help="classical: the model is a classical render (demosaic, gamma, tone; blind models also grey-world, auto-exposure, an average camera matrix) plus the network's correction, and starts equal to that render (DNG datasets, RGGB). none: the network alone.")] = "none",
     resume: Resume = False,
     overwrite: Overwrite = False,
@@ -112,7 +113,7 @@ def train(
     config = ISPTrainConfig(
         arch=arch, num_maps_base=num_maps_base, patch=patch, batch_size=batch_size, lr=lr, iters=iters,
         eval_every=eval_every, patches_per_epoch=train_size, mse=mse, l1=l1, ssim=ssim, vgg=vgg,
-        vgg_weights=vgg_weights, seed=seed, workers=workers, metadata=metadata, cache_mb=cache_mb,
+        vgg_weights=vgg_weights, seed=seed, workers=workers, metadata=metadata, exposure=exposure, cache_mb=cache_mb,
         precision=None if precision == "32-true" else precision, channels_last=channels_last, prior=prior,
         **options.as_kwargs(),
     )

@@ -196,6 +196,11 @@ def colour_transform(wb_gains, camera_to_srgb, exposure_gain: float = 1.0) -> to
     return (m * (g / g[1])[None, :] * float(exposure_gain)).float()
 
 
+def exposure_gain(path: str | Path) -> float:
+    """A raw file's own exposure as a linear gain, ``2 ** BaselineExposure`` (1 when the file has none)."""
+    return read_raw(path).exposure_gain
+
+
 def raw_colour_transform(path: str | Path) -> torch.Tensor:
     """:func:`colour_transform` from a raw file's as-shot neutral, colour matrix and exposure
     ``2 ** BaselineExposure`` (:attr:`isplab.io.raw.RawImage.exposure_gain`).
@@ -269,6 +274,9 @@ class PairSource:
         root: the folder the pairs were found in.
         metadata: inputs are colour-corrected with each raw's white balance and colour matrix
             (:func:`model_input`); ``dng`` packing only.
+        exposure: (blind input) each mosaic is multiplied by its raw's own exposure gain
+            (:func:`exposure_gain`) and nothing else, for exposure-aware blind models; ``dng``
+            packing only (metadata-aware input includes the exposure anyway).
         cache_mb: keep up to this many MB of decoded pairs in memory (0: read every time).
     """
 
@@ -279,6 +287,7 @@ class PairSource:
     root: Path
     metadata: bool = False
     cache_mb: float = 0.0
+    exposure: bool = False
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
     _cached_bytes: list = field(default_factory=lambda: [0], repr=False, compare=False)
 
@@ -287,6 +296,11 @@ class PairSource:
             raise IsplabError(
                 f"metadata-aware input needs raws with white balance and colour matrix (DNG folders); "
                 f"{self.root} holds {self.layout} raws without metadata"
+            )
+        if self.exposure and self.packing != "dng":
+            raise IsplabError(
+                f"exposure-aware input needs raws that carry their exposure (DNG folders); {self.root} holds "
+                f"{self.layout} raws without it"
             )
         if self.cache_mb < 0:
             raise IsplabError(f"cache_mb must be >= 0, got {self.cache_mb}")
@@ -326,6 +340,8 @@ class PairSource:
                 f"{target_path} is {target.shape[0]}x{target.shape[1]} (expected the same height x width)"
             )
         transform = raw_colour_transform(raw_path) if self.metadata else None
+        if self.exposure and not self.metadata:
+            mosaic = mosaic * exposure_gain(raw_path)
         item = (mosaic, target, pattern, transform)
         size = mosaic.numel() * mosaic.element_size() + target.nbytes
         if self._cached_bytes[0] + size <= self.cache_mb * 2**20:
@@ -379,7 +395,7 @@ def detect_layout(root: str | Path, split: str = "train") -> str:
 
 
 def open_pairs(root: str | Path, split: str = "train", layout: str = "auto", packing: str | None = None, *,
-               metadata: bool = False, cache_mb: float = 0.0) -> PairSource:
+               metadata: bool = False, cache_mb: float = 0.0, exposure: bool = False) -> PairSource:
     """Find the raw/target pairs of ``split`` under ``root``.
 
     Args:
@@ -388,7 +404,7 @@ def open_pairs(root: str | Path, split: str = "train", layout: str = "auto", pac
             for every split).
         layout: ``"auto"`` or one of :data:`LAYOUTS`.
         packing: ``None`` picks ``"challenge"`` for MAI/Zurich and ``"dng"`` for DNGs.
-        metadata, cache_mb: see :class:`PairSource`.
+        metadata, cache_mb, exposure: see :class:`PairSource`.
 
     Raises:
         IsplabError: unknown layout or packing, no pairs, a raw without a target (named), or
@@ -419,7 +435,7 @@ def open_pairs(root: str | Path, split: str = "train", layout: str = "auto", pac
                 raise IsplabError(f"raw {raw} has no target: expected {target}")
         packing = packing or "challenge"
     return PairSource(raws=raws, targets=targets, layout=layout, packing=_check_packing(packing), root=folder,
-                      metadata=metadata, cache_mb=cache_mb)
+                      metadata=metadata, cache_mb=cache_mb, exposure=exposure)
 
 
 def _natural_key(path: Path) -> tuple:

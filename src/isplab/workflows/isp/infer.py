@@ -38,8 +38,8 @@ from isplab.errors import IsplabError
 from isplab.export import eval_mode
 from isplab.io.image import to_uint8, write_image
 from isplab.io.paths import prepare_output_dir
-from isplab.models.isp import uses_metadata
-from isplab.workflows.isp.data import PairSource, model_input, raw_colour_transform, read_mosaic
+from isplab.models.isp import uses_exposure, uses_metadata
+from isplab.workflows.isp.data import PairSource, exposure_gain, model_input, raw_colour_transform, read_mosaic
 
 
 @dataclass
@@ -56,7 +56,7 @@ class ProcessResult:
         return "\n".join(lines)
 
 
-def load_packed(path: str | Path, packing: str = "dng", *, metadata: bool = False) -> torch.Tensor:
+def load_packed(path: str | Path, packing: str = "dng", *, metadata: bool = False, exposure: bool = False) -> torch.Tensor:
     """Read a raw file and prepare the network input ``(4, H/2, W/2)`` float32.
 
     Args:
@@ -67,6 +67,8 @@ def load_packed(path: str | Path, packing: str = "dng", *, metadata: bool = Fals
         packing: one of :data:`~isplab.workflows.isp.data.PACKINGS`.
         metadata: white-balance and colour-correct the planes with the file's own metadata, as
             metadata-aware models expect (``dng`` packing only).
+        exposure: brighten the mosaic by the file's own exposure (DNG ``BaselineExposure``), as
+            exposure-aware blind models expect (``dng`` packing only; implied by ``metadata``).
 
     Raises:
         IsplabError: unknown packing, unreadable file, a challenge raw that is not single-channel,
@@ -77,7 +79,11 @@ def load_packed(path: str | Path, packing: str = "dng", *, metadata: bool = Fals
             f"{path}: a metadata-aware model needs raws with white balance and colour matrix (packing 'dng'), "
             f"not {packing!r} raws"
         )
+    if exposure and packing != "dng":
+        raise IsplabError(f"{path}: an exposure-aware model needs raws that carry their exposure (packing 'dng'), not {packing!r} raws")
     mosaic, pattern = read_mosaic(path, packing)
+    if exposure and not metadata:
+        mosaic = mosaic * exposure_gain(path)
     return model_input(mosaic, pattern, packing, raw_colour_transform(path) if metadata else None)
 
 
@@ -87,10 +93,10 @@ def source_for(model: nn.Module, source: PairSource) -> PairSource:
     Raises:
         IsplabError: a metadata-aware model and raws without metadata (MAI/Zurich PNG raws).
     """
-    wanted = uses_metadata(model)
-    if source.metadata == wanted:
+    wanted, exposure = uses_metadata(model), uses_exposure(model) and not uses_metadata(model)
+    if source.metadata == wanted and source.exposure == exposure:
         return source
-    return replace(source, metadata=wanted, _cache={}, _cached_bytes=[0])
+    return replace(source, metadata=wanted, exposure=exposure, _cache={}, _cached_bytes=[0])
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -179,7 +185,7 @@ def run_full_resolution(
     if isinstance(raw, (np.ndarray, torch.Tensor)):
         packed = raw
     else:
-        packed = load_packed(raw, packing, metadata=uses_metadata(model))
+        packed = load_packed(raw, packing, metadata=uses_metadata(model), exposure=uses_exposure(model))
     packed = torch.as_tensor(packed, dtype=torch.float32)
     if packed.ndim != 3 or packed.shape[0] != 4:
         raise IsplabError(f"expected a packed raw of shape (4, h, w), got {tuple(packed.shape)}")

@@ -95,6 +95,9 @@ class ISPTrainConfig:
         cache_mb: keep up to this many MB of decoded training pairs in memory (0: decode every patch's image).
         precision: one of :data:`PRECISIONS` (``"bf16-mixed"``: bf16 autocast, for GPUs).
         channels_last: NHWC memory format for the network and its batches.
+        exposure: a blind model whose input is brightened by each raw's own exposure (DNG
+            ``BaselineExposure``) and nothing else; DNG datasets only (metadata-aware models
+            always get the exposure).
         prior: ``"none"`` or ``"classical"``: the model is a classical render of its input plus the
             network's correction, and starts equal to the render (:mod:`isplab.models.isp_prior`);
             ``dng`` packing only (blind models: RGGB sensors).
@@ -127,6 +130,7 @@ class ISPTrainConfig:
     precision: str | None = None
     channels_last: bool = False
     prior: str = "none"
+    exposure: bool = False
 
 
 class VGGLoss(nn.Module):
@@ -306,15 +310,16 @@ def train_isp(
     # fitting, i.e. after rank 0 wrote its log: only rank 0 checks, cleans up and writes.
     run = prepare_run_dir(model_dir, RUN_OUTPUTS, overwrite=overwrite, resume=resume)
     checkpoint = run.checkpoint
-    train_source = open_pairs(data_root, "train", metadata=config.metadata, cache_mb=config.cache_mb)
-    val_source = open_pairs(data_root, val_split, metadata=config.metadata)
+    exposure = config.exposure and not config.metadata
+    train_source = open_pairs(data_root, "train", metadata=config.metadata, cache_mb=config.cache_mb, exposure=exposure)
+    val_source = open_pairs(data_root, val_split, metadata=config.metadata, exposure=exposure)
     if config.prior != "none" and train_source.packing != "dng":
         raise IsplabError(
             f"--prior {config.prior} renders packed R, Gr, Gb, B planes of DNG raws; {train_source.root} holds "
             f"{train_source.layout} raws packed {train_source.packing!r} (use --prior none)"
         )
     model = build_isp_model(config.arch, config.num_maps_base, metadata=config.metadata, prior=config.prior,
-                            **config.arch_options)
+                            exposure=config.exposure and not config.metadata, **config.arch_options)
     if checkpoint is not None:
         _check_same_model(checkpoint, model)
     resolve_accelerator(config.device)  # an absent device is refused before anything is deleted
@@ -337,7 +342,7 @@ def train_isp(
     )
     # Built after build_trainer seeded torch: the same seed gives the same initial weights.
     model = build_isp_model(config.arch, config.num_maps_base, metadata=config.metadata, prior=config.prior,
-                            **config.arch_options)
+                            exposure=config.exposure and not config.metadata, **config.arch_options)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     module = ISPModule(model, config, log_file=module_log)
