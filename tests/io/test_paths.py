@@ -70,3 +70,20 @@ def test_output_dir_that_is_a_file(tmp_path):
     with pytest.raises(IsplabError, match="is a file: expected a folder"):
         prepare_output_dir(f, overwrite=True)
     assert f.read_text() == "keep"
+
+
+def test_remove_outputs_deletes_only_the_named_entries_and_does_not_follow_links(tmp_path):
+    from isplab.io.paths import remove_outputs
+
+    kept = tmp_path / "elsewhere"
+    kept.mkdir()
+    (kept / "precious.txt").write_text("keep")
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_text("x")
+    (run / "model.pt").write_text("x")
+    (run / "notes.txt").write_text("user's")
+    (run / "logs").symlink_to(kept, target_is_directory=True)
+    remove_outputs(run, ["checkpoints", "model.pt", "logs", "absent.json"])
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+    assert (kept / "precious.txt").read_text() == "keep"

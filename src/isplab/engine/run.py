@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import time
 from collections.abc import Iterable
@@ -31,7 +30,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from isplab.engine.trainer import LAST_CHECKPOINT, fit, resolve_checkpoint
 from isplab.errors import IsplabError
-from isplab.io.paths import check_writable_dir, existing_outputs, prepare_output_dir
+from isplab.io.paths import check_writable_dir, prepare_output_dir, remove_outputs
 
 __all__ = [
     "RANK_VARIABLES", "RunFolder", "SaveOnInterrupt", "TrainingInterrupted", "fit_interruptible",
@@ -173,11 +172,7 @@ class RunFolder:
         passed, so that a refused command loses nothing. Rank 0 only; nothing when continuing."""
         if self.continues or not is_global_zero():
             return
-        for path in existing_outputs(self.path, self.names):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+        remove_outputs(self.path, self.names)
 
     def start(self, options: dict[str, Any], new: str, resumed: str, details: str = "") -> None:
         """Write ``config.json`` (``options``) and start ``log.txt`` (rank 0 only).

@@ -77,6 +77,18 @@ def existing_outputs(folder: str | Path, names: Iterable[str] | None = None) -> 
     return [folder / name for name in names if (folder / name).exists()]
 
 
+def remove_outputs(folder: str | Path, names: Iterable[str]) -> None:
+    """Delete the entries ``names`` of ``folder`` that exist (files, or folders with their contents;
+    a link is removed, not followed): what ``--overwrite`` replaces, called once every check has passed."""
+    import shutil
+
+    for path in existing_outputs(folder, names):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def prepare_output_dir(
     folder: str | Path,
     *,

@@ -39,7 +39,6 @@ import logging
 import math
 import multiprocessing
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -51,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from isplab.errors import IsplabError
+from isplab.io.paths import remove_outputs
 from isplab.models.awb import ARCHS
 from isplab.workflows.awb.config import (
     LOSSES,
@@ -459,12 +459,7 @@ def search(
     if space.relight and base.relight == 0 and base.tuning_dir is None:
         log("relight is searched without a tuning folder: libcamera's installed tuning files must cover the sensors")
     if overwrite:
-        for name in SEARCH_FILES:
-            path = study_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+        remove_outputs(study_dir, SEARCH_FILES)
     # The images are identified by their names (which hold the labels), not by the folder's path,
     # so a study started on one machine resumes on another.
     names = hashlib.sha256("\n".join(sorted(s.path.name for s in dataset.samples)).encode()).hexdigest()[:16]

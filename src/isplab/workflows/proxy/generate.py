@@ -34,7 +34,7 @@ import numpy as np
 
 from isplab import __version__
 from isplab.errors import IsplabError
-from isplab.io.paths import prepare_output_dir
+from isplab.io.paths import prepare_output_dir, remove_outputs
 from isplab.workflows.proxy.blocks import Block, ParamSpec, get_block, parse_param_specs
 from isplab.workflows.proxy.dataset import (
     DATASET_JSON,
@@ -317,12 +317,7 @@ def _prepare_folder(out: Path, settings: dict, overwrite: bool) -> bool:
         names = [p.name for p in out.iterdir() if not (p.name.startswith(".isplab-write-check-") or p.name.endswith(".tmp"))]
     prepare_output_dir(out, overwrite=overwrite, names=names, what="dataset folder")
     if overwrite:
-        for name in ENTRIES:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        remove_outputs(out, ENTRIES)
         for part in [*out.glob("manifest*.json"), *out.glob("manifest*.csv")]:
             part.unlink()
     return False

@@ -18,14 +18,13 @@ stay behind: ``proxy regress`` with render-back and ``generate`` need the origin
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from isplab.errors import IsplabError
-from isplab.io.paths import prepare_output_dir
+from isplab.io.paths import prepare_output_dir, remove_outputs
 from isplab.workflows.proxy.dataset import DATASET_JSON, load_dataset, write_json, write_manifest
 
 __all__ = ["PACK_DIR", "PACK_DTYPE", "PackResult", "pack_dataset", "packed_summary"]
@@ -65,12 +64,7 @@ def pack_dataset(source: str | Path, output: str | Path, *, shard_size: int = 64
         raise IsplabError(f"{output} is the dataset being packed: expected another folder")
     prepare_output_dir(output, overwrite=overwrite, names=OUTPUTS, what="packed dataset folder")
     if overwrite:
-        for name in OUTPUTS:
-            target = output / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        remove_outputs(output, OUTPUTS)
     names: list[str] = []
     for s in data.samples:
         for key in ("input", "output"):
