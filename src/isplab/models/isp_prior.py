@@ -44,7 +44,7 @@ PRIORS = ("none", "classical")
 #: the blind prior's initial auto-exposure target: mean of the white-balanced linear planes
 EXPOSURE_TARGET = 0.18
 #: smallest plane mean the blind prior divides by (a black frame stays black, not NaN)
-_EPS = 1e-4
+MIN_PLANE_MEAN = 1e-4
 
 
 def generic_xyz_to_camera() -> torch.Tensor:
@@ -112,12 +112,12 @@ class ClassicalPrior(nn.Module):
 
     def white_balance_gains(self, x: torch.Tensor) -> torch.Tensor:
         """Blind prior: ``(B, 4)`` per-plane gains, grey-world (times auto-exposure when ``auto_exposure``)."""
-        means = x.mean(dim=(2, 3)).clamp_min(_EPS)  # (B, 4): R, Gr, Gb, B
+        means = x.mean(dim=(2, 3)).clamp_min(MIN_PLANE_MEAN)  # (B, 4): R, Gr, Gb, B
         green = (means[:, 1] + means[:, 2]) / 2
         wb = torch.stack([green / means[:, 0], torch.ones_like(green), torch.ones_like(green), green / means[:, 3]], 1)
         if not self.auto_exposure:
             return wb
-        balanced_mean = (means * wb).mean(dim=1).clamp_min(_EPS)  # the white-balanced planes' mean
+        balanced_mean = (means * wb).mean(dim=1).clamp_min(MIN_PLANE_MEAN)  # the white-balanced planes' mean
         return wb * (self.log_exposure_target.exp() / balanced_mean)[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -305,6 +305,15 @@ def test_an_untrained_exposure_aware_blind_prior_model_renders_like_the_greyworl
     base = load_packed(path, exposure=True)
     torch.testing.assert_close(load_packed(brighter, exposure=True), 2 * base, atol=1e-6, rtol=0)
     torch.testing.assert_close(base, load_packed(path) * frame.exposure_gain, atol=1e-6, rtol=0)
+    # isp run reads the file the same way: a path gives what the prepared planes give
+    from isplab.workflows.isp.infer import run_full_resolution
+
+    with torch.no_grad():
+        from_path = run_full_resolution(model, brighter, tile=10_000)
+        from_planes = run_full_resolution(model, load_packed(brighter, exposure=True), tile=10_000)
+        dimmer = run_full_resolution(model, load_packed(brighter), tile=10_000)
+    torch.testing.assert_close(torch.as_tensor(from_path), torch.as_tensor(from_planes), atol=1e-6, rtol=0)
+    assert (torch.as_tensor(from_path) - torch.as_tensor(dimmer)).abs().mean() > 0.02
     # recorded in the model file
     loaded = load_isp_model(save_isp_model(model, tmp_path / "m.pt"))
     assert loaded.isp_config["exposure"] is True and uses_exposure(loaded)

@@ -326,11 +326,11 @@ def auto_exposure_gain(mosaic: torch.Tensor, pattern: str) -> float:
     blind classical prior's auto-exposure (:meth:`isplab.models.isp_prior.ClassicalPrior.white_balance_gains`).
     """
     from isplab.isp import bayer
-    from isplab.models.isp_prior import _EPS, EXPOSURE_TARGET
+    from isplab.models.isp_prior import EXPOSURE_TARGET, MIN_PLANE_MEAN
 
     planes = bayer.pack(mosaic, pattern)  # R, Gr, Gb, B
     green = float((planes[1].mean() + planes[2].mean()) / 2)
-    return EXPOSURE_TARGET / max(green, _EPS)
+    return EXPOSURE_TARGET / max(green, MIN_PLANE_MEAN)
 
 
 def baseline_render(name: str, path: str | Path, brightness: float | None = None) -> torch.Tensor:
