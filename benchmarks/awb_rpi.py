@@ -20,10 +20,19 @@ finished one with ``--search-all``) the grouped CV error the search measured, th
 and the real float32 TFLite size and LiteRT latency of that architecture (exported untrained: size
 and speed do not depend on the weights), next to Raspberry Pi's reference model's size and latency.
 
-    .venv/bin/python benchmarks/awb_rpi.py --per-sensor [--config best_config.json] [--finetune-epochs 30]
+    .venv/bin/python benchmarks/awb_rpi.py --per-sensor [--joint finetune|scratch|none] [--config C] [--finetune-epochs 30]
 
 compares, under the same grouped K-fold CV, the shared model of a target with per-sensor copies of
-it fine-tuned on each sensor's training images (:func:`per_sensor_results`), per sensor and overall.
+it fine-tuned on each sensor's training images and with one joint model with a sensor embedding
+(``awb train --sensor-embedding``; by default fine-tuned from the fold's shared model with the same
+budget as the copies) (:func:`per_sensor_results`), per sensor and overall, with each sensor's
+image count.
+
+    .venv/bin/python benchmarks/awb_rpi.py --reweight [--iterations 4] [--weight 4] [--later-epochs 30]
+
+grouped K-fold CV of the worst-case re-weighting loop of ``awb auto-train``
+(:func:`isplab.workflows.awb.auto_train.reweight_loop`) run inside each fold on the fold's training
+images only, against the plain model (the loop's first run) (:func:`reweight_results`).
 
     .venv/bin/python benchmarks/awb_rpi.py --tta [--config C]
 
@@ -257,26 +266,39 @@ def search_table(result: dict) -> Table:
 
 
 def per_sensor_results(target: str, data: Path, config: TrainConfig, folds: int, finetune_epochs: int,
-                       min_images: int, console: Console) -> dict:
-    """Grouped K-fold CV of the shared model against per-sensor fine-tuned copies of it.
+                       min_images: int, console: Console, joint: str | None = "finetune") -> dict:
+    """Grouped K-fold CV of the shared model against per-sensor fine-tuned copies of it and one model
+    trained jointly with a sensor embedding (``joint``: ``"finetune"``, ``"scratch"`` or ``None``).
 
     In each fold the shared model is trained on the fold's training images (all sensors); then, for
     every sensor with at least ``min_images`` training images in the fold, a copy is fine-tuned
     on that sensor's training images only (``finetune_epochs``, a tenth of the learning rate, no
     early stopping) and scores that sensor's held-out images. Sensors with fewer images keep the
-    shared model. Both are scored on the same held-out images, per sensor and overall.
+    shared model. The joint model knows every sensor of the target (one without training images in
+    the fold keeps the identity embedding, i.e. the joint network as it is): with ``"finetune"`` it
+    is the fold's shared model given a sensor embedding and fine-tuned on all the fold's training
+    images with the same budget as the per-sensor copies (``awb train --model shared.pt
+    --sensor-embedding``); with ``"scratch"`` it is trained from scratch with ``config``
+    (``awb train --sensor-embedding``). All are scored on the same held-out images, per sensor and
+    overall.
     """
     from isplab.workflows.awb.dataset import grouped_kfold, mired_error
 
     dataset = load_dataset(data / target / "train", target)
     sensors = np.array([s.sensor for s in dataset.samples])
+    every_sensor = sorted(set(sensors.tolist()))
     shared = np.full(len(dataset), np.nan)
     tuned = np.full(len(dataset), np.nan)
+    joint_pred = np.full(len(dataset), np.nan)
     finetune = dataclasses.replace(config, epochs=finetune_epochs, lr=config.lr * 0.1, patience=None)
+    seconds = {"shared": 0.0, "per_sensor": 0.0, "joint": 0.0}
     for index, (train_idx, test_idx) in enumerate(grouped_kfold(dataset.samples, folds, seed=0)):
+        start = time.perf_counter()
         model = train_model(dataset.subset(train_idx), config, progress=False)
+        seconds["shared"] += time.perf_counter() - start
         shared[test_idx] = predict(model, dataset.images[test_idx], dataset.lux[test_idx])
         tuned[test_idx] = shared[test_idx]
+        start = time.perf_counter()
         for sensor in sorted(set(sensors[test_idx])):
             own_train = train_idx[sensors[train_idx] == sensor]
             if len(own_train) < min_images:
@@ -284,17 +306,28 @@ def per_sensor_results(target: str, data: Path, config: TrainConfig, folds: int,
             own = train_model(dataset.subset(own_train), finetune, input_model=model, progress=False)
             own_test = test_idx[sensors[test_idx] == sensor]
             tuned[own_test] = predict(own, dataset.images[own_test], dataset.lux[own_test])
-        console.log(f"{target} fold {index}: shared {np.mean(mired_error(shared[test_idx], dataset.true_temp[test_idx])):.2f}, "
-                    f"per-sensor {np.mean(mired_error(tuned[test_idx], dataset.true_temp[test_idx])):.2f} mireds")
-    shared_err = mired_error(shared, dataset.true_temp)
-    tuned_err = mired_error(tuned, dataset.true_temp)
+        seconds["per_sensor"] += time.perf_counter() - start
+        line = (f"{target} fold {index}: shared {np.mean(mired_error(shared[test_idx], dataset.true_temp[test_idx])):.2f}, "
+                f"per-sensor {np.mean(mired_error(tuned[test_idx], dataset.true_temp[test_idx])):.2f}")
+        if joint:
+            start = time.perf_counter()
+            recipe, start_from = (finetune, model) if joint == "finetune" else (config, None)
+            both = train_model(dataset.subset(train_idx), dataclasses.replace(recipe, sensor_embedding=True),
+                               input_model=start_from, progress=False, sensors=every_sensor)
+            seconds["joint"] += time.perf_counter() - start
+            joint_pred[test_idx] = predict(both, dataset.images[test_idx], dataset.lux[test_idx],
+                                           sensors=sensors[test_idx].tolist())
+            line += f", joint {np.mean(mired_error(joint_pred[test_idx], dataset.true_temp[test_idx])):.2f}"
+        console.log(line + " mireds")
+    errors = {"shared": mired_error(shared, dataset.true_temp), "per_sensor": mired_error(tuned, dataset.true_temp)}
+    if joint:
+        errors["joint"] = mired_error(joint_pred, dataset.true_temp)
     rows = {}
-    for sensor in sorted(set(sensors)) + ["all"]:
+    for sensor in every_sensor + ["all"]:
         mask = np.ones(len(dataset), bool) if sensor == "all" else sensors == sensor
-        rows[sensor] = {"images": int(mask.sum()),
-                        "shared": _summary(shared_err[mask]),
-                        "per_sensor": _summary(tuned_err[mask])}
-    return {"folds": folds, "finetune_epochs": finetune_epochs, "min_images": min_images, "sensors": rows}
+        rows[sensor] = {"images": int(mask.sum()), **{name: _summary(e[mask]) for name, e in errors.items()}}
+    return {"folds": folds, "finetune_epochs": finetune_epochs, "min_images": min_images, "joint": joint,
+            "seconds": seconds, "sensors": rows}
 
 
 def _summary(errors: np.ndarray) -> dict:
@@ -304,14 +337,71 @@ def _summary(errors: np.ndarray) -> dict:
 
 
 def per_sensor_table(results: dict[str, dict]) -> Table:
-    table = Table(title="Shared model vs per-sensor fine-tuned models: grouped CV error (mireds), same held-out images")
-    for column in ("target", "sensor", "images", "shared mean", "per-sensor mean", "shared worst", "per-sensor worst"):
+    models = [m for m in ("shared", "per_sensor", "joint") if all(m in r["sensors"]["all"] for r in results.values())]
+    names = {"shared": "shared", "per_sensor": "fine-tuned", "joint": "joint"}
+    table = Table(title="Shared model vs per-sensor fine-tuned models vs one joint model with a sensor embedding: "
+                        "grouped CV error (mireds), same held-out images")
+    columns = ["target", "sensor", "images"] + [f"{names[m]} mean" for m in models] + [f"{names[m]} worst" for m in models]
+    for column in columns:
         table.add_column(column, justify="left" if column in ("target", "sensor") else "right")
     for target, r in results.items():
         for i, (sensor, row) in enumerate(r["sensors"].items()):
-            table.add_row(target if i == 0 else "", sensor, str(row["images"]), f"{row['shared']['mean']:.2f}",
-                          f"{row['per_sensor']['mean']:.2f}", f"{row['shared']['worst']:.1f}",
-                          f"{row['per_sensor']['worst']:.1f}", end_section=sensor == "all")
+            table.add_row(target if i == 0 else "", sensor, str(row["images"]),
+                          *[f"{row[m]['mean']:.2f}" for m in models], *[f"{row[m]['worst']:.1f}" for m in models],
+                          end_section=sensor == "all")
+    return table
+
+
+def reweight_results(target: str, data: Path, config: TrainConfig, folds: int, iterations: int, weight: int,
+                     later_epochs: int, console: Console) -> dict:
+    """Grouped K-fold CV of the worst-case re-weighting loop (``awb auto-train``) against the plain model.
+
+    In each fold :func:`isplab.workflows.awb.auto_train.reweight_loop` runs on the fold's training
+    images only: its first run is the plain model (no duplicates); each later run adds ``weight``
+    inclusions of the training image the previous run got most wrong and continues that model for
+    ``later_epochs`` epochs. The run with the lowest worst-case error on the fold's *training*
+    images (``awb auto-train``'s choice) scores the held-out images, next to the first run.
+    """
+    from isplab.workflows.awb.auto_train import reweight_loop
+    from isplab.workflows.awb.dataset import grouped_kfold, mired_error
+
+    dataset = load_dataset(data / target / "train", target)
+    plain = np.full(len(dataset), np.nan)
+    chosen = np.full(len(dataset), np.nan)
+    picked = []
+    start = time.perf_counter()
+    for index, (train_idx, test_idx) in enumerate(grouped_kfold(dataset.samples, folds, seed=0)):
+        subset = dataset.subset(train_idx)
+        first = {}
+
+        def keep_first(run, first=first) -> None:
+            if not first:
+                first["model"] = run.model
+            console.log(f"{target} fold {index} run {run.run}: training worst {run.worst:.1f}, mean {run.mean:.2f}")
+
+        best = reweight_loop(subset, config, iterations=iterations, weight=weight, early_stopping=None,
+                             later_epochs=later_epochs, progress=False, on_run=keep_first)
+        plain[test_idx] = predict(first["model"], dataset.images[test_idx], dataset.lux[test_idx])
+        chosen[test_idx] = predict(best.model, dataset.images[test_idx], dataset.lux[test_idx])
+        picked.append(best.run)
+        console.log(f"{target} fold {index}: plain {np.mean(mired_error(plain[test_idx], dataset.true_temp[test_idx])):.2f}, "
+                    f"re-weighted (run {best.run}) {np.mean(mired_error(chosen[test_idx], dataset.true_temp[test_idx])):.2f}")
+    return {"folds": folds, "iterations": iterations, "weight": weight, "later_epochs": later_epochs,
+            "picked_runs": picked, "seconds": time.perf_counter() - start,
+            "plain": _summary(mired_error(plain, dataset.true_temp)),
+            "reweighted": _summary(mired_error(chosen, dataset.true_temp))}
+
+
+def reweight_table(results: dict[str, dict]) -> Table:
+    table = Table(title="Grouped CV error (mireds): plain model vs worst-case re-weighting inside each fold")
+    for column in ("target", "model", "mean", "median", "p95", "worst"):
+        table.add_column(column, justify="left" if column in ("target", "model") else "right")
+    for target, r in results.items():
+        for i, name in enumerate(("plain", "reweighted")):
+            s = r[name]
+            label = name if name == "plain" else f"re-weighted ({r['iterations']} runs, picked {r['picked_runs']})"
+            table.add_row(target if i == 0 else "", label, f"{s['mean']:.2f}", f"{s['median']:.2f}", f"{s['p95']:.2f}",
+                          f"{s['worst']:.1f}", end_section=i == 1)
     return table
 
 
@@ -367,6 +457,15 @@ def main() -> None:
     parser.add_argument("--tta", action="store_true",
                         help="grouped CV with and without flip averaging and calibration instead")
     parser.add_argument("--min-sensor-images", type=int, default=20, help="with --per-sensor: fewer training images keep the shared model")
+    parser.add_argument("--joint", choices=["finetune", "scratch", "none"], default="finetune",
+                        help="with --per-sensor: the joint model with a sensor embedding is fine-tuned from the fold's shared "
+                             "model like the per-sensor copies (default), trained from scratch, or left out")
+    parser.add_argument("--reweight", action="store_true",
+                        help="grouped CV of the worst-case re-weighting loop (auto-train) against the plain model instead")
+    parser.add_argument("--iterations", type=int, default=None, help="with --reweight: runs per fold (default 4; 2 with --quick)")
+    parser.add_argument("--weight", type=int, default=4, help="with --reweight: extra inclusions of the worst image per run")
+    parser.add_argument("--later-epochs", type=int, default=None,
+                        help="with --reweight: epochs of each run after the first (default 30; 1 with --quick)")
     args = parser.parse_args()
 
     console = Console()
@@ -406,10 +505,30 @@ def main() -> None:
                                              "threads": torch.get_num_threads(), "targets": results}, indent=2))
             console.print(f"wrote {args.json}")
         return
+    if args.reweight:
+        iterations = args.iterations or (2 if args.quick else 4)
+        later = args.later_epochs or (1 if args.quick else 30)
+        results = {}
+        for t in args.targets:
+            results[t] = reweight_results(t, args.data, config, folds, iterations, args.weight, later, console)
+            if args.json:
+                args.json.write_text(json.dumps({"quick": args.quick, "config": dataclasses.asdict(config),
+                                                 "threads": torch.get_num_threads(), "targets": results}, indent=2))
+        console.print(reweight_table(results))
+        if args.json:
+            args.json.write_text(json.dumps({"quick": args.quick, "config": dataclasses.asdict(config),
+                                             "threads": torch.get_num_threads(), "targets": results}, indent=2))
+            console.print(f"wrote {args.json}")
+        return
     if args.per_sensor:
         epochs = args.finetune_epochs or (1 if args.quick else 30)
-        per_sensor = {t: per_sensor_results(t, args.data, config, folds, epochs, args.min_sensor_images, console)
-                      for t in args.targets}
+        per_sensor = {}
+        for t in args.targets:  # the JSON is rewritten after each target, so a stopped run keeps the finished ones
+            per_sensor[t] = per_sensor_results(t, args.data, config, folds, epochs, args.min_sensor_images, console,
+                                               joint=None if args.joint == "none" else args.joint)
+            if args.json:
+                args.json.write_text(json.dumps({"quick": args.quick, "config": dataclasses.asdict(config),
+                                                 "per_sensor": per_sensor}, indent=2))
         console.print(per_sensor_table(per_sensor))
         if args.json:
             args.json.write_text(json.dumps({"quick": args.quick, "config": dataclasses.asdict(config),

@@ -14,7 +14,7 @@ Three more measurements (``--fidelity``, ``--speed``, ``--ceiling``; each prints
 
     .venv/bin/python benchmarks/proxy.py --fidelity [--blocks exposure sharpen] [--fid-count 400]
         [--fid-images 16] [--fid-size 256x192] [--fid-iters 3000] [--fid-width 16] [--regress-samples 5]
-        [--fid-head affine|add|matrix|global] [--fid-schedule constant|cosine] [--fid-lr 1e-3]
+        [--fid-head affine|add|matrix|global|pointwise|blur] [--fid-patch 96] [--fid-schedule constant|cosine] [--fid-lr 1e-3]
         [--fid-dir DIR [--fid-reuse]] [--regress-polish 20]
     .venv/bin/python benchmarks/proxy.py --speed [--speed-sizes 768x512 4000x3000] [--speed-width 32]
     .venv/bin/python benchmarks/proxy.py --ceiling DATASET... [--ceiling-samples 60]
@@ -31,7 +31,9 @@ settings is reused; ``--fid-reuse`` scores the proxy already trained there).
 ``--speed``: one renderer call (darktable-cli, start-up included, and the builtin ops) against
 one proxy forward pass at each size, on ``--device``.
 ``--ceiling``: per sample of each dataset, the PSNR of the best global gain, gain per channel,
-3x3 matrix + offset and quadratic colour polynomial from input to output (least squares).
+3x3 matrix + offset and quadratic colour polynomial from input to output (least squares); for
+lowpass also of the ``blur`` head's Gaussian in CIE Lab at ``sigma = radius``, alone and followed
+by the best quadratic colour polynomial.
 
 Measured (2026-11-30):
 
@@ -142,7 +144,7 @@ def main() -> None:
     parser.add_argument("--fid-size", default="256x192")
     parser.add_argument("--fid-iters", type=int, default=3000)
     parser.add_argument("--fid-width", type=int, default=16)
-    parser.add_argument("--fid-patch", type=int, default=96)
+    parser.add_argument("--fid-patch", type=int, default=96, help="training crop side (0: whole images, for --fid-head blur)")
     parser.add_argument("--fid-params", nargs="+", default=[], metavar="BLOCK/SPEC",
                         help="what varies per block, in generate's -p syntax, e.g. exposure/exposure,black=-0.02:0.02 (default: every parameter over its soft range)")
     parser.add_argument("--fid-head", default="affine", choices=list(PROXY_HEADS), help="proxy head (see isplab.models.proxy)")
@@ -238,7 +240,8 @@ def fidelity(args, console: Console) -> list[dict]:
     backend = _backend(args)
     size = parse_size(args.fid_size)
     budget = (f"{args.fid_count} samples of {args.fid_images} synthetic {size[0]}x{size[1]} images ({backend}), "
-              f"width {args.fid_width}, head {args.fid_head}, {args.fid_iters} iterations of 8 {args.fid_patch}px patches, "
+              f"width {args.fid_width}, head {args.fid_head}, {args.fid_iters} iterations of 8 "
+              f"{f'{args.fid_patch}px patches' if args.fid_patch else 'whole images'}, "
               f"lr {args.fid_lr:g} ({args.fid_schedule}), device {args.device}")  # fmt: skip
     console.print(f"fidelity budget: {budget}")
     specs = dict(item.split("/", 1) for item in args.fid_params)
@@ -320,6 +323,7 @@ def ceiling(args, console: Console) -> list[dict]:
     transform per image could do, and whether the block is a global colour transform at all."""
     import numpy as np
 
+    from isplab.models.proxy import lab_gaussian_blur
     from isplab.workflows.proxy.dataset import load_dataset
 
     def score(pred, y):
@@ -336,19 +340,27 @@ def ceiling(args, console: Console) -> list[dict]:
             fits["identity"].append(score(x, y))
             fits["gain"].append(score(x * (x * y).sum() / (x * x).sum(), y))
             fits["gain per channel"].append(score(x * (x * y).sum(0) / (x * x).sum(0), y))
-            for name, a in (("3x3 + offset", np.c_[x, np.ones(len(x))]),
-                            ("quadratic", np.c_[x, x**2, x[:, [0]] * x[:, [1]], x[:, [1]] * x[:, [2]], x[:, [0]] * x[:, [2]], np.ones(len(x))])):  # fmt: skip
+            quadratic = lambda x: np.c_[x, x**2, x[:, [0]] * x[:, [1]], x[:, [1]] * x[:, [2]], x[:, [0]] * x[:, [2]], np.ones(len(x))]  # noqa: E731
+            for name, a in (("3x3 + offset", np.c_[x, np.ones(len(x))]), ("quadratic", quadratic(x))):
                 m, *_ = np.linalg.lstsq(a, y, rcond=None)
                 fits[name].append(score(a @ m, y))
+            if data.block == "lowpass":  # the blur head's Gaussian in CIE Lab at sigma = radius
+                image = data.read(s["input"])[None].double()
+                blurred = lab_gaussian_blur(image, float(s["params"]["radius"]))[0].reshape(3, -1).T.numpy()
+                fits.setdefault("Lab Gaussian", []).append(score(blurred, y))
+                m, *_ = np.linalg.lstsq(quadratic(blurred), y, rcond=None)
+                fits.setdefault("Lab Gaussian + quadratic", []).append(score(quadratic(blurred) @ m, y))
         n = len(fits["gain"])
         rows.append({"dataset": str(folder), "block": data.block, "samples": n, "varied": data.varied,
                      "fits": {k: {"mean": float(np.mean(v)), "median": float(np.median(v)), "min": float(np.min(v))} for k, v in fits.items()}})  # fmt: skip
     table = Table(title="exact global colour models fitted per sample: PSNR mean / median / min (dB)")
     table.add_column("block")
-    for name in rows[0]["fits"] if rows else []:
+    names = list(dict.fromkeys(name for r in rows for name in r["fits"]))
+    for name in names:
         table.add_column(name, justify="right")
     for r in rows:
-        table.add_row(f"{r['block']} ({r['samples']})", *(f"{f['mean']:.1f} / {f['median']:.1f} / {f['min']:.1f}" for f in r["fits"].values()))
+        cells = (r["fits"].get(name) for name in names)
+        table.add_row(f"{r['block']} ({r['samples']})", *(f"{f['mean']:.1f} / {f['median']:.1f} / {f['min']:.1f}" if f else "-" for f in cells))
     console.print(table)
     return rows
 

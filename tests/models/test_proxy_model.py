@@ -158,7 +158,7 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(10 * torch.log10(1 / torch.mean((a - b) ** 2)))
 
 
-@pytest.mark.parametrize("head", ["matrix", "global"])
+@pytest.mark.parametrize("head", ["matrix", "global", "pointwise", "blur"])
 def test_new_heads_are_the_identity_at_init(head):
     model = _model(head=head)
     x = torch.rand(2, 3, 30, 45)
@@ -236,7 +236,7 @@ def test_global_head_learns_a_gain_of_the_parameter_for_unseen_images_and_values
     with torch.no_grad():
         assert _psnr(model(x, u), target) > 40
         assert _psnr(model.global_transform(x, u), target) > 40
-    with pytest.raises(IsplabError, match="needs the 'global' head"):
+    with pytest.raises(IsplabError, match="needs the 'global' or 'pointwise' head"):
         _model(head="matrix")(x, torch.rand(3, 2), with_global=True)
 
 
@@ -250,3 +250,227 @@ def test_global_head_round_trips(tmp_path):
     x, unit = torch.rand(1, 3, 12, 20), torch.rand(1, 2)
     assert torch.equal(loaded(x, unit), model.eval()(x, unit))
     assert not torch.equal(loaded(x, unit), x)
+
+
+# ------------------------------------------------------------------ pointwise head
+
+
+def _vibrance(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """A per-pixel colour map that no single colour matrix is: each pixel's distance from its
+    luminance ``Y`` scaled by ``1 + (4u - 1) (1 - chroma)`` (``chroma = max - min``), so
+    greyish pixels gain more colour than colourful ones, and ``u`` sets how much (u = 0.25: none)."""
+    y = (0.2126 * x[:, 0:1] + 0.7152 * x[:, 1:2] + 0.0722 * x[:, 2:3])
+    chroma = x.amax(1, keepdim=True) - x.amin(1, keepdim=True)
+    return y + (x - y) * (1 + (4 * u - 1)[:, :, None, None] * (1 - chroma))
+
+
+def test_pointwise_transform_is_gain_matrix_offset_per_pixel():
+    """z = exp(g) ((I + D) x) + o with (g, D, o) from the pixel MLP: its last layer's bias gives the
+    constant part, and a weight on one input feature makes it depend on that pixel's value."""
+    from isplab.models.proxy import GAIN_BOUND, LOG_FLOOR
+
+    model = _model(head="pointwise")
+    g = torch.tensor([0.5, -0.25, 0.0])
+    with torch.no_grad():
+        bias = model.pixel_mlp[-1].bias
+        bias[:3] = GAIN_BOUND * torch.atanh(g / GAIN_BOUND)
+        bias[3:12] = (KNOWN - torch.eye(3)).reshape(-1)
+        bias[12:] = KNOWN_OFFSET
+    x = torch.rand(2, 3, 10, 14)
+    expected = torch.exp(g)[:, None, None] * torch.einsum("ij,bjhw->bihw", KNOWN, x) + KNOWN_OFFSET[:, None, None]
+    torch.testing.assert_close(model(x, torch.rand(2, 2)), expected, atol=1e-6, rtol=1e-6)
+    # Features in order: log2(|x| + floor) / 12 (3), x clamped (3), unit (2). Make the first
+    # layer pass feature k through one hidden unit (LeakyReLU keeps positive values), the second
+    # pass it on, and the last put it into the offset of the blue channel.
+    model = _model(head="pointwise")
+    x = 0.1 + 0.8 * torch.rand(2, 3, 10, 14)  # log2 < 0, so -log2 passes the LeakyReLU unchanged
+    unit = torch.tensor([[0.3, 0.8], [0.6, 0.1]])
+    logs = torch.log2(x.abs() + LOG_FLOOR) / 12
+    for k, feature in ((1, -logs[:, 1:2]), (4, x[:, 1:2]), (7, unit[:, 1, None, None, None].expand(2, 1, 10, 14))):
+        with torch.no_grad():
+            for layer in model.pixel_mlp[::2]:
+                layer.weight.zero_()
+                layer.bias.zero_()
+            model.pixel_mlp[0].weight[0, k] = -1.0 if k == 1 else 1.0
+            model.pixel_mlp[2].weight[0, 0] = 1.0
+            model.pixel_mlp[4].weight[14, 0] = 1.0
+        out = model(x, unit)
+        torch.testing.assert_close(out[:, :2], x[:, :2])
+        torch.testing.assert_close(out[:, 2:], x[:, 2:] + feature, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_pointwise_head_learns_a_per_pixel_colour_map_of_the_parameter_for_new_images():
+    """_vibrance (a non-linear per-pixel colour map set by u), trained as ``proxy train`` does
+    (L1 of the proxy plus L1 of its pointwise part, cosine schedule from 1e-2, 400 steps) on random images:
+    on images never seen, at u in a band never seen, the pointwise part alone and the whole proxy
+    are within 40 dB. The ``global`` head (one colour matrix per u) trained the same way stays
+    below 35 dB on its global part: the map is not a matrix."""
+    import math
+
+    scores = {}
+    for head in ("pointwise", "global"):
+        torch.manual_seed(0)
+        model = build_proxy_model([(0.0, 1.0)], width=4, depth=1, head=head)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        steps = 400
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
+        for _ in range(steps):
+            x = torch.rand(8, 3, 16, 16)
+            u = torch.rand(8, 1) * 0.9
+            u = torch.where(u < 0.45, u, u + 0.1)
+            target = _vibrance(x, u)
+            out, z = model(x, u, with_global=True)
+            loss = torch.nn.functional.l1_loss(out, target) + torch.nn.functional.l1_loss(z, target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        torch.manual_seed(1)
+        x, u = torch.rand(3, 3, 24, 40), torch.tensor([[0.47], [0.5], [0.53]])
+        target = _vibrance(x, u)
+        with torch.no_grad():
+            out, z = model(x, u, with_global=True)
+        scores[head] = (_psnr(out, target), _psnr(z, target))
+    assert scores["pointwise"][0] > 40 and scores["pointwise"][1] > 40, scores
+    assert scores["global"][1] < 35, scores
+
+
+@pytest.mark.slow
+def test_pointwise_head_round_trips_and_exports_to_onnx(tmp_path):
+    """Saved and loaded, the pointwise proxy gives the same output; exported to ONNX (dynamic
+    image size) onnxruntime agrees with PyTorch."""
+    pytest.importorskip("onnxruntime")
+    from isplab.export.onnx import export_onnx, run_onnx
+
+    model = _model(head="pointwise", meta={"block": "colorbalancergb"})
+    _perturb_head(model)
+    with torch.no_grad():
+        model.pixel_mlp[-1].weight.normal_(0, 0.1)
+        model.pixel_mlp[-1].bias.normal_(0, 0.1)
+    loaded = load_proxy_model(save_proxy_model(model, tmp_path / "p.pt"))
+    assert loaded.head_kind == "pointwise" and loaded.proxy_config["head"] == "pointwise"
+    x, unit = torch.rand(1, 3, 12, 20), torch.rand(1, 2)
+    expected = model.eval()(x, unit)
+    assert torch.equal(loaded(x, unit), expected)
+    assert not torch.equal(expected, x)
+    export_onnx(loaded, (x, unit), tmp_path / "p.onnx", input_names=["image", "unit"],
+                dynamic_axes={"image": {2: "height", 3: "width"}})  # fmt: skip
+    (got,) = run_onnx(tmp_path / "p.onnx", [x.numpy(), unit.numpy()])
+    torch.testing.assert_close(torch.from_numpy(got), expected, atol=1e-5, rtol=1e-4)
+
+
+# ------------------------------------------------------------------ blur head (Gaussian in CIE Lab)
+
+D50_XYZ_FROM_REC709 = torch.tensor([[0.4360747, 0.3850649, 0.1430804], [0.2225045, 0.7168786, 0.0606169], [0.0139322, 0.0971045, 0.7141733]])
+D50_WHITE = torch.tensor([0.9642, 1.0, 0.8249])
+
+
+def _lab_f(t):
+    e = 6 / 29
+    return torch.where(t > e**3, t.clamp(min=e**3) ** (1 / 3), t / (3 * e * e) + 4 / 29)
+
+
+def _lab_f_inv(s):
+    e = 6 / 29
+    return torch.where(s > e, s**3, 3 * e * e * (s - 4 / 29))
+
+
+def _reference_lab_blur(x, sigma):
+    """Blur f(XYZ / white) (CIE Lab up to a linear map) with a pixel-integrated Gaussian, edges
+    replicated far beyond the kernel, one direction at a time, and convert back."""
+    from math import erf, sqrt
+
+    m = D50_XYZ_FROM_REC709.double() / D50_WHITE.double()[:, None]
+    lab = _lab_f(torch.einsum("ij,bjhw->bihw", m, x.double()))
+    r = int(8 * sigma) + 2
+    d = torch.arange(-r, r + 1, dtype=torch.float64)
+    phi = lambda t: 0.5 * (1 + torch.tensor([erf(float(v) / sqrt(2)) for v in t], dtype=torch.float64))  # noqa: E731
+    kernel = phi((d + 0.5) / sigma) - phi((d - 0.5) / sigma)
+    c = lab.shape[1]
+    lab = torch.nn.functional.pad(lab, (r, r, r, r), mode="replicate")
+    lab = torch.nn.functional.conv2d(lab, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    lab = torch.nn.functional.conv2d(lab, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(m), _lab_f_inv(lab)).float()
+
+
+def _set_blur(model, sigma: float, mix: float):
+    import math
+
+    from isplab.models.proxy import BLUR_LOG_SIGMA0
+
+    with torch.no_grad():
+        model.blur_mlp[-1].bias[:] = torch.tensor([math.log(sigma) - BLUR_LOG_SIGMA0, mix])
+
+
+def test_blur_head_is_a_gaussian_in_lab_with_replicated_edges():
+    """With the blur MLP's output set to sigma = 2.5 px and a = 1, the model (its pointwise and
+    U-Net parts still the identity) is a pixel-integrated Gaussian of CIE Lab (D50) with replicated
+    edges, on a non-square image; a = 0.5 mixes half of it in Lab; with a sigma far larger than
+    the image the replicated edges dominate: every pixel becomes the mean of the four corners in
+    Lab (darktable 4.2.1's lowpass at radius up to 459 on 256x192 renders matches this blur,
+    borders included, to 57.5 dB or better: ``benchmarks/proxy.py --ceiling``)."""
+    from isplab.models.proxy import LAB_MATRIX
+
+    torch.testing.assert_close(torch.tensor(LAB_MATRIX), D50_XYZ_FROM_REC709 / D50_WHITE[:, None])
+    model = build_proxy_model([(0.0, 1.0)], width=4, depth=2, head="blur")
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 20, 31) ** 2 * 1.5  # linear values, some above 1
+    unit = torch.tensor([[0.3]])
+    _set_blur(model, 2.5, 1.0)
+    with torch.no_grad():
+        out = model(x, unit)
+        torch.testing.assert_close(out, _reference_lab_blur(x, 2.5), atol=2e-5, rtol=1e-4)
+        sigma, mix = model.blur_sigma(unit)
+        assert float(sigma) == pytest.approx(2.5) and float(mix) == pytest.approx(1.0)
+        _set_blur(model, 2.5, 0.5)
+        m = D50_XYZ_FROM_REC709 / D50_WHITE[:, None]
+        lab = _lab_f(torch.einsum("ij,bjhw->bihw", m, x))
+        blurred = _lab_f(torch.einsum("ij,bjhw->bihw", m, _reference_lab_blur(x, 2.5)))
+        half = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(m), _lab_f_inv(0.5 * (lab + blurred)))
+        torch.testing.assert_close(model(x, unit), half, atol=2e-5, rtol=1e-4)
+        _set_blur(model, 1e7, 1.0)
+        corners = lab[:, :, [0, 0, -1, -1], [0, -1, 0, -1]].mean(2)[:, :, None, None]
+        mean = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(m), _lab_f_inv(corners))
+        torch.testing.assert_close(model(x, unit), mean.expand_as(x), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_blur_head_learns_a_blur_radius_of_the_parameter_for_new_images():
+    """Target: a Lab Gaussian with sigma = 1 + 4u pixels, then a gain of 1.2. Trained as ``proxy
+    train`` trains it (L1 of the proxy plus L1 of its part before the U-Net, whole 32x32 images,
+    cosine schedule, 300 steps) on u outside [0.45, 0.55): on new images at u = 0.5 the proxy is
+    within 40 dB and the learned sigma is 3 px within 5 %."""
+    import math
+
+    teacher = build_proxy_model([(0.0, 1.0)], width=4, depth=1, head="blur")
+
+    def target(x, u):
+        with torch.no_grad():
+            out = []
+            for xi, ui in zip(x, u):
+                _set_blur(teacher, 1 + 4 * float(ui), 1.0)
+                out.append(1.2 * teacher.blur_transform(xi[None], ui[None]))
+            return torch.cat(out)
+
+    torch.manual_seed(0)
+    model = build_proxy_model([(0.0, 1.0)], width=4, depth=1, head="blur")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    steps = 300
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
+    for _ in range(steps):
+        x = torch.rand(8, 3, 32, 32) ** 2
+        u = torch.rand(8, 1) * 0.9
+        u = torch.where(u < 0.45, u, u + 0.1)
+        y = target(x, u)
+        out, z = model(x, u, with_global=True)
+        loss = torch.nn.functional.l1_loss(out, y) + torch.nn.functional.l1_loss(z, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    torch.manual_seed(1)
+    x, u = torch.rand(2, 3, 32, 48) ** 2, torch.tensor([[0.5], [0.5]])
+    with torch.no_grad():
+        assert _psnr(model(x, u), target(x, u)) > 40
+        assert float(model.blur_sigma(u[:1])[0]) == pytest.approx(3.0, rel=0.05)

@@ -26,6 +26,10 @@ Architectures (``arch``):
 
 ``ensemble=N`` (any arch) builds :class:`AWBEnsemble`: N independently initialised members whose
 mireds are averaged, still one module and one TFLite file.
+
+:func:`with_sensor_embedding` wraps any of them in :class:`SensorAWB`, one network trained jointly
+on several sensors with a learned vector per sensor (``awb_config["sensors"]`` lists them);
+:func:`select_sensor` fixes the sensor, giving back the two-input contract for export.
 """
 
 from __future__ import annotations
@@ -339,16 +343,121 @@ class CalibratedAWB(nn.Module):
         self.register_buffer("scale", torch.tensor(float(scale)))
         self.register_buffer("offset", torch.tensor(float(offset)))
 
-    def raw_mireds(self, image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
-        """``(B,)`` mireds before the calibration (flip-averaged when ``flip``)."""
+    def raw_mireds(self, image: torch.Tensor, lux: torch.Tensor, sensor: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B,)`` mireds before the calibration (flip-averaged when ``flip``); ``sensor``: per-image
+        sensor indices for a :class:`SensorAWB` network (``None``: its selected sensor, or none)."""
+        extra = {} if sensor is None else {"sensor": sensor}
         if not self.flip:
-            return 1e6 / self.net(image, lux)
-        both = 1e6 / self.net(torch.cat([image, image.flip(2)]), torch.cat([lux, lux]))
+            return 1e6 / self.net(image, lux, **extra)
+        if sensor is not None:
+            extra = {"sensor": torch.cat([sensor, sensor])}
+        both = 1e6 / self.net(torch.cat([image, image.flip(2)]), torch.cat([lux, lux]), **extra)
         return 0.5 * (both[: image.shape[0]] + both[image.shape[0] :])
 
-    def forward(self, image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, lux: torch.Tensor, sensor: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, H, W, 3)``, ``(B,)`` -> ``(B,)`` kelvin."""
-        return 1e6 / (self.offset + self.scale * self.raw_mireds(image, lux)).clamp(min=1.0)
+        return 1e6 / (self.offset + self.scale * self.raw_mireds(image, lux, sensor)).clamp(min=1.0)
+
+
+class SensorAWB(nn.Module):
+    """One AWB network trained jointly on several sensors, with a learned vector per sensor.
+
+    Each sensor ``s`` has per-channel log gains ``g_s`` applied to the statistics before the
+    network (``image * exp(g_s)``: a sensor's spectral response shifts its zone chroma after the
+    5000 K gains and CCM) and an affine map of the network's mireds, ``exp(a_s) * mireds + 50 b_s``
+    (kept above 1 mired). All start at the identity, so an untrained embedding changes nothing.
+
+    ``forward(image, lux, sensor)`` takes ``(B,)`` sensor indices into ``sensors``; without them the
+    ``selected`` sensor is used (:func:`select_sensor`), which is how one exported TFLite file per
+    sensor keeps libcamera's two-input contract (the index is a constant of the graph).
+
+    Args:
+        net: an AWB network of :func:`build_awb_net` (ensembles included).
+        sensors: the sensor names, in index order.
+    """
+
+    def __init__(self, net: nn.Module, sensors: list[str]) -> None:
+        super().__init__()
+        if not sensors or len(set(sensors)) != len(sensors):
+            raise IsplabError(f"a sensor embedding needs distinct sensor names, got {list(sensors)}")
+        self.net = net
+        self.sensors = [str(s) for s in sensors]
+        self.log_gain = nn.Parameter(torch.zeros(len(sensors), 3))
+        self.log_scale = nn.Parameter(torch.zeros(len(sensors)))
+        self.offset = nn.Parameter(torch.zeros(len(sensors)))
+        self.selected: int | None = None
+
+    def _vectors(self, sensor: torch.Tensor | None, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if sensor is None:
+            if self.selected is None:
+                raise IsplabError(
+                    f"this AWB model was trained jointly on sensors {', '.join(self.sensors)}: "
+                    "say which sensor the statistics come from (sensors=..., or a file exported with awb export --sensor S)"
+                )
+            i = self.selected  # a constant of an exported graph
+            return self.log_gain[i].reshape(1, 1, 1, 3), self.log_scale[i].reshape(1), self.offset[i].reshape(1)
+        sensor = sensor.long()
+        return self.log_gain[sensor][:, None, None, :], self.log_scale[sensor], self.offset[sensor]
+
+    def member_mireds(self, image: torch.Tensor, lux: torch.Tensor, sensor: torch.Tensor | None = None) -> torch.Tensor:
+        """``(M, B)`` mireds of each member of the network, with the sensors' gains and affine map."""
+        gain, log_scale, offset = self._vectors(sensor, image.shape[0])
+        mireds = member_mireds(self.net, image * torch.exp(gain), lux)
+        return (torch.exp(log_scale) * mireds + 50.0 * offset).clamp(min=1.0)
+
+    def forward(self, image: torch.Tensor, lux: torch.Tensor, sensor: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, H, W, 3)``, ``(B,)`` (and ``(B,)`` sensor indices) -> ``(B,)`` kelvin."""
+        return 1e6 / self.member_mireds(image, lux, sensor).mean(dim=0)
+
+
+def with_sensor_embedding(net: nn.Module, sensors: list[str]) -> SensorAWB:
+    """Wrap a network of :func:`build_awb_net` in a :class:`SensorAWB` for ``sensors``; its
+    ``awb_config`` records the sensor list, so :func:`save_awb_model` / :func:`load_awb_model`
+    round-trip it."""
+    model = SensorAWB(net, list(sensors))
+    model.awb_config = {**net.awb_config, "sensors": list(model.sensors)}
+    return model
+
+
+def sensor_part(model: nn.Module) -> SensorAWB | None:
+    """The :class:`SensorAWB` of ``model`` (itself, or inside a :class:`CalibratedAWB`), else ``None``."""
+    inner = base_net(model)
+    return inner if isinstance(inner, SensorAWB) else None
+
+
+def model_sensors(model: nn.Module) -> list[str] | None:
+    """The sensors a jointly trained model knows, ``None`` for a model without a sensor embedding."""
+    part = sensor_part(model)
+    return None if part is None else list(part.sensors)
+
+
+def sensor_index(model: nn.Module, sensor: str) -> int:
+    """``sensor``'s index in a jointly trained model.
+
+    Raises:
+        IsplabError: the model has no sensor embedding, or does not know ``sensor`` (naming those it knows).
+    """
+    known = model_sensors(model)
+    if known is None:
+        raise IsplabError(f"this AWB model has no sensor embedding, so --sensor {sensor} does not apply to it")
+    if sensor not in known:
+        raise IsplabError(f"unknown sensor {sensor!r}: this AWB model knows {', '.join(known)}")
+    return known.index(sensor)
+
+
+def select_sensor(model: nn.Module, sensor: str) -> nn.Module:
+    """A copy of a jointly trained model with ``sensor`` fixed: ``forward(image, lux)`` then has
+    libcamera's contract (what ``awb export --sensor`` exports).
+
+    Raises:
+        IsplabError: as :func:`sensor_index`.
+    """
+    import copy
+
+    index = sensor_index(model, sensor)
+    model = copy.deepcopy(model)
+    sensor_part(model).selected = index
+    return model
 
 
 def fit_calibration(predicted_mireds, true_mireds) -> tuple[float, float]:
@@ -365,8 +474,11 @@ def fit_calibration(predicted_mireds, true_mireds) -> tuple[float, float]:
     return scale, float(y.mean() - scale * x.mean())
 
 
-def member_mireds(model: nn.Module, image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
-    """``(M, B)`` mireds of each ensemble member, ``M = 1`` for a single model."""
+def member_mireds(model: nn.Module, image: torch.Tensor, lux: torch.Tensor, sensor: torch.Tensor | None = None) -> torch.Tensor:
+    """``(M, B)`` mireds of each ensemble member, ``M = 1`` for a single model; ``sensor``: the
+    images' sensor indices for a :class:`SensorAWB`."""
+    if isinstance(model, SensorAWB):
+        return model.member_mireds(image, lux, sensor)
     if isinstance(model, AWBEnsemble):
         return model.member_mireds(image, lux)
     return (1e6 / model(image, lux))[None]
@@ -438,10 +550,11 @@ def awb_net_from_config(config: dict) -> nn.Module:
         config["arch"], config["size"], config["temperature_range"],
         ensemble=config.get("ensemble", 1), **config.get("options", {}),
     )
-    model.awb_config = {**config, **model.awb_config}
+    model.awb_config = {k: v for k, v in {**config, **model.awb_config}.items()
+                        if k not in ("calibration", "flip_average", "sensors")}
+    if "sensors" in config:  # a SensorAWB: the embedding comes with the state dict
+        model = with_sensor_embedding(model, config["sensors"])
     if "calibration" in config:  # a CalibratedAWB: the buffers come with the state dict
-        net_config = {k: v for k, v in model.awb_config.items() if k not in ("calibration", "flip_average")}
-        model.awb_config = net_config
         model = calibrated(model, flip=bool(config.get("flip_average", False)))
     return model
 

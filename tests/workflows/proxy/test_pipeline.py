@@ -258,9 +258,11 @@ def test_eval_builtin_chain_matches_direct_computation(tmp_path, raw, models):
     assert again.exit_code == 1 and "already holds" in str(again.exception)
 
 
-def test_eval_chain_of_global_and_matrix_heads(tmp_path, raw):
-    """Proxies with the ``global`` and ``matrix`` heads chain like the others: each adds its bias."""
-    _proxy(tmp_path / "models" / "exposure.pt", "exposure", {"exposure": (-2.0, 2.0)}, bias=0.02, head="global")
+@pytest.mark.parametrize("first", ["global", "pointwise", "blur"])
+def test_eval_chain_of_global_and_matrix_heads(tmp_path, raw, first):
+    """Proxies with the ``global`` (or ``pointwise``, ``blur``) and ``matrix`` heads chain like the others:
+    each adds its bias."""
+    _proxy(tmp_path / "models" / "exposure.pt", "exposure", {"exposure": (-2.0, 2.0)}, bias=0.02, head=first)
     _proxy(tmp_path / "models" / "cbrgb.pt", "colorbalancergb", {"contrast": (-0.5, 0.5), "chroma_global": (-0.5, 0.5)}, bias=-0.005, head="matrix")
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["proxy", "pipeline", "eval", str(_config(tmp_path, raw, TWO)), "-o", str(out), "--settings", "2", "--device", "cpu"])

@@ -52,10 +52,10 @@ def test_regression_recovers_what_the_proxy_rendered(builtin_setup):
     assert all(not p.requires_grad for p in model.parameters())  # frozen
 
 
-@pytest.mark.parametrize("head", ["global", "matrix"])
+@pytest.mark.parametrize("head", ["global", "matrix", "pointwise", "blur"])
 def test_regression_through_the_new_heads(head):
-    """Self-consistency through an untrained-but-perturbed proxy with the ``global``/``matrix``
-    head: the parameter gets gradients through the MLP and the U-Net, and is recovered."""
+    """Self-consistency through an untrained-but-perturbed proxy with the ``global``/``matrix``/
+    ``pointwise``/``blur`` head: the parameter gets gradients through the MLP and the U-Net, and is recovered."""
     from isplab.models.proxy import build_proxy_model
 
     torch.manual_seed(0)
@@ -64,6 +64,11 @@ def test_regression_through_the_new_heads(head):
         model.head.weight.normal_(0, 0.05)
         if head == "global":
             model.global_mlp[-1].weight.normal_(0, 0.3)
+        if head in ("pointwise", "blur"):
+            model.pixel_mlp[-1].weight.normal_(0, 0.3)
+        if head == "blur":  # sigma and the mix depend on the parameter
+            model.blur_mlp[-1].weight.normal_(0, 1.0)
+            model.blur_mlp[-1].bias[1] = 0.5
     x = torch.rand(1, 3, 24, 32)
     for truth in (0.25, 0.7):
         with torch.no_grad():

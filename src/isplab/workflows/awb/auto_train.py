@@ -13,23 +13,34 @@ with ``p`` for the point (``model_12_2p6003_31.pt``):
 and ``duplicates.txt`` (unless another duplicates file is given) holds the current counts. An
 interrupted loop continues with ``resume=True``: the counts of ``duplicates.txt``, the latest run's
 model, and run numbers after the latest.
+
+The loop itself is :func:`reweight_loop`, which works on an in-memory dataset and writes nothing
+(``benchmarks/awb_rpi.py --reweight`` runs it inside each cross-validation fold).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from isplab.engine import is_global_zero
 from isplab.errors import IsplabError
 from isplab.io.paths import prepare_output_dir
-from isplab.workflows.awb.dataset import AWBDataset, mired_error, read_duplicates, repeat_counts, write_duplicates
+from isplab.workflows.awb.dataset import (
+    AWBDataset,
+    mired_error,
+    read_duplicates,
+    repeat_counts,
+    write_duplicates,
+)
 from isplab.workflows.awb.model import load_awb_model, save_awb_model
-from isplab.workflows.awb.predict import predict
+from isplab.workflows.awb.predict import dataset_sensors, predict
 from isplab.workflows.awb.train import TrainConfig, train_model
 
 #: The duplicates file kept in the output folder when no other is given.
@@ -48,6 +59,87 @@ class RunRecord:
     model_path: Path
     verification_path: Path
     duplicates_path: Path
+
+
+@dataclass
+class LoopRun:
+    """One run of :func:`reweight_loop`: its model, its errors on the loop's images (mireds,
+    dataset order), the image it found worst and the duplicate counts after it."""
+
+    run: int
+    model: nn.Module
+    errors: np.ndarray
+    worst_index: int
+    duplicates: dict[str, int]
+
+    @property
+    def worst(self) -> float:
+        return float(self.errors[self.worst_index])
+
+    @property
+    def mean(self) -> float:
+        return float(self.errors.mean())
+
+
+def reweight_loop(
+    dataset: AWBDataset,
+    config: TrainConfig,
+    *,
+    duplicates: dict[str, int] | None = None,
+    start: nn.Module | None = None,
+    first_run: int = 0,
+    iterations: int = 50,
+    weight: int = 4,
+    early_stopping: int | None = 10,
+    later_epochs: int | None = None,
+    sensors: list[str] | None = None,
+    progress: bool = True,
+    on_run: Callable[[LoopRun], None] | None = None,
+) -> LoopRun:
+    """The re-weighting loop on an in-memory dataset; returns the best run (lowest worst-case error
+    on ``dataset``, ties: lowest mean). Writes nothing.
+
+    Each run trains with the current duplicate counts (starting from ``start``, then from the
+    previous run's model), scores every image of ``dataset`` and adds ``weight`` to the count of
+    the worst one.
+
+    Args:
+        duplicates: the starting counts (``<user>,<sensor>,<id>`` prefixes); not modified.
+        later_epochs: epochs of each run that continues a model (every run after the first, and the
+            first too when ``start`` is given); default ``config.epochs``, as the seed's loop.
+        sensors: the sensor list of a new sensor embedding (see :func:`train_model`).
+        on_run: called with every run (e.g. to save it).
+    """
+    if iterations < 1:
+        raise IsplabError(f"--iterations must be at least 1, got {iterations}")
+    if weight < 1:
+        raise IsplabError(f"--weight must be at least 1, got {weight}")
+    duplicates = dict(duplicates or {})
+    names = dataset_sensors(dataset)
+    best: LoopRun | None = None
+    since_best = 0
+    for run in range(first_run, first_run + iterations):
+        run_config = config
+        if later_epochs is not None and start is not None:
+            run_config = dataclasses.replace(config, epochs=later_epochs)
+        weights = repeat_counts(dataset.samples, duplicates)
+        model = train_model(dataset, run_config, weights=weights, input_model=start, progress=progress, sensors=sensors)
+        start = model
+        errors = mired_error(predict(model, dataset.images, dataset.lux, sensors=names), dataset.true_temp)
+        worst_index = int(np.argmax(errors))
+        prefix = dataset.samples[worst_index].prefix
+        duplicates[prefix] = duplicates.get(prefix, 1) + weight  # counts are total inclusions
+        record = LoopRun(run, model, errors, worst_index, dict(duplicates))
+        if on_run:
+            on_run(record)
+        if best is None or (record.worst, record.mean) < (best.worst, best.mean):
+            since_best = 0 if best is None or record.worst < best.worst else since_best + 1
+            best = record
+        else:
+            since_best += 1
+        if early_stopping is not None and since_best >= early_stopping:
+            break
+    return best
 
 
 @dataclass
@@ -142,37 +234,24 @@ def auto_train(
         first_run = max(models) + 1
         start = load_awb_model(models[max(models)])
     names = [sample.path.name for sample in dataset.samples]
-
     result = AutoTrainResult()
-    best_worst, since_best = np.inf, 0
-    for run in range(first_run, first_run + iterations):
-        weights = repeat_counts(dataset.samples, duplicates)
-        model = train_model(dataset, config, weights=weights, input_model=start, progress=progress)
-        start = model
-        errors = mired_error(predict(model, dataset.images, dataset.lux), dataset.true_temp)
-        order = np.argsort(-errors)
-        worst_index = int(order[0])
-        worst, mean = float(errors[worst_index]), float(errors.mean())
 
-        prefix = dataset.samples[worst_index].prefix
-        duplicates[prefix] = duplicates.get(prefix, 1) + weight  # counts are total inclusions
-        model_path = output_dir / f"{run_name('model', worst, mean, run)}.pt"
-        verification_path = output_dir / f"{run_name('verification', worst, mean, run)}.txt"
-        duplicates_path = output_dir / f"{run_name('duplicates', worst, mean, run)}.txt"
+    def save(run: LoopRun) -> None:
+        worst, mean, errors = run.worst, run.mean, run.errors
+        model_path = output_dir / f"{run_name('model', worst, mean, run.run)}.pt"
+        verification_path = output_dir / f"{run_name('verification', worst, mean, run.run)}.txt"
+        duplicates_path = output_dir / f"{run_name('duplicates', worst, mean, run.run)}.txt"
         if is_global_zero():
-            save_awb_model(model, model_path)
+            save_awb_model(run.model, model_path)
+            order = np.argsort(-errors)
             verification_path.write_text("".join(f"{names[i]} {errors[i]:.2f}\n" for i in order))
-            write_duplicates(duplicates_path, duplicates)
-            write_duplicates(duplicate_file, duplicates)
-
-        record = RunRecord(run, worst, mean, names[worst_index], model_path, verification_path, duplicates_path)
+            write_duplicates(duplicates_path, run.duplicates)
+            write_duplicates(duplicate_file, run.duplicates)
+        record = RunRecord(run.run, worst, mean, names[run.worst_index], model_path, verification_path, duplicates_path)
         result.runs.append(record)
         if on_run:
             on_run(record)
-        if worst < best_worst:
-            best_worst, since_best = worst, 0
-        else:
-            since_best += 1
-            if early_stopping is not None and since_best >= early_stopping:
-                break
+
+    reweight_loop(dataset, config, duplicates=duplicates, start=start, first_run=first_run, iterations=iterations,
+                  weight=weight, early_stopping=early_stopping, progress=progress, on_run=save)
     return result

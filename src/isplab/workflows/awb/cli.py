@@ -74,6 +74,12 @@ _TRAINING_OPTIONS: dict[str, tuple[Any, Any]] = {
                                      help="End the model with an affine mired calibration fitted on its training images (exported with it).")],
         _DEFAULTS.calibrate,
     ),
+    "sensor_embedding": (
+        Annotated[bool, typer.Option("--sensor-embedding/--no-sensor-embedding",
+                                     help="One network for all sensors with a learned vector per sensor (sensors from the file names); "
+                                          "export one TFLite per sensor with awb export --sensor S.")],
+        _DEFAULTS.sensor_embedding,
+    ),
     "early_stopping": (
         Annotated[int, typer.Option("--early-stopping", help="Stop after this many epochs without improvement (0: never).")],
         _DEFAULTS.patience or 0,
@@ -145,6 +151,7 @@ def _options_config(values: dict[str, Any]) -> TrainConfig:
         relight=values["relight"],
         flip_average=values["flip_average"],
         calibrate=values["calibrate"],
+        sensor_embedding=values.get("sensor_embedding", _DEFAULTS.sensor_embedding),
         patience=values["early_stopping"] or None,
         tuning_dir=str(values["tuning_dir"]) if values["tuning_dir"] else None,
         seed=values["seed"],
@@ -270,8 +277,9 @@ def train(
     """Train one AWB network (preprocessing inside the model, temperature in kelvin out).
 
     Ctrl-C keeps the last finished epoch in the run folder; the same command with --resume continues (--epochs is the total).
-    Per-sensor models: train a shared model, fine-tune it per sensor (--model shared.pt --sensor S), export each,
-    and point each sensor's tuning file at its own (awb tuning --sensor S --model S.tflite)."""
+    Per-sensor models, two routes: train a shared model and fine-tune it per sensor (--model shared.pt --sensor S),
+    or train one model with --sensor-embedding and export it per sensor (awb export joint.pt --sensor S);
+    then point each sensor's tuning file at its own TFLite (awb tuning --sensor S --model S.tflite)."""
     from isplab.engine import TrainingInterrupted, is_global_zero, prepare_run_dir
     from isplab.io.paths import prepare_output_file
     from isplab.workflows.awb.dataset import read_duplicates, repeat_counts
@@ -431,7 +439,7 @@ def evaluate_command(
         predictor = load_predictor(model)
         if predictor.target != data.target:
             raise IsplabError(f"{model} is a {predictor.target} model but {dataset} holds {data.target} images")
-        result = evaluate_predictions(data, predictor(data.images, data.lux))
+        result = evaluate_predictions(data, predictor(data.images, data.lux, [x.sensor for x in data.samples]))
         title = f"{model.name} on {dataset} ({data.target})"
     if not is_global_zero():
         return
@@ -451,20 +459,30 @@ def export_command(
     dataset: Path | None = typer.Option(
         None, "--dataset", help="Check agreement on these images (default: 200 random statistics)."
     ),
+    sensor: str | None = typer.Option(
+        None, "--sensor", "-s", help="For a model trained with --sensor-embedding: the sensor baked into the file (required there)."
+    ),
     overwrite: Overwrite = False,
 ) -> None:
     """Export to TFLite with exactly libcamera's contract, checked with the LiteRT interpreter.
 
-    float32/float16 must agree with PyTorch within 1 mired on every image (else error, nothing written); int8 is reported."""
+    float32/float16 must agree with PyTorch within 1 mired on every image (else error, nothing written); int8 is reported.
+    A model trained with --sensor-embedding is exported once per sensor (--sensor S; default output MODEL_S.tflite)."""
     from isplab.io.paths import prepare_output_file
+    from isplab.models.awb import model_sensors, select_sensor
     from isplab.workflows.awb.export import export_awb
     from isplab.workflows.awb.model import load_awb_model, model_target
 
     quantize = parse_quantize(quantize)
-    suffix = f"_{quantize}" if quantize else ""
+    net = load_awb_model(model)
+    known = model_sensors(net)
+    if known is not None and sensor is None:
+        raise IsplabError(f"{model} was trained jointly on sensors {', '.join(known)}: give --sensor S (one TFLite per sensor)")
+    if sensor is not None:
+        net = select_sensor(net, sensor)  # an unknown sensor: one line naming the known ones
+    suffix = (f"_{sensor}" if sensor else "") + (f"_{quantize}" if quantize else "")
     output = prepare_output_file(output or model.with_name(f"{model.stem}{suffix}.tflite"), overwrite=overwrite,
                                  what="TFLite model")
-    net = load_awb_model(model)
     target = model_target(net)
     data = _load(dataset, target) if dataset else None
     result = export_awb(net, target, output, quantize=quantize, dataset=data, overwrite=overwrite)

@@ -45,6 +45,9 @@ class TrainConfig:
             (:class:`isplab.models.awb.CalibratedAWB`, exported with the model).
         calibrate: the trained model ends with an affine map of its mireds fitted by least squares
             on its own training images (:func:`isplab.models.awb.fit_calibration`), exported with it.
+        sensor_embedding: train one network jointly on all sensors with a learned vector per sensor
+            (:class:`isplab.models.awb.SensorAWB`; the sensors come from the file names and are
+            recorded in the model); export one TFLite per sensor (``awb export --sensor S``).
         tuning_dir: extra folder searched for the sensors' tuning files (re-lighting).
         seed: seed of initialisation and augmentation (whose random numbers are drawn from
             ``(seed, epoch, rank)``).
@@ -72,6 +75,7 @@ class TrainConfig:
     relight: float = 0.0
     flip_average: bool = False
     calibrate: bool = False
+    sensor_embedding: bool = False
     tuning_dir: str | None = None
     seed: int = 0
     device: str = "auto"

@@ -189,7 +189,8 @@ def evaluate_model(model, dataset: AWBDataset, batch_size: int = 256) -> Evaluat
     ``model`` is anything :func:`isplab.workflows.awb.predict.predict` runs: an ``nn.Module``, a
     ``.pt`` or ``.tflite`` file, a loaded TFLite runner or a predictor.
     """
-    return evaluate_predictions(dataset, predict(model, dataset.images, dataset.lux, batch_size=batch_size))
+    sensors = [sample.sensor for sample in dataset.samples]  # used by models with a sensor embedding
+    return evaluate_predictions(dataset, predict(model, dataset.images, dataset.lux, sensors=sensors, batch_size=batch_size))
 
 
 def evaluate_tflite(path: str | PathLike[str], dataset: AWBDataset) -> EvaluationResult:
@@ -233,9 +234,12 @@ def cross_validate(
     for index, (train_idx, test_idx) in enumerate(splits):
         start = time.perf_counter()
         fold_weights = None if weights is None else np.asarray(weights)[train_idx]
-        model = train_model(dataset.subset(train_idx), config, weights=fold_weights, progress=progress)
+        # A sensor embedding knows every sensor of the dataset (one absent from a fold's training keeps the identity).
+        model = train_model(dataset.subset(train_idx), config, weights=fold_weights, progress=progress,
+                            sensors=sorted({s.sensor for s in dataset.samples}))
         timings.append(time.perf_counter() - start)
-        predicted[test_idx] = predict(model, dataset.images[test_idx], dataset.lux[test_idx])
+        predicted[test_idx] = predict(model, dataset.images[test_idx], dataset.lux[test_idx],
+                                      sensors=[dataset.samples[i].sensor for i in test_idx])
         fold_of[test_idx] = index
         if on_fold is not None:
             done = fold_of >= 0

@@ -107,7 +107,9 @@ def export_awb(
     """Convert ``model`` to TFLite with libcamera's AWB contract and check it with LiteRT.
 
     Args:
-        model: ``forward(image (B, H, W, 3), lux (B,)) -> (B,)`` kelvin (see ``isplab.models.awb``).
+        model: ``forward(image (B, H, W, 3), lux (B,)) -> (B,)`` kelvin (see ``isplab.models.awb``);
+            a model with a sensor embedding must have its sensor selected
+            (:func:`isplab.models.awb.select_sensor`): the sensor is then baked into the file.
         target: ``"pisp"`` or ``"vc4"``.
         out_path: the ``.tflite`` to write; written under a temporary name and renamed only once
             every check has passed, so a failed export leaves nothing half-written.
@@ -119,9 +121,16 @@ def export_awb(
 
     Raises:
         IsplabError: ``out_path`` exists (without ``overwrite``) or cannot be written, checked
-            before converting; check images of another target.
+            before converting; check images of another target; a joint model without a selected sensor.
         ParityError: the export differs from PyTorch by more than the tolerance on an image.
     """
+    from isplab.models.awb import model_sensors, sensor_part
+
+    if model_sensors(model) is not None and sensor_part(model).selected is None:
+        raise IsplabError(
+            f"this AWB model was trained jointly on sensors {', '.join(model_sensors(model))}: export one per sensor "
+            "(awb export --sensor S, or isplab.models.awb.select_sensor)"
+        )
     if quantize not in QUANTIZE:
         raise IsplabError(f"unknown quantisation {quantize!r}: expected one of float16, int8")
     quantize = QUANTIZE[quantize]

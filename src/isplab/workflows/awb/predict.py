@@ -24,7 +24,7 @@ from isplab.export import TFLiteRunner
 from isplab.workflows.awb.constants import TARGET_SIZES, describe_size
 from isplab.workflows.awb.model import load_awb_model, model_target
 
-__all__ = ["Predictor", "load_predictor", "predict"]
+__all__ = ["Predictor", "dataset_sensors", "load_predictor", "predict"]
 
 ModelLike = nn.Module | TFLiteRunner | str | PathLike
 
@@ -44,7 +44,8 @@ class Predictor:
         self.target = target
         self.source = source
 
-    def __call__(self, images: np.ndarray, lux: np.ndarray) -> np.ndarray:
+    def __call__(self, images: np.ndarray, lux: np.ndarray, sensors: list[str] | None = None) -> np.ndarray:
+        """``sensors``: the images' sensor names, for a PyTorch model with a sensor embedding (see :func:`predict`)."""
         images, lux = _arrays(images, lux)
         height, width = TARGET_SIZES[self.target]
         if images.shape[1:] != (height, width, 3):
@@ -52,7 +53,7 @@ class Predictor:
                 f"model '{self.source}' is for {self.target} ({width} wide x {height} high zones), "
                 f"got images of shape {images.shape[1:]}"
             )
-        return np.asarray(self._function(images, lux), dtype=np.float64)
+        return np.asarray(self._function(images, lux, sensors), dtype=np.float64)
 
 
 def load_predictor(model: ModelLike | Predictor) -> Predictor:
@@ -66,30 +67,49 @@ def load_predictor(model: ModelLike | Predictor) -> Predictor:
     if isinstance(model, Predictor):
         return model
     if isinstance(model, nn.Module):
-        return Predictor(lambda images, lux: _predict_torch(model, images, lux), model_target(model), None)
+        return Predictor(_torch_function(model), model_target(model), None)
     if isinstance(model, TFLiteRunner):
         runner = model
     else:
         path = Path(model)
         if path.suffix.lower() != ".tflite":
             net = load_awb_model(path)
-            return Predictor(lambda images, lux: _predict_torch(net, images, lux), model_target(net), path)
+            return Predictor(_torch_function(net), model_target(net), path)
         runner = TFLiteRunner(path)
     shape = tuple(int(n) for n in runner.input_details[0]["shape"])
     targets = [t for t, (h, w) in TARGET_SIZES.items() if shape == (1, h, w, 3)]
     if not targets:
         sizes = ", ".join(f"{t} [1, {h}, {w}, 3]" for t, (h, w) in TARGET_SIZES.items())
         raise IsplabError(f"TFLite model '{runner.path}' has image input shape {list(shape)}: expected {sizes}")
-    return Predictor(lambda images, lux: _predict_tflite(runner, images, lux), targets[0], runner.path)
+    return Predictor(lambda images, lux, sensors=None: _predict_tflite(runner, images, lux), targets[0], runner.path)
 
 
-def predict(model: ModelLike | Predictor, images: np.ndarray, lux: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+def _torch_function(net: nn.Module) -> Callable[..., np.ndarray]:
+    return lambda images, lux, sensors=None: _predict_torch(net, images, lux, 256, _sensor_indices(net, sensors))
+
+
+def dataset_sensors(dataset) -> list[str]:
+    """The sensor of each image of an :class:`~isplab.workflows.awb.dataset.AWBDataset` (from its file name)."""
+    return [sample.sensor for sample in dataset.samples]
+
+
+def predict(
+    model: ModelLike | Predictor,
+    images: np.ndarray,
+    lux: np.ndarray,
+    *,
+    sensors: list[str] | None = None,
+    batch_size: int = 256,
+) -> np.ndarray:
     """Predicted colour temperatures of ``(N, H, W, 3)`` statistics in ``[0, 1]`` and ``(N,)`` lux.
 
     Args:
         model: an AWB ``nn.Module`` (any ``forward(image, lux) -> kelvin``; run in eval mode on its
             own device, then restored), a loaded :class:`~isplab.export.TFLiteRunner`, a
             :class:`Predictor`, or a ``.pt``/``.tflite`` file.
+        sensors: ``(N,)`` the images' sensor names, used by a model trained with a sensor
+            embedding (:class:`isplab.models.awb.SensorAWB`) and ignored by others; such a model
+            without them predicts for its selected sensor (:func:`isplab.models.awb.select_sensor`).
         batch_size: images per PyTorch forward pass (TFLite models run one image at a time, as
             libcamera does).
 
@@ -98,14 +118,28 @@ def predict(model: ModelLike | Predictor, images: np.ndarray, lux: np.ndarray, *
 
     Raises:
         IsplabError: the images do not fit the model's input, ``images`` and ``lux`` differ in
-            length, or the model file cannot be loaded.
+            length, the model file cannot be loaded, or a jointly trained model meets a sensor it
+            does not know (or no sensor at all), naming the sensors it knows.
     """
     images, lux = _arrays(images, lux)
+    if sensors is not None and len(sensors) != len(images):
+        raise IsplabError(f"got {len(images)} images but {len(sensors)} sensor names")
     if isinstance(model, nn.Module):
-        return _predict_torch(model, images, lux, batch_size)
+        return _predict_torch(model, images, lux, batch_size, _sensor_indices(model, sensors))
     if isinstance(model, TFLiteRunner):
         return _predict_tflite(model, images, lux)
-    return load_predictor(model)(images, lux)
+    return load_predictor(model)(images, lux, sensors)
+
+
+def _sensor_indices(model: nn.Module, sensors: list[str] | None) -> np.ndarray | None:
+    from isplab.models.awb import model_sensors
+
+    known = model_sensors(model)
+    if known is None or sensors is None:
+        return None
+    from isplab.workflows.awb.train import sensor_indices
+
+    return sensor_indices(known, list(sensors))
 
 
 def _arrays(images: np.ndarray, lux: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +153,9 @@ def _arrays(images: np.ndarray, lux: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 @torch.no_grad()
-def _predict_torch(model: nn.Module, images: np.ndarray, lux: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def _predict_torch(
+    model: nn.Module, images: np.ndarray, lux: np.ndarray, batch_size: int = 256, sensor: np.ndarray | None = None
+) -> np.ndarray:
     was_training = model.training
     model.eval()
     try:
@@ -129,7 +165,8 @@ def _predict_torch(model: nn.Module, images: np.ndarray, lux: np.ndarray, batch_
         for start in range(0, len(images), batch_size):
             image = torch.as_tensor(images[start : start + batch_size], device=device)
             light = torch.as_tensor(lux[start : start + batch_size], device=device)
-            out.append(model(image, light).double().cpu().numpy())
+            extra = {} if sensor is None else {"sensor": torch.as_tensor(sensor[start : start + batch_size], device=device)}
+            out.append(model(image, light, **extra).double().cpu().numpy())
     finally:
         model.train(was_training)
     return np.concatenate(out) if out else np.zeros(0)

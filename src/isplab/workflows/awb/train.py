@@ -52,7 +52,14 @@ from isplab.engine import (
     resolve_checkpoint,
 )
 from isplab.errors import IsplabError
-from isplab.models.awb import base_net, calibrated, fit_calibration, member_mireds
+from isplab.models.awb import (
+    base_net,
+    calibrated,
+    fit_calibration,
+    member_mireds,
+    model_sensors,
+    with_sensor_embedding,
+)
 from isplab.workflows.awb.config import LOSSES, TrainConfig, reference_config
 from isplab.workflows.awb.constants import TEMPERATURE_RANGE
 from isplab.workflows.awb.dataset import AWBDataset
@@ -60,7 +67,7 @@ from isplab.workflows.awb.model import build_awb_model, load_awb_model
 
 __all__ = [
     "AWBModule", "RUN_FILES", "RelightTables", "TrainConfig", "geometric_augment",
-    "reference_config", "relight", "relight_tables", "add_test_time", "train_model",
+    "reference_config", "relight", "relight_tables", "add_test_time", "sensor_indices", "train_model",
 ]
 
 #: Mired grid on which each sensor's CT curve is tabulated for re-lighting.
@@ -220,6 +227,9 @@ class AWBModule(L.LightningModule):
             "lux": torch.from_numpy(dataset.lux),
             "mireds": 1e6 / torch.from_numpy(dataset.true_temp).clamp(low, high),
         }
+        known = model_sensors(model)
+        if known is not None:  # a sensor embedding: each image's index into the model's sensors
+            self.data["sensor"] = torch.tensor(sensor_indices(known, [s.sensor for s in dataset.samples]))
         self.tables = tables
         self._generator: torch.Generator | None = None
 
@@ -261,7 +271,8 @@ class AWBModule(L.LightningModule):
 
     def _loss(self, index: torch.Tensor, augment: bool) -> torch.Tensor:
         image, lux, mireds = self._batch(index, augment)
-        error = member_mireds(self.model, image, lux) - mireds  # (members, B)
+        sensor = self.data["sensor"][index] if "sensor" in self.data else None
+        error = member_mireds(self.model, image, lux, sensor) - mireds  # (members, B)
         if self.config.loss == "l1":
             return error.abs().mean()
         return (error**2).mean() / 1000.0
@@ -328,6 +339,7 @@ def train_model(
     progress: bool = True,
     val_dataset: AWBDataset | None = None,
     callbacks: list[Callback] | None = None,
+    sensors: list[str] | None = None,
 ) -> nn.Module:
     """Train an AWB model on ``dataset`` and return it (CPU, eval mode).
 
@@ -343,6 +355,8 @@ def train_model(
         progress: show a progress bar.
         val_dataset: optional held-out images; early stopping and LR reduction then watch their loss.
         callbacks: extra Lightning callbacks.
+        sensors: with ``config.sensor_embedding``, the sensors a new embedding knows (default: the
+            dataset's); one without training images keeps the identity (the shared network).
 
     Raises:
         IsplabError: empty dataset, bad weights or loss, an input model of another target, or a
@@ -367,7 +381,7 @@ def train_model(
         with tempfile.TemporaryDirectory(prefix="isplab-awb-") as tmp:
             return train_model(
                 dataset, config, weights=weights, input_model=input_model, run_dir=tmp,
-                progress=progress, val_dataset=val_dataset, callbacks=callbacks,
+                progress=progress, val_dataset=val_dataset, callbacks=callbacks, sensors=sensors,
             )
     run_dir = Path(run_dir)
     checkpoint = resolve_checkpoint(run_dir, resume or None)
@@ -389,7 +403,7 @@ def train_model(
         num_sanity_val_steps=0,
         callbacks=[_TextLog(run_dir / "log.txt", header), *(callbacks or [])],
     )
-    model = _initial_model(dataset.target, config, input_model)
+    model = _initial_model(dataset, config, input_model, sensors)
     if checkpoint is not None:
         _check_same_model(checkpoint, model)
     tables = relight_tables(dataset, config.tuning_dir) if config.relight > 0 else None
@@ -424,12 +438,12 @@ def add_test_time(model: nn.Module, dataset: AWBDataset, config: TrainConfig) ->
     ``model`` itself when the config asks for neither."""
     if not (config.flip_average or config.calibrate):
         return model
-    from isplab.workflows.awb.predict import predict
+    from isplab.workflows.awb.predict import dataset_sensors, predict
 
     wrapped = calibrated(model, flip=config.flip_average).eval()
     if config.calibrate:
         low, high = TEMPERATURE_RANGE
-        predicted = 1e6 / predict(wrapped, dataset.images, dataset.lux)
+        predicted = 1e6 / predict(wrapped, dataset.images, dataset.lux, sensors=dataset_sensors(dataset))
         scale, offset = fit_calibration(predicted, 1e6 / np.clip(dataset.true_temp.astype(np.float64), low, high))
         wrapped.scale.fill_(scale)
         wrapped.offset.fill_(offset)
@@ -450,14 +464,38 @@ def _check_same_model(checkpoint: Path, model: nn.Module) -> None:
         )
 
 
-def _initial_model(target: str, config: TrainConfig, input_model: nn.Module | str | Path | None) -> nn.Module:
+def sensor_indices(known: list[str], names: list[str]) -> np.ndarray:
+    """``(N,)`` indices of the images' sensors ``names`` in a joint model's sensor list ``known``.
+
+    Raises:
+        IsplabError: a sensor the model does not know, naming the ones it does.
+    """
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise IsplabError(
+            f"unknown sensor {', '.join(unknown)}: this AWB model was trained jointly on {', '.join(known)}"
+        )
+    position = {name: i for i, name in enumerate(known)}
+    return np.array([position[name] for name in names], dtype=np.int64)
+
+
+def _initial_model(
+    dataset: AWBDataset, config: TrainConfig, input_model: nn.Module | str | Path | None, sensors: list[str] | None = None
+) -> nn.Module:
+    target = dataset.target
     if input_model is None:
-        return build_awb_model(target, config.arch, ensemble=config.ensemble, **config.arch_options)
-    model = copy.deepcopy(input_model) if isinstance(input_model, nn.Module) else load_awb_model(input_model)
-    model = base_net(model)  # training continues the network; test-time parts are redone from the config
-    model_target = getattr(model, "awb_config", {}).get("target")
-    if model_target != target:
-        raise IsplabError(f"input model is for target {model_target!r} but the dataset is {target!r}")
+        model = build_awb_model(target, config.arch, ensemble=config.ensemble, **config.arch_options)
+    else:
+        model = copy.deepcopy(input_model) if isinstance(input_model, nn.Module) else load_awb_model(input_model)
+        model = base_net(model)  # training continues the network; test-time parts are redone from the config
+        model_target = getattr(model, "awb_config", {}).get("target")
+        if model_target != target:
+            raise IsplabError(f"input model is for target {model_target!r} but the dataset is {target!r}")
+    if config.sensor_embedding and model_sensors(model) is None:
+        present = {s.sensor for s in dataset.samples}
+        if sensors is not None and not present <= set(sensors):
+            raise IsplabError(f"sensors {sorted(present - set(sensors))} have training images but are not in {list(sensors)}")
+        model = with_sensor_embedding(model, list(sensors) if sensors is not None else sorted(present))
     return model.train()
 
 

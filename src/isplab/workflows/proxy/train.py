@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from isplab.engine import (
 from isplab.engine.trainer import LAST_CHECKPOINT, iteration_budget, resolve_accelerator
 from isplab.data.epoch import EpochDataset
 from isplab.errors import IsplabError, check_at_least_one
-from isplab.models.proxy import PROXY_HEADS, build_proxy_model, save_proxy_model
+from isplab.models.proxy import GLOBAL_HEADS, PROXY_HEADS, build_proxy_model, save_proxy_model
 from isplab.workflows.proxy.blocks import get_block
 from isplab.workflows.proxy.dataset import ProxyDataset, load_dataset, read_tiff
 
@@ -79,13 +79,17 @@ class ProxyTrainConfig:
         params: the varied parameters, in channel order (``None``: the dataset's, in table order).
         width, depth: the U-Net (:func:`isplab.models.proxy.build_proxy_model`).
         head: how the U-Net's output acts on the input: ``affine`` (per-pixel gain and offset),
-            ``add`` (the seed's residual), ``matrix`` (per-pixel colour matrix and offset) or
-            ``global`` (a colour transform from the parameters alone, then ``matrix``); see
-            :mod:`isplab.models.proxy`.
-        patch: square crop side in pixels (at most the images' smaller side).
+            ``add`` (the seed's residual), ``matrix`` (per-pixel colour matrix and offset),
+            ``global`` (a colour transform from the parameters alone, then ``matrix``),
+            ``pointwise`` (a per-pixel colour map of the pixel and the parameters, then ``matrix``) or
+            ``blur`` (a Gaussian blur in CIE Lab set by the parameters, then ``pointwise``); see
+            :mod:`isplab.models.proxy`. ``None``: the block's ``default_head``
+            (:mod:`isplab.workflows.proxy.blocks`); ``config.json`` records the head used.
+        patch: square crop side in pixels (at most the images' smaller side); 0: whole images
+            (for the ``blur`` head, whose blur of a crop is not the crop of the image's blur).
         batch_size, lr, iters: Adam on ``iters`` steps (the total, also when resuming).
-        global_weight: ``global`` head: weight of the loss of its global part alone (added to the
-            loss of the whole proxy), so that the parameter MLP explains all it can.
+        global_weight: ``global`` and ``pointwise`` heads: weight of the loss of that part alone
+            (added to the loss of the whole proxy), so that its MLP explains all it can.
         schedule: ``constant`` learning rate, or ``cosine``: ``lr`` annealed to 0 over ``iters``
             steps (per step; it settles the small, exact coefficients of the ``global`` head).
         eval_every: validate and checkpoint every this many steps.
@@ -100,7 +104,7 @@ class ProxyTrainConfig:
     params: list[str] | None = None
     width: int = 32
     depth: int = 4
-    head: str = "affine"
+    head: str | None = None
     patch: int = 128
     batch_size: int = 8
     lr: float = 1e-4
@@ -191,6 +195,10 @@ class ProxyPatchDataset(EpochDataset):
         x, y, unit = self.samples.get(int(rng.integers(len(self.samples))))
         h, w = x.shape[-2:]
         p = self.patch
+        if p == 0:  # whole images (blocks whose output at a pixel depends on the whole image)
+            if rng.random() < 0.5:
+                x, y = x.flip(-1), y.flip(-1)
+            return x.contiguous(), y.contiguous(), unit
         if min(h, w) < p:
             raise IsplabError(f"images of {h}x{w} pixels are smaller than the {p}x{p} patch: pass a smaller --patch")
         top, left = int(rng.integers(h - p + 1)), int(rng.integers(w - p + 1))
@@ -250,7 +258,7 @@ class ProxyModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y, unit = batch
-        if getattr(self.model, "head_kind", None) == "global" and self.config.global_weight > 0:
+        if getattr(self.model, "head_kind", None) in GLOBAL_HEADS and self.config.global_weight > 0:
             pred, z = self.model(x, unit, with_global=True)
             loss = proxy_loss(pred, y, self.loss_name, self.config.grad_weight)
             loss = loss + self.config.global_weight * proxy_loss(z, y, self.loss_name, self.config.grad_weight)
@@ -377,7 +385,7 @@ def train_proxy(
             holding a run (without ``resume``/``overwrite``), no training or validation samples.
         isplab.engine.TrainingInterrupted: Ctrl-C (``last.ckpt`` resumable).
     """
-    get_block(block)
+    config = replace(config, head=config.head or get_block(block).default_head)
     _check_config(config)
     model_dir = Path(model_dir)
     data = load_dataset(dataset)
@@ -388,6 +396,10 @@ def train_proxy(
     if not splits.train:
         raise IsplabError(f"dataset {data.root} has no training samples outside the held-out parameter bands")
     smallest = min(min(int(s["width"]), int(s["height"])) for s in splits.train)
+    sizes = {(int(s["width"]), int(s["height"])) for s in splits.train}
+    if config.patch == 0 and len(sizes) > 1 and config.batch_size > 1:
+        raise IsplabError(f"--patch 0 (whole images) needs images of one size in a batch, dataset {data.root} has "
+                          f"{len(sizes)} sizes: pass --batch-size 1 or a --patch")  # fmt: skip
     if smallest < config.patch:
         raise IsplabError(f"dataset {data.root} has images of {smallest} pixels on a side, smaller than --patch {config.patch}: pass --patch {smallest} or less")
     validation = splits.val_images or splits.val_params or splits.val_both
@@ -452,7 +464,9 @@ def train_proxy(
 
 
 def _check_config(config: ProxyTrainConfig) -> None:
-    check_at_least_one(config, ("iters", "eval_every", "batch_size", "patches_per_epoch", "width", "patch", "val_max"))
+    check_at_least_one(config, ("iters", "eval_every", "batch_size", "patches_per_epoch", "width", "val_max"))
+    if config.patch < 0:
+        raise IsplabError(f"patch must be at least 0 (0: whole images), got {config.patch}")
     if config.head not in PROXY_HEADS:
         raise IsplabError(f"unknown proxy head {config.head!r}: expected one of {', '.join(PROXY_HEADS)}")
     if config.global_weight < 0:
