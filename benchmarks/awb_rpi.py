@@ -360,7 +360,9 @@ def reweight_results(target: str, data: Path, config: TrainConfig, folds: int, i
     images only: its first run is the plain model (no duplicates); each later run adds ``weight``
     inclusions of the training image the previous run got most wrong and continues that model for
     ``later_epochs`` epochs. The run with the lowest worst-case error on the fold's *training*
-    images (``awb auto-train``'s choice) scores the held-out images, next to the first run.
+    images (``awb auto-train``'s choice) scores the held-out images, next to the first run and to
+    a control that separates re-weighting from longer training: the first run continued the same
+    ``iterations - 1`` times for ``later_epochs`` epochs without any duplicates.
     """
     from isplab.workflows.awb.auto_train import reweight_loop
     from isplab.workflows.awb.dataset import grouped_kfold, mired_error
@@ -368,6 +370,7 @@ def reweight_results(target: str, data: Path, config: TrainConfig, folds: int, i
     dataset = load_dataset(data / target / "train", target)
     plain = np.full(len(dataset), np.nan)
     chosen = np.full(len(dataset), np.nan)
+    continued = np.full(len(dataset), np.nan)
     picked = []
     start = time.perf_counter()
     for index, (train_idx, test_idx) in enumerate(grouped_kfold(dataset.samples, folds, seed=0)):
@@ -384,12 +387,18 @@ def reweight_results(target: str, data: Path, config: TrainConfig, folds: int, i
         plain[test_idx] = predict(first["model"], dataset.images[test_idx], dataset.lux[test_idx])
         chosen[test_idx] = predict(best.model, dataset.images[test_idx], dataset.lux[test_idx])
         picked.append(best.run)
+        longer = first["model"]
+        for _ in range(iterations - 1):
+            longer = train_model(subset, dataclasses.replace(config, epochs=later_epochs), input_model=longer, progress=False)
+        continued[test_idx] = predict(longer, dataset.images[test_idx], dataset.lux[test_idx])
         console.log(f"{target} fold {index}: plain {np.mean(mired_error(plain[test_idx], dataset.true_temp[test_idx])):.2f}, "
-                    f"re-weighted (run {best.run}) {np.mean(mired_error(chosen[test_idx], dataset.true_temp[test_idx])):.2f}")
+                    f"re-weighted (run {best.run}) {np.mean(mired_error(chosen[test_idx], dataset.true_temp[test_idx])):.2f}, "
+                    f"continued {np.mean(mired_error(continued[test_idx], dataset.true_temp[test_idx])):.2f}")
     return {"folds": folds, "iterations": iterations, "weight": weight, "later_epochs": later_epochs,
             "picked_runs": picked, "seconds": time.perf_counter() - start,
             "plain": _summary(mired_error(plain, dataset.true_temp)),
-            "reweighted": _summary(mired_error(chosen, dataset.true_temp))}
+            "reweighted": _summary(mired_error(chosen, dataset.true_temp)),
+            "continued": _summary(mired_error(continued, dataset.true_temp))}
 
 
 def reweight_table(results: dict[str, dict]) -> Table:
@@ -397,11 +406,13 @@ def reweight_table(results: dict[str, dict]) -> Table:
     for column in ("target", "model", "mean", "median", "p95", "worst"):
         table.add_column(column, justify="left" if column in ("target", "model") else "right")
     for target, r in results.items():
-        for i, name in enumerate(("plain", "reweighted")):
+        names = [n for n in ("plain", "reweighted", "continued") if n in r]
+        labels = {"plain": "plain", "reweighted": f"re-weighted ({r['iterations']} runs, picked {r['picked_runs']})",
+                  "continued": f"continued {r['iterations'] - 1} x {r['later_epochs']} epochs, no re-weighting"}
+        for i, name in enumerate(names):
             s = r[name]
-            label = name if name == "plain" else f"re-weighted ({r['iterations']} runs, picked {r['picked_runs']})"
-            table.add_row(target if i == 0 else "", label, f"{s['mean']:.2f}", f"{s['median']:.2f}", f"{s['p95']:.2f}",
-                          f"{s['worst']:.1f}", end_section=i == 1)
+            table.add_row(target if i == 0 else "", labels[name], f"{s['mean']:.2f}", f"{s['median']:.2f}",
+                          f"{s['p95']:.2f}", f"{s['worst']:.1f}", end_section=i == len(names) - 1)
     return table
 
 

@@ -299,3 +299,5 @@ def test_benchmark_modes_score_the_same_folds_as_cross_validate(tmp_path):
     reweighted = bench.reweight_results("vc4", tmp_path, config, 2, 2, 4, 1, console)
     assert reweighted["plain"]["mean"] == pytest.approx(reference, rel=1e-5)  # run 0 is the plain model
     assert len(reweighted["picked_runs"]) == 2 and set(reweighted["picked_runs"]) <= {0, 1}
+    # The control (the plain model trained on without duplicates) is another model again.
+    assert reweighted["continued"]["mean"] != pytest.approx(reference, rel=1e-5)

@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -90,6 +91,10 @@ class ProxyTrainConfig:
         batch_size, lr, iters: Adam on ``iters`` steps (the total, also when resuming).
         global_weight: ``global`` and ``pointwise`` heads: weight of the loss of that part alone
             (added to the loss of the whole proxy), so that its MLP explains all it can.
+        pixel_steps: ``pointwise`` head: before the U-Net's training, Adam steps fitting the
+            pixel MLP alone to random pixels of the training samples (:func:`fit_pixels`; 0: none).
+            Patches are few, correlated pixels; 16384 random ones a step teach the per-pixel map
+            far faster (``benchmarks/proxy.py``).
         schedule: ``constant`` learning rate, or ``cosine``: ``lr`` annealed to 0 over ``iters``
             steps (per step; it settles the small, exact coefficients of the ``global`` head).
         eval_every: validate and checkpoint every this many steps.
@@ -111,6 +116,7 @@ class ProxyTrainConfig:
     iters: int = 20_000
     schedule: str = "constant"
     global_weight: float = 1.0
+    pixel_steps: int = 1500
     eval_every: int = 1000
     patches_per_epoch: int = 2000
     loss: str | None = None
@@ -442,7 +448,14 @@ def train_proxy(
     run.start(options, new=f"proxy of {block} ({', '.join(params)}), {config.iters} steps",
               resumed=f"training to step {config.iters}", details=sizes)
 
-    patches = ProxyPatchDataset(_Samples(data, splits.train, params), config.patch, config.patches_per_epoch, config.seed)
+    train_samples = _Samples(data, splits.train, params)
+    if config.head == "pointwise" and config.pixel_steps and checkpoint is None:
+        start = time.perf_counter()
+        pixel_loss = fit_pixels(model, train_samples, config.pixel_steps, seed=config.seed)
+        if trainer.is_global_zero:
+            with log_file.open("a") as handle:
+                handle.write(f"pixel MLP fitted alone: {config.pixel_steps} steps, L1 {pixel_loss:.5f}, {time.perf_counter() - start:.0f} s\n")
+    patches = ProxyPatchDataset(train_samples, config.patch, config.patches_per_epoch, config.seed)
     val = ProxyImageDataset(_Samples(data, validation[: config.val_max], params))
     options = dict(num_workers=config.workers, persistent_workers=config.workers > 0)
     train_loader = DataLoader(patches, config.batch_size, shuffle=False, drop_last=True, **options)
@@ -463,12 +476,41 @@ def train_proxy(
     return path
 
 
+def fit_pixels(model: torch.nn.Module, samples: _Samples, steps: int, *, seed: int = 0, pixels: int = 16384,
+               per_sample: int = 1024, lr: float = 3e-3) -> float:  # fmt: skip
+    """Fit a ``pointwise`` proxy's pixel MLP alone (:meth:`ProxyUNet.pointwise_transform`): each
+    of ``steps`` Adam steps (``lr``, cosine schedule) takes ``per_sample`` random pixels of each of
+    ``pixels // per_sample`` random samples, L1 to the same pixels of the outputs. A pure function
+    of ``seed`` (every DDP rank computes the same weights). Returns the last step's loss."""
+    rng = np.random.default_rng(seed)
+    optimizer = torch.optim.Adam(model.pixel_mlp.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: cosine_factor(i, steps))
+    loss = torch.zeros(())
+    for _ in range(steps):
+        xs, ys, us = [], [], []
+        for i in rng.integers(len(samples), size=max(1, pixels // per_sample)):
+            x, y, unit = samples.get(int(i))
+            flat = torch.from_numpy(rng.integers(x.shape[-2] * x.shape[-1], size=per_sample))
+            xs.append(x.flatten(1)[:, flat])
+            ys.append(y.flatten(1)[:, flat])
+            us.append(unit.expand(per_sample, -1))
+        x, y = torch.cat(xs, 1).T[:, :, None, None], torch.cat(ys, 1).T[:, :, None, None]
+        loss = F.l1_loss(model.pointwise_transform(x, torch.cat(us)), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    return float(loss)
+
+
 def _check_config(config: ProxyTrainConfig) -> None:
     check_at_least_one(config, ("iters", "eval_every", "batch_size", "patches_per_epoch", "width", "val_max"))
     if config.patch < 0:
         raise IsplabError(f"patch must be at least 0 (0: whole images), got {config.patch}")
     if config.head not in PROXY_HEADS:
         raise IsplabError(f"unknown proxy head {config.head!r}: expected one of {', '.join(PROXY_HEADS)}")
+    if config.pixel_steps < 0:
+        raise IsplabError(f"pixel_steps must be >= 0, got {config.pixel_steps}")
     if config.global_weight < 0:
         raise IsplabError(f"global_weight must be >= 0, got {config.global_weight}")
     if config.schedule not in SCHEDULES:
