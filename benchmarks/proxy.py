@@ -102,6 +102,37 @@ Measured (2026-12-01), darktable 4.2.1 data, 64 synthetic 256x192 images (48 tra
   (35.2 on held-out images), but its regression error is 41 % with render-back 46 dB, so again the
   parameters are not pinned down by these images. Lowpass (a large blur with contrast, brightness
   and saturation) is far off at this budget (20.4 dB).
+
+Measured (2026-12-01, later), the per-pixel heads (``--fid-head pointwise``, ``--fid-head blur``;
+:mod:`isplab.models.proxy`), the same darktable datasets and options as the table above
+(``--fid-width 16 --fid-schedule cosine --fid-count 384 --fid-images 64 --regress-samples 3``),
+this project's 2-core CPU shared with two or three other jobs (wall times are upper bounds):
+
+  | block | head, iters (train time) | PSNR images / params / both | display both | regress err | render-back | Nelder-Mead |
+  |---|---|---|---|---|---|---|
+  | colorbalancergb | global, 900 (9.0 min; table above) | 38.3 / 44.2 / 40.8 | 36.1 | 6.93 % | 44.6 dB | 26.0 % |
+  | colorbalancergb | pointwise, no pixel fit, 900 (17.2 min) | 38.7 / 44.9 / 41.4 | 36.6 | 22.0 % | 42.6 dB | 26.0 % |
+  | temperature | global, 900 (9.9 min; table above) | 38.0 / 39.9 / 41.5 | 36.0 | 2.93 % | 43.3 dB | 4.87 % |
+  | temperature | pointwise, no pixel fit, 900 (12.5 min) | 37.6 / 39.6 / 41.1 | 35.4 | 2.41 % | 42.3 dB | 4.87 % |
+  PROXY_PENDING_ROWS
+
+  Trained only through 96-pixel patches, the pointwise head barely beats ``global`` on
+  colorbalancergb (its pointwise part alone: 38.3 dB on held-out images): patches give few,
+  correlated pixels. The same pixel MLP fitted alone on random pixels of the training samples
+  (1500 Adam steps of 16384 pixels, lr 3e-3 cosine, no U-Net; 74 s of CPU, 8 min wall on the
+  shared machine) scores 45.0 / 50.2 / 44.3 dB on held-out images / parameters / both: a
+  per-pixel map learned once carries colorbalancergb to images never seen. That fit is what
+  ``proxy train --pixel-steps`` (default 1500) now runs before the U-Net's training. On
+  temperature the pointwise head changes nothing (37.6 against 38.0 dB): what ``global`` leaves
+  there is spatial (the multipliers act before demosaicking), not a per-pixel colour map.
+  Lowpass: ``--ceiling`` on the lowpass dataset (60 samples) finds darktable's lowpass to be a
+  Gaussian blur in CIE Lab (D50) with ``sigma = radius`` and replicated edges followed by a
+  per-pixel colour map: that blur then the best quadratic colour fit per sample reproduces the
+  render to 76.0 dB mean, 79.5 median, 27.6 worst (the blur alone, at neutral contrast,
+  brightness and saturation: 62.4 mean, 57.5 worst, 12 renders); no global colour model of the
+  input gets above 40.5 dB mean. A U-Net trained on 96-pixel crops cannot learn it: the radius
+  reaches 500 pixels, a blur of the whole 256 x 192 image, which a crop does not show. Hence the
+  ``blur`` head, trained on whole images (``--fid-patch 0``).
 """
 
 from __future__ import annotations

@@ -397,10 +397,10 @@ def _reference_lab_blur(x, sigma):
 def _set_blur(model, sigma: float, mix: float):
     import math
 
-    from isplab.models.proxy import BLUR_LOG_SIGMA0
+    from isplab.models.proxy import BLUR_LOG_SIGMA0, BLUR_LOG_SIGMA_SCALE
 
     with torch.no_grad():
-        model.blur_mlp[-1].bias[:] = torch.tensor([math.log(sigma) - BLUR_LOG_SIGMA0, mix])
+        model.blur_mlp[-1].bias[:] = torch.tensor([(math.log(sigma) - BLUR_LOG_SIGMA0) / BLUR_LOG_SIGMA_SCALE, mix])
 
 
 def test_blur_head_is_a_gaussian_in_lab_with_replicated_edges():

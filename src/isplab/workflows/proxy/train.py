@@ -500,7 +500,7 @@ def fit_pixels(model: torch.nn.Module, samples: _Samples, steps: int, *, seed: i
         loss.backward()
         optimizer.step()
         schedule.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def _check_config(config: ProxyTrainConfig) -> None:
