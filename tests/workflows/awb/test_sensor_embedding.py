@@ -301,3 +301,24 @@ def test_benchmark_modes_score_the_same_folds_as_cross_validate(tmp_path):
     assert len(reweighted["picked_runs"]) == 2 and set(reweighted["picked_runs"]) <= {0, 1}
     # The control (the plain model trained on without duplicates) is another model again.
     assert reweighted["continued"]["mean"] != pytest.approx(reference, rel=1e-5)
+
+
+def test_verify_scores_each_file_with_its_own_sensor(tmp_path):
+    """``awb verify`` on a joint model: the sensor in each file name picks its vector."""
+    from isplab.workflows.awb.verify import verify
+
+    net, joint = _joint()
+    with torch.no_grad():
+        joint.offset[1] = 0.4  # sensor b reads 20 mireds warmer than a
+    path = save_awb_model(joint, tmp_path / "joint.pt")
+    images, _ = _statistics(2)
+    files = []
+    for sensor, image in zip(("a", "b"), images):
+        files.append(tmp_path / f"u,{sensor},1,5000,100,5000.png")
+        write_image(files[-1], np.round(image * 65535).astype(np.uint16))
+    rows = verify(files, path)
+    assert all(row.failure is None for row in rows), [row.failure for row in rows]
+    stored = np.stack([np.round(image * 65535) / 65535 for image in images]).astype(np.float32)
+    plain = predict(net, stored, np.full(2, 100, np.float32))
+    np.testing.assert_allclose(1e6 / rows[0].predicted_temp, 1e6 / plain[0], rtol=1e-5)
+    np.testing.assert_allclose(1e6 / rows[1].predicted_temp, 1e6 / plain[1] + 20.0, rtol=1e-5)

@@ -538,8 +538,11 @@ def _score_holdout(dataset, searched: np.ndarray, held_out: np.ndarray, config: 
     from isplab.workflows.awb.train import train_model
 
     config = replace(train_config_from_dict(config), device=accelerator)
-    model = train_model(dataset.subset(searched), config, progress=False)
-    predicted = predict(model, dataset.images[held_out], dataset.lux[held_out])
+    # As in cross_validate: a sensor embedding knows every sensor of the dataset.
+    model = train_model(dataset.subset(searched), config, progress=False,
+                        sensors=sorted({s.sensor for s in dataset.samples}))
+    predicted = predict(model, dataset.images[held_out], dataset.lux[held_out],
+                        sensors=[dataset.samples[i].sensor for i in held_out])
     return summarise(mired_error(predicted, dataset.true_temp[held_out])).as_dict()
 
 

@@ -81,8 +81,9 @@ def verify(
     rows = []
     for path in map(Path, paths):
         try:
-            image, true_temp, lux, camera_temp = _load(path, target, tuning_dir)
-            predicted = float(predictor(image[None], np.array([lux]))[0])
+            image, true_temp, lux, camera_temp, sensor = _load(path, target, tuning_dir)
+            # The sensor (from the file name) picks a jointly trained model's sensor vector.
+            predicted = float(predictor(image[None], np.array([lux]), [sensor])[0])
         except IsplabError as e:
             rows.append(VerifyRow(path, failure=str(e)))
             continue
@@ -92,14 +93,15 @@ def verify(
 
 def _load(
     path: Path, target: str, tuning_dir: str | PathLike[str] | None
-) -> tuple[np.ndarray, float, float, float]:
-    """``(image (H, W, 3) float32 in [0, 1], true_temp, lux, camera_temp)`` of a PNG or DNG."""
+) -> tuple[np.ndarray, float, float, float, str]:
+    """``(image (H, W, 3) float32 in [0, 1], true_temp, lux, camera_temp, sensor)`` of a PNG or DNG."""
     if not path.is_file():
         raise IsplabError(f"'{path}' not found" if not path.exists() else f"'{path}' is not a file")
     suffix = path.suffix.lower()
     if suffix == ".dng":
-        stats, true_temp, lux, camera_temp, _ = convert_dng(path, target, tuning_dir=tuning_dir)
-        return np.asarray(stats, dtype=np.float32) / 65535.0, float(true_temp), float(lux), float(camera_temp)
+        stats, true_temp, lux, camera_temp, sensor = convert_dng(path, target, tuning_dir=tuning_dir)
+        return (np.asarray(stats, dtype=np.float32) / 65535.0, float(true_temp), float(lux), float(camera_temp),
+                sensor)
     if suffix != ".png":
         raise IsplabError(f"'{path}': expected a statistics .png or an annotated .dng, not '{path.suffix}'")
     sample = parse_stats_name(path)
@@ -110,4 +112,4 @@ def _load(
             f"'{path}' is {image.dtype} of shape {image.shape}: expected a 16-bit RGB PNG, "
             f"{width} wide x {height} high for {target}"
         )
-    return image.astype(np.float32) / 65535.0, sample.true_temp, sample.lux, sample.camera_temp
+    return image.astype(np.float32) / 65535.0, sample.true_temp, sample.lux, sample.camera_temp, sample.sensor
