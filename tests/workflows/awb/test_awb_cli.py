@@ -8,7 +8,6 @@ the one-line error printer, exit codes); Ctrl-C needs a real process and runs in
 from __future__ import annotations
 
 import csv
-import logging
 import os
 import signal
 import subprocess
@@ -22,7 +21,6 @@ import pytest
 import torch
 import typer.main
 
-from isplab.cli import main
 from isplab.io import write_image
 from isplab.models.isp import build_isp_model, save_isp_model
 from isplab.workflows.awb.cli import app
@@ -47,23 +45,11 @@ class Result:
 
 
 @pytest.fixture
-def awb(monkeypatch, capsys):
+def awb(awb_cli):
     """Run ``isplab awb ARGS`` in ``cwd`` through the real entry point; returns code, stdout, stderr."""
 
     def run(*args: str, cwd: Path) -> Result:
-        monkeypatch.chdir(cwd)
-        # Lightning's log handler keeps the stderr of the test that imported it; give it this one's.
-        for handler in logging.getLogger("lightning.pytorch").handlers:
-            if isinstance(handler, logging.StreamHandler):
-                monkeypatch.setattr(handler, "stream", sys.stderr)
-        monkeypatch.setattr(sys, "argv", ["isplab", "awb", *map(str, args)])
-        try:
-            main()
-            code = 0
-        except SystemExit as stop:
-            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
+        return Result(*awb_cli(cwd, *args))
 
     return run
 
@@ -324,11 +310,11 @@ def test_every_option_shows_its_default(awb, tmp_path):
             shown = param.required or (param.default is not None and param.show_default is not False)
             assert shown or "default" in (param.help or ""), f"awb {name} {param.opts[0]}"
     shown = awb("train", "--help", cwd=tmp_path)
-    assert shown.code == 0 and "[default: 150]" in shown.out and "--input-model" not in shown.out
+    assert shown.code == 0 and "[default: 240]" in shown.out and "--input-model" not in shown.out
     # The training defaults the README states, and the same training options on all three commands.
     train = {p.name: p.default for p in group.commands["train"].params}
     assert {k: train[k] for k in ("epochs", "batch_size", "lr", "arch", "ensemble", "early_stopping")} == {
-        "epochs": 150, "batch_size": 64, "lr": 2e-3, "arch": "chroma", "ensemble": 3, "early_stopping": 30}
+        "epochs": 240, "batch_size": 64, "lr": 2e-3, "arch": "chroma", "ensemble": 3, "early_stopping": 30}
     shared = {"epochs", "batch_size", "lr", "arch", "ensemble", "loss", "relight", "early_stopping", "tuning_dir",
               "seed", "device", "devices", "strategy", "num_nodes"}
     for name in ("train", "auto-train", "evaluate"):

@@ -4,16 +4,13 @@ nothing written on failure, one predict for .pt and .tflite, and tuning files on
 from __future__ import annotations
 
 import json
-import logging
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from isplab.cli import main
 from isplab.errors import ParityError
 from isplab.workflows.awb.export import export_awb
 from isplab.workflows.awb.model import build_awb_model, load_awb_model, save_awb_model
@@ -22,20 +19,6 @@ from isplab.workflows.awb.predict import load_predictor, predict
 pytest.importorskip("litert_torch")
 pytestmark = pytest.mark.slow
 
-
-def _cli(monkeypatch, capsys, cwd: Path, *args: str) -> tuple[int, str, str]:
-    monkeypatch.chdir(cwd)
-    for handler in logging.getLogger("lightning.pytorch").handlers:
-        if isinstance(handler, logging.StreamHandler):
-            monkeypatch.setattr(handler, "stream", sys.stderr)
-    monkeypatch.setattr(sys, "argv", ["isplab", "awb", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +34,8 @@ def _statistics(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     return rng.uniform(0.02, 0.9, (n, 12, 16, 3)).astype(np.float32), rng.uniform(5, 3000, n).astype(np.float32)
 
 
-def test_float32_export_matches_pytorch_through_one_predict(vc4, monkeypatch, capsys):
-    code, out, err = _cli(monkeypatch, capsys, vc4, "export", "vc4.pt", "-o", "vc4.tflite")
+def test_float32_export_matches_pytorch_through_one_predict(vc4, monkeypatch, capsys, awb_cli):
+    code, out, err = awb_cli(vc4, "export", "vc4.pt", "-o", "vc4.tflite")
     assert code == 0, err
     match = re.search(r"max ([\d.]+), mean ([\d.]+) mireds from PyTorch over 200 images \(tolerance 1.0 mired\)", out)
     assert match and float(match.group(1)) < 1.0, out
@@ -68,7 +51,7 @@ def test_float32_export_matches_pytorch_through_one_predict(vc4, monkeypatch, ca
     assert np.abs(1e6 / tflite(images, lux) - 1e6 / torch_kelvin).max() < 1.0
     # Exporting again is refused without --overwrite, and the file is kept.
     before = (vc4 / "vc4.tflite").read_bytes()
-    code, _, err = _cli(monkeypatch, capsys, vc4, "export", "vc4.pt", "-o", "vc4.tflite")
+    code, _, err = awb_cli(vc4, "export", "vc4.pt", "-o", "vc4.tflite")
     assert code == 1 and "already exists: pass --overwrite" in err and (vc4 / "vc4.tflite").read_bytes() == before
 
 
@@ -80,8 +63,8 @@ def test_parity_failure_raises_and_writes_nothing(vc4):
     assert not out.exists() and not list(vc4.glob(".strict*"))
 
 
-def test_int8_differences_are_reported_not_enforced(vc4, monkeypatch, capsys):
-    code, out, err = _cli(monkeypatch, capsys, vc4, "export", "vc4.pt", "--quantize", "int8")
+def test_int8_differences_are_reported_not_enforced(vc4, monkeypatch, capsys, awb_cli):
+    code, out, err = awb_cli(vc4, "export", "vc4.pt", "--quantize", "int8")
     assert code == 0, err
     match = re.search(r"vc4_int8\.tflite .*int8\): max ([\d.]+), .* over 200 images \(reported, not enforced\)", out)
     assert match and float(match.group(1)) > 0, out
@@ -96,15 +79,15 @@ def _base_tuning(path: Path) -> Path:
     return path
 
 
-def test_tuning_checks_the_model_against_the_target(vc4, monkeypatch, capsys):
+def test_tuning_checks_the_model_against_the_target(vc4, monkeypatch, capsys, awb_cli):
     if not (vc4 / "vc4.tflite").is_file():
         export_awb(load_awb_model(vc4 / "vc4.pt"), "vc4", vc4 / "vc4.tflite", random_checks=5)
     base = _base_tuning(vc4 / "base.json")
-    code, _, err = _cli(monkeypatch, capsys, vc4, "tuning", "-s", "imx708", "-t", "pisp", "-m", "vc4.tflite", "--base", str(base))
+    code, _, err = awb_cli(vc4, "tuning", "-s", "imx708", "-t", "pisp", "-m", "vc4.tflite", "--base", str(base))
     assert code == 1 and err.count("error:") == 1
     assert "vc4.tflite is a vc4 model (image input [1, 12, 16, 3]) but the target is pisp" in err
     assert not (vc4 / "imx708.json").exists()
-    code, out, err = _cli(monkeypatch, capsys, vc4, "tuning", "-s", "imx708", "-t", "vc4", "-m", "vc4.tflite", "--base", str(base))
+    code, out, err = awb_cli(vc4, "tuning", "-s", "imx708", "-t", "vc4", "-m", "vc4.tflite", "--base", str(base))
     assert code == 0, err
     tuned = json.loads((vc4 / "imx708.json").read_text())  # next to the model by default
     block = next(a["rpi.nn.awb"] for a in tuned["algorithms"] if "rpi.nn.awb" in a)

@@ -7,13 +7,11 @@ import csv
 import json
 import logging
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from isplab.cli import main
 from isplab.errors import IsplabError
 from isplab.io import write_image
 from isplab.workflows.awb.config import TrainConfig, load_train_config
@@ -47,19 +45,6 @@ def write_dataset(folder: Path, scenes: int = 12, size=(12, 16), seed: int = 0) 
             write_image(folder / f"u{i % 3},{sensor},{i},{temp:.0f},{lux},{temp * 1.1:.0f}.png", image)
     return folder
 
-
-def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    for handler in logging.getLogger("lightning.pytorch").handlers:
-        if isinstance(handler, logging.StreamHandler):
-            monkeypatch.setattr(handler, "stream", sys.stderr)
-    monkeypatch.setattr(sys, "argv", ["isplab", "awb", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # --- Pareto front -------------------------------------------------------------------------------
@@ -155,7 +140,7 @@ def test_a_trial_running_past_the_timeout_stops_after_its_current_fold(data):
 # --- a whole search -----------------------------------------------------------------------------
 
 
-def test_search_writes_resumes_refuses_and_feeds_train(data, tmp_path, monkeypatch, capsys):
+def test_search_writes_resumes_refuses_and_feeds_train(data, tmp_path, monkeypatch, capsys, awb_cli):
     study = tmp_path / "study"
     space = SearchSpace(epochs=(1, 2), max_ensemble=2)
     kwargs = dict(target="vc4", folds=2, device="cpu", space=space)
@@ -203,19 +188,19 @@ def test_search_writes_resumes_refuses_and_feeds_train(data, tmp_path, monkeypat
 
     # The CLI: same refusal in one line; a finished study needs no more trials.
     capsys.readouterr()
-    code, out, err = _cli(monkeypatch, capsys, "search", str(data), "--target", "vc4", "--trials", "5", "--folds", "2",
+    code, out, err = awb_cli(None, "search", str(data), "--target", "vc4", "--trials", "5", "--folds", "2",
                           "-o", str(study), "--min-epochs", "1", "--max-epochs", "2", "--max-ensemble", "2", "--device", "cpu")
     assert code == 1 and "--resume to continue" in err and len(err.strip().splitlines()) == 1
     # The same images in another folder (another machine) resume the study.
     moved = shutil.copytree(data, tmp_path / "moved")
-    code, out, err = _cli(monkeypatch, capsys, "search", str(moved), "--target", "vc4", "--trials", "4", "--folds", "2",
+    code, out, err = awb_cli(None, "search", str(moved), "--target", "vc4", "--trials", "4", "--folds", "2",
                           "-o", str(study), "--min-epochs", "1", "--max-epochs", "2", "--max-ensemble", "2",
                           "--device", "cpu", "--resume")
     assert code == 0, err
     assert "already holds 5 finished or pruned trials" in err and "best_config.json" in out
 
     # awb train --config: the file's recipe, with options given on the command line on top.
-    code, out, err = _cli(monkeypatch, capsys, "train", str(data), str(tmp_path / "m.pt"), "--target", "vc4",
+    code, out, err = awb_cli(None, "train", str(data), str(tmp_path / "m.pt"), "--target", "vc4",
                           "--config", str(study / "best_config.json"), "--epochs", "1", "--seed", "3",
                           "--device", "cpu", "--no-progress")
     assert code == 0, err
@@ -280,12 +265,12 @@ def test_holdout_scenes_stay_out_of_the_search_and_score_the_best(data, tmp_path
 # --- per-sensor fine-tuning ---------------------------------------------------------------------
 
 
-def test_train_on_one_sensor_fine_tunes_a_shared_model(data, tmp_path, monkeypatch, capsys):
+def test_train_on_one_sensor_fine_tunes_a_shared_model(data, tmp_path, monkeypatch, capsys, awb_cli):
     from isplab.workflows.awb.model import build_awb_model, load_awb_model, save_awb_model
 
     shared = build_awb_model("vc4", "small", width=4, hidden=8)
     save_awb_model(shared, tmp_path / "shared.pt")
-    code, out, err = _cli(monkeypatch, capsys, "train", str(data), str(tmp_path / "imx708.pt"), "--target", "vc4",
+    code, out, err = awb_cli(None, "train", str(data), str(tmp_path / "imx708.pt"), "--target", "vc4",
                           "--model", str(tmp_path / "shared.pt"), "--sensor", "imx708", "--epochs", "1",
                           "--lr", "0.05", "--device", "cpu", "--no-progress")
     assert code == 0, err
@@ -297,7 +282,7 @@ def test_train_on_one_sensor_fine_tunes_a_shared_model(data, tmp_path, monkeypat
     before = dict(load_awb_model(tmp_path / "shared.pt").state_dict())
     assert any(not np.allclose(before[k].numpy(), v.numpy()) for k, v in tuned.state_dict().items())
 
-    code, out, err = _cli(monkeypatch, capsys, "train", str(data), str(tmp_path / "x.pt"), "--target", "vc4",
+    code, out, err = awb_cli(None, "train", str(data), str(tmp_path / "x.pt"), "--target", "vc4",
                           "--sensor", "imx999", "--epochs", "1", "--device", "cpu")
     assert code == 1 and "no images of sensor imx999: its sensors are imx219, imx708" in err
     assert not (tmp_path / "x.pt").exists()

@@ -4,15 +4,12 @@ re-weighting loop that ``awb auto-train`` and ``benchmarks/awb_rpi.py --reweight
 
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from isplab.cli import main
 from isplab.errors import IsplabError
 from isplab.io import write_image
 from isplab.models.awb import (
@@ -195,20 +192,6 @@ def test_reweight_loop_stops_early_and_auto_train_writes_what_it_returns(tmp_pat
 # --- the command line ---------------------------------------------------------------------------
 
 
-def _cli(monkeypatch, capsys, cwd: Path, *args: str) -> tuple[int, str, str]:
-    monkeypatch.chdir(cwd)
-    for handler in logging.getLogger("lightning.pytorch").handlers:
-        if isinstance(handler, logging.StreamHandler):
-            monkeypatch.setattr(handler, "stream", sys.stderr)
-    monkeypatch.setattr(sys, "argv", ["isplab", "awb", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 def _error_line(code: int, err: str) -> str:
     lines = [line for line in err.splitlines() if line.startswith("error:")]
@@ -216,28 +199,28 @@ def _error_line(code: int, err: str) -> str:
     return lines[0]
 
 
-def test_cli_trains_a_joint_model_and_exports_it_per_sensor(monkeypatch, capsys, tmp_path):
+def test_cli_trains_a_joint_model_and_exports_it_per_sensor(monkeypatch, capsys, tmp_path, awb_cli):
     pytest.importorskip("litert_torch")
     data = _two_sensors(12, seed=5)
     (tmp_path / "ds").mkdir()
     for sample, image in zip(data.samples, data.images):
         write_image(tmp_path / "ds" / sample.path.name, np.round(image * 65535).astype(np.uint16))
     fast = ["--epochs", "1", "--ensemble", "1", "--arch", "small", "--device", "cpu", "--no-progress"]
-    code, _, err = _cli(monkeypatch, capsys, tmp_path, "train", "ds", "joint.pt", "-t", "vc4", "--sensor-embedding", *fast)
+    code, _, err = awb_cli(tmp_path, "train", "ds", "joint.pt", "-t", "vc4", "--sensor-embedding", *fast)
     assert code == 0, err
     model = load_awb_model(tmp_path / "joint.pt")
     assert model_sensors(model) == ["a", "b"]
     with torch.no_grad():  # one epoch moves the vectors little: make b's visibly different
         model.offset[1] += 0.5
     save_awb_model(model, tmp_path / "joint.pt")
-    line = _error_line(*_cli(monkeypatch, capsys, tmp_path, "export", "joint.pt")[::2])
+    line = _error_line(*awb_cli(tmp_path, "export", "joint.pt")[::2])
     assert "joint.pt was trained jointly on sensors a, b: give --sensor S" in line
-    line = _error_line(*_cli(monkeypatch, capsys, tmp_path, "export", "joint.pt", "--sensor", "imx999")[::2])
+    line = _error_line(*awb_cli(tmp_path, "export", "joint.pt", "--sensor", "imx999")[::2])
     assert "unknown sensor 'imx999': this AWB model knows a, b" in line
     assert not list(tmp_path.glob("*.tflite"))
     images, lux = _statistics(5)
     for sensor in ("a", "b"):
-        code, out, err = _cli(monkeypatch, capsys, tmp_path, "export", "joint.pt", "--sensor", sensor)
+        code, out, err = awb_cli(tmp_path, "export", "joint.pt", "--sensor", sensor)
         assert code == 0, err
         exported = predict(tmp_path / f"joint_{sensor}.tflite", images, lux)
         np.testing.assert_allclose(1e6 / exported, 1e6 / predict(model, images, lux, sensors=[sensor] * 5), atol=1.0)
@@ -245,7 +228,7 @@ def test_cli_trains_a_joint_model_and_exports_it_per_sensor(monkeypatch, capsys,
     a, b = (1e6 / predict(tmp_path / f"joint_{s}.tflite", images, lux) for s in "ab")
     assert np.abs(b - a).min() > 15
     # evaluate --model scores each image with its own sensor's vector.
-    code, out, err = _cli(monkeypatch, capsys, tmp_path, "evaluate", "ds", "-m", "joint.pt", "-o", "report")
+    code, out, err = awb_cli(tmp_path, "evaluate", "ds", "-m", "joint.pt", "-o", "report")
     assert code == 0, err
     import csv
 
@@ -255,7 +238,7 @@ def test_cli_trains_a_joint_model_and_exports_it_per_sensor(monkeypatch, capsys,
     for sample, image in zip(data.samples, data.images):
         own = predict(stored, image[None], np.array([400.0], np.float32), sensors=[sample.sensor])[0]
         assert reported[sample.path.name] == pytest.approx(own, abs=0.5)
-    line = _error_line(*_cli(monkeypatch, capsys, tmp_path, "export", "joint.pt", "--sensor", "a")[::2])
+    line = _error_line(*awb_cli(tmp_path, "export", "joint.pt", "--sensor", "a")[::2])
     assert "already exists" in line
 
 

@@ -105,7 +105,8 @@ def test_bad_param_specs_are_refused(text, message):
 def test_default_heads_are_proxy_heads_and_listed_in_the_help():
     """Every block's default head exists; exposure's is the global head (benchmarks/proxy.py:
     47.4 dB on held-out images against 28.5 for affine), colorbalancergb's the pointwise head
-    (44.6 against 38.3 for global), and `proxy train --help` lists the blocks whose default is
+    (44.6 against 38.3 for global), lowpass's the blur head (28.7 against 20.4 for global), and
+    `proxy train --help` lists the blocks whose default is
     not affine."""
     from typer.testing import CliRunner
 
@@ -113,7 +114,7 @@ def test_default_heads_are_proxy_heads_and_listed_in_the_help():
     from isplab.models.proxy import PROXY_HEADS
 
     assert all(b.default_head in PROXY_HEADS for b in BLOCKS.values())
-    assert BLOCKS["exposure"].default_head == "global" and BLOCKS["colorbalancergb"].default_head == "pointwise"
+    assert BLOCKS["exposure"].default_head == "global" and BLOCKS["colorbalancergb"].default_head == "pointwise" and BLOCKS["lowpass"].default_head == "blur"
     text = " ".join(CliRunner().invoke(app, ["proxy", "train", "--help"], env={"COLUMNS": "400"}).output.split())
     for b in BLOCKS.values():
         if b.default_head != "affine":

@@ -101,7 +101,7 @@ def train_command(
     schedule: Annotated[str, typer.Option("--schedule", help="Learning rate: constant, or cosine (annealed to 0 over the iterations).")] = "constant",
     patch: Annotated[int, typer.Option("--patch", help="Square crop side in pixels; 0: whole images.")] = 128,
     global_weight: Annotated[float, typer.Option("--global-weight", help="--head global, pointwise or blur: weight of the loss of the part before the U-Net alone (0: only the whole proxy's loss).")] = 1.0,
-    pixel_steps: Annotated[int, typer.Option("--pixel-steps", help="--head pointwise: steps fitting its pixel MLP alone on random pixels of the training samples before the U-Net's training (0: none).")] = 1500,
+    pixel_steps: Annotated[int, typer.Option("--pixel-steps", help="--head pointwise or blur: steps fitting its pixel MLP (and the blur head's sigma MLP) alone on random pixels of the training samples before the U-Net's training (0: none).")] = 1500,
     patches_per_epoch: Annotated[int, typer.Option("--patches-per-epoch", help="Random crops per epoch (re-drawn each epoch).")] = 2000,
     eval_every: Annotated[int, typer.Option("--eval-every", help="Validate and checkpoint every this many iterations.")] = 1000,
     loss: Annotated[str | None, typer.Option("--loss", help="l1, mse or l1+grad (default: l1+grad for sharpen, l1 otherwise).", show_default=False)] = None,

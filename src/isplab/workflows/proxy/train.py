@@ -91,8 +91,9 @@ class ProxyTrainConfig:
         batch_size, lr, iters: Adam on ``iters`` steps (the total, also when resuming).
         global_weight: ``global`` and ``pointwise`` heads: weight of the loss of that part alone
             (added to the loss of the whole proxy), so that its MLP explains all it can.
-        pixel_steps: ``pointwise`` head: before the U-Net's training, Adam steps fitting the
-            pixel MLP alone to random pixels of the training samples (:func:`fit_pixels`; 0: none).
+        pixel_steps: ``pointwise`` and ``blur`` heads: before the U-Net's training, Adam steps
+            fitting the pixel MLP (and the ``blur`` head's sigma MLP) alone to random pixels of
+            the training samples (:func:`fit_pixels`; 0: none).
             Patches are few, correlated pixels; 16384 random ones a step teach the per-pixel map
             far faster (``benchmarks/proxy.py``).
         schedule: ``constant`` learning rate, or ``cosine``: ``lr`` annealed to 0 over ``iters``
@@ -449,12 +450,13 @@ def train_proxy(
               resumed=f"training to step {config.iters}", details=sizes)
 
     train_samples = _Samples(data, splits.train, params)
-    if config.head == "pointwise" and config.pixel_steps and checkpoint is None:
+    if config.head in ("pointwise", "blur") and config.pixel_steps and checkpoint is None:
         start = time.perf_counter()
         pixel_loss = fit_pixels(model, train_samples, config.pixel_steps, seed=config.seed)
+        what = "pixel MLP" if config.head == "pointwise" else "blur and pixel MLPs"
         if trainer.is_global_zero:
             with log_file.open("a") as handle:
-                handle.write(f"pixel MLP fitted alone: {config.pixel_steps} steps, L1 {pixel_loss:.5f}, {time.perf_counter() - start:.0f} s\n")
+                handle.write(f"{what} fitted alone: {config.pixel_steps} steps, L1 {pixel_loss:.5f}, {time.perf_counter() - start:.0f} s\n")
     patches = ProxyPatchDataset(train_samples, config.patch, config.patches_per_epoch, config.seed)
     val = ProxyImageDataset(_Samples(data, validation[: config.val_max], params))
     options = dict(num_workers=config.workers, persistent_workers=config.workers > 0)
@@ -478,18 +480,36 @@ def train_proxy(
 
 def fit_pixels(model: torch.nn.Module, samples: _Samples, steps: int, *, seed: int = 0, pixels: int = 16384,
                per_sample: int = 1024, lr: float = 3e-3) -> float:  # fmt: skip
-    """Fit a ``pointwise`` proxy's pixel MLP alone (:meth:`ProxyUNet.pointwise_transform`): each
-    of ``steps`` Adam steps (``lr``, cosine schedule) takes ``per_sample`` random pixels of each of
-    ``pixels // per_sample`` random samples, L1 to the same pixels of the outputs. A pure function
-    of ``seed`` (every DDP rank computes the same weights). Returns the last step's loss."""
+    """Fit the parts of a ``pointwise`` or ``blur`` proxy that the U-Net does not compute, alone
+    (the U-Net is not run): each of ``steps`` Adam steps (``lr``, cosine schedule) takes
+    ``per_sample`` random pixels of each of ``pixels // per_sample`` random samples, L1 to the same
+    pixels of the outputs.
+
+    - ``pointwise``: the pixel MLP (:meth:`ProxyUNet.pointwise_transform`) on those pixels.
+    - ``blur``: the parameters -> (sigma, mix) MLP and the pixel MLP together: each sample's whole
+      image is blurred (:meth:`ProxyUNet.blur_transform`, cheap next to the U-Net), then the pixel
+      MLP maps the chosen pixels of the blurred image.
+
+    A pure function of ``seed`` (every DDP rank computes the same weights). Returns the last
+    step's loss.
+
+    Raises:
+        IsplabError: a proxy of another head.
+    """
+    head = getattr(model, "head_kind", None)
+    if head not in ("pointwise", "blur"):
+        raise IsplabError(f"fit_pixels needs a 'pointwise' or 'blur' proxy, this one's head is {head!r}")
     rng = np.random.default_rng(seed)
-    optimizer = torch.optim.Adam(model.pixel_mlp.parameters(), lr=lr)
+    weights = list(model.pixel_mlp.parameters()) + (list(model.blur_mlp.parameters()) if head == "blur" else [])
+    optimizer = torch.optim.Adam(weights, lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: cosine_factor(i, steps))
     loss = torch.zeros(())
     for _ in range(steps):
         xs, ys, us = [], [], []
         for i in rng.integers(len(samples), size=max(1, pixels // per_sample)):
             x, y, unit = samples.get(int(i))
+            if head == "blur":
+                x = model.blur_transform(x[None], unit[None])[0]
             flat = torch.from_numpy(rng.integers(x.shape[-2] * x.shape[-1], size=per_sample))
             xs.append(x.flatten(1)[:, flat])
             ys.append(y.flatten(1)[:, flat])
@@ -509,6 +529,8 @@ def _check_config(config: ProxyTrainConfig) -> None:
         raise IsplabError(f"patch must be at least 0 (0: whole images), got {config.patch}")
     if config.head not in PROXY_HEADS:
         raise IsplabError(f"unknown proxy head {config.head!r}: expected one of {', '.join(PROXY_HEADS)}")
+    if config.head == "blur" and config.patch:
+        raise IsplabError(f"the blur head trains on whole images (a crop's blur is not the crop of the image's blur): pass --patch 0, not {config.patch}")
     if config.pixel_steps < 0:
         raise IsplabError(f"pixel_steps must be >= 0, got {config.pixel_steps}")
     if config.global_weight < 0:
