@@ -82,7 +82,7 @@ imx477 13.32, 12.90, 13.18; imx500 20.71, 19.85, 19.76; imx708 12.11, 11.56, 11.
 ``--reweight`` (4 runs per fold, weight 4, 30 epochs per later run; the run with the lowest
 worst-case training error was run 3 in every fold), vc4 (1202 s): plain 14.17 / 80.8, re-weighted
 13.59 / 80.8 (p95 43.90 -> 47.76), and the control, the plain model continued 3 x 30 epochs without
-duplicates, 13.70 / 85.1: most of the re-weighting's gain in the mean (0.47 of 0.58) is longer training, and
+re-weighting, 13.70 / 85.1: most of the re-weighting's gain in the mean (0.47 of 0.58) is longer training, and
 the worst held-out image is untouched (re-weighting fits the worst *training* images: the training
 worst fell from 31-59 to 8.5-15 mireds in every fold). None of these comes near the goals (10 /
 60) or beats the default clearly: fine-tuning per sensor, the best of them, lowers the mean by about
