@@ -108,11 +108,11 @@ def test_patch_zero_gives_whole_images(dataset, tmp_path):
 
 @pytest.mark.slow
 def test_cli_train_blur_head_on_whole_images(dataset, tmp_path):
-    """``proxy train --head blur --patch 0`` fits the blur and pixel MLPs alone first
-    (``--pixel-steps``), trains on whole images and records both; the exposure proxy it writes
-    beats the identity on held-out images."""
+    """``proxy train --head blur`` fits the blur and pixel MLPs alone first (``--pixel-steps``),
+    trains on whole images without being told ``--patch 0``, records both, and the exposure proxy
+    it writes beats the identity on held-out images."""
     model_dir = tmp_path / "run"
-    result = CliRunner().invoke(app, ["proxy", "train", "exposure", str(dataset), str(model_dir), "--head", "blur", "--patch", "0",
+    result = CliRunner().invoke(app, ["proxy", "train", "exposure", str(dataset), str(model_dir), "--head", "blur",
                                       "--width", "4", "--depth", "2", "--batch-size", "4", "--lr", "5e-3", "--iters", "40",
                                       "--eval-every", "20", "--patches-per-epoch", "40", "--device", "cpu", "--holdout-params", "0.2",
                                       "--pixel-steps", "60", "--no-progress"])  # fmt: skip

@@ -99,7 +99,7 @@ def train_command(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Patches per step and per device.")] = 8,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-4,
     schedule: Annotated[str, typer.Option("--schedule", help="Learning rate: constant, or cosine (annealed to 0 over the iterations).")] = "constant",
-    patch: Annotated[int, typer.Option("--patch", help="Square crop side in pixels; 0: whole images.")] = 128,
+    patch: Annotated[int | None, typer.Option("--patch", show_default=False, help="Square crop side in pixels; 0: whole images. Default: 128, or 0 for the blur head.")] = None,
     global_weight: Annotated[float, typer.Option("--global-weight", help="--head global, pointwise or blur: weight of the loss of the part before the U-Net alone (0: only the whole proxy's loss).")] = 1.0,
     pixel_steps: Annotated[int, typer.Option("--pixel-steps", help="--head pointwise or blur: steps fitting its pixel MLP (and the blur head's sigma MLP) alone on random pixels of the training samples before the U-Net's training (0: none).")] = 1500,
     patches_per_epoch: Annotated[int, typer.Option("--patches-per-epoch", help="Random crops per epoch (re-drawn each epoch).")] = 2000,

@@ -72,6 +72,10 @@ MONITOR = "val_psnr"
 RUN_OUTPUTS = ("model.pt", "config.json", "log.txt", "checkpoints", "logs", "report.html", "report_grid.png", "report_curves.png", "report_metrics.json")
 
 
+#: Training crop side in pixels when ``--patch`` is not given (the ``blur`` head takes whole images).
+DEFAULT_PATCH = 128
+
+
 @dataclass
 class ProxyTrainConfig:
     """Training options.
@@ -88,6 +92,7 @@ class ProxyTrainConfig:
             (:mod:`isplab.workflows.proxy.blocks`); ``config.json`` records the head used.
         patch: square crop side in pixels (at most the images' smaller side); 0: whole images
             (for the ``blur`` head, whose blur of a crop is not the crop of the image's blur).
+            ``None``: :data:`DEFAULT_PATCH`, or 0 for the ``blur`` head.
         batch_size, lr, iters: Adam on ``iters`` steps (the total, also when resuming).
         global_weight: ``global`` and ``pointwise`` heads: weight of the loss of that part alone
             (added to the loss of the whole proxy), so that its MLP explains all it can.
@@ -111,7 +116,7 @@ class ProxyTrainConfig:
     width: int = 32
     depth: int = 4
     head: str | None = None
-    patch: int = 128
+    patch: int | None = None
     batch_size: int = 8
     lr: float = 1e-4
     iters: int = 20_000
@@ -393,6 +398,8 @@ def train_proxy(
         isplab.engine.TrainingInterrupted: Ctrl-C (``last.ckpt`` resumable).
     """
     config = replace(config, head=config.head or get_block(block).default_head)
+    if config.patch is None:
+        config = replace(config, patch=0 if config.head == "blur" else DEFAULT_PATCH)
     _check_config(config)
     model_dir = Path(model_dir)
     data = load_dataset(dataset)
