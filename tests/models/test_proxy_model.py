@@ -176,20 +176,25 @@ def test_matrix_head_applies_its_matrix_row_by_row():
     torch.testing.assert_close(model(x, torch.rand(2, 2)), _colour(x), atol=1e-6, rtol=1e-6)
 
 
-def test_global_transform_is_gain_matrix_offset():
-    """z = exp(g) ((I + D) x) + o, with (g, D, o) the MLP's outputs; the U-Net's part stays the identity."""
+def _assert_known_constant_transform(model, bias) -> None:
+    """Set the last layer's ``bias`` of a ``global``/``pointwise`` head's MLP to a known gain, matrix
+    and offset; the model must then compute z = exp(g) ((I + D) x) + o (its U-Net part is the identity)."""
     from isplab.models.proxy import GAIN_BOUND
 
-    model = _model(head="global")
     g = torch.tensor([0.5, -0.25, 0.0])
     with torch.no_grad():
-        bias = model.global_mlp[-1].bias
         bias[:3] = GAIN_BOUND * torch.atanh(g / GAIN_BOUND)
         bias[3:12] = (KNOWN - torch.eye(3)).reshape(-1)
         bias[12:] = KNOWN_OFFSET
     x = torch.rand(2, 3, 10, 14)
     expected = torch.exp(g)[:, None, None] * torch.einsum("ij,bjhw->bihw", KNOWN, x) + KNOWN_OFFSET[:, None, None]
     torch.testing.assert_close(model(x, torch.rand(2, 2)), expected, atol=1e-6, rtol=1e-6)
+
+
+def test_global_transform_is_gain_matrix_offset():
+    """z = exp(g) ((I + D) x) + o, with (g, D, o) the MLP's outputs; the U-Net's part stays the identity."""
+    model = _model(head="global")
+    _assert_known_constant_transform(model, model.global_mlp[-1].bias)
 
 
 def test_matrix_head_fits_a_colour_transform():
@@ -264,21 +269,33 @@ def _vibrance(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return y + (x - y) * (1 + (4 * u - 1)[:, :, None, None] * (1 - chroma))
 
 
+def _fit_cosine(model, target, steps: int, size: tuple[int, int], power: float = 1.0) -> None:
+    """Adam (lr 1e-2, cosine) on batches of 8 random ``rand(3, *size) ** power`` images with a
+    parameter outside the held-out band [0.45, 0.55), scoring the output and the global part alone."""
+    import math
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
+    for _ in range(steps):
+        x = torch.rand(8, 3, *size) ** power
+        u = torch.rand(8, 1) * 0.9
+        u = torch.where(u < 0.45, u, u + 0.1)
+        y = target(x, u)
+        out, z = model(x, u, with_global=True)
+        loss = torch.nn.functional.l1_loss(out, y) + torch.nn.functional.l1_loss(z, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+
+
 def test_pointwise_transform_is_gain_matrix_offset_per_pixel():
     """z = exp(g) ((I + D) x) + o with (g, D, o) from the pixel MLP: its last layer's bias gives the
     constant part, and a weight on one input feature makes it depend on that pixel's value."""
-    from isplab.models.proxy import GAIN_BOUND, LOG_FLOOR
+    from isplab.models.proxy import LOG_FLOOR
 
     model = _model(head="pointwise")
-    g = torch.tensor([0.5, -0.25, 0.0])
-    with torch.no_grad():
-        bias = model.pixel_mlp[-1].bias
-        bias[:3] = GAIN_BOUND * torch.atanh(g / GAIN_BOUND)
-        bias[3:12] = (KNOWN - torch.eye(3)).reshape(-1)
-        bias[12:] = KNOWN_OFFSET
-    x = torch.rand(2, 3, 10, 14)
-    expected = torch.exp(g)[:, None, None] * torch.einsum("ij,bjhw->bihw", KNOWN, x) + KNOWN_OFFSET[:, None, None]
-    torch.testing.assert_close(model(x, torch.rand(2, 2)), expected, atol=1e-6, rtol=1e-6)
+    _assert_known_constant_transform(model, model.pixel_mlp[-1].bias)
     # Features in order: log2(|x| + floor) / 12 (3), x clamped (3), unit (2). Make the first
     # layer pass feature k through one hidden unit (LeakyReLU keeps positive values), the second
     # pass it on, and the last put it into the offset of the blue channel.
@@ -306,26 +323,12 @@ def test_pointwise_head_learns_a_per_pixel_colour_map_of_the_parameter_for_new_i
     on images never seen, at u in a band never seen, the pointwise part alone and the whole proxy
     are within 40 dB. The ``global`` head (one colour matrix per u) trained the same way stays
     below 35 dB on its global part: the map is not a matrix."""
-    import math
 
     scores = {}
     for head in ("pointwise", "global"):
         torch.manual_seed(0)
         model = build_proxy_model([(0.0, 1.0)], width=4, depth=1, head=head)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-        steps = 400
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
-        for _ in range(steps):
-            x = torch.rand(8, 3, 16, 16)
-            u = torch.rand(8, 1) * 0.9
-            u = torch.where(u < 0.45, u, u + 0.1)
-            target = _vibrance(x, u)
-            out, z = model(x, u, with_global=True)
-            loss = torch.nn.functional.l1_loss(out, target) + torch.nn.functional.l1_loss(z, target)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+        _fit_cosine(model, _vibrance, 400, (16, 16))
         torch.manual_seed(1)
         x, u = torch.rand(3, 3, 24, 40), torch.tensor([[0.47], [0.5], [0.53]])
         target = _vibrance(x, u)
@@ -441,7 +444,6 @@ def test_blur_head_learns_a_blur_radius_of_the_parameter_for_new_images():
     train`` trains it (L1 of the proxy plus L1 of its part before the U-Net, whole 32x32 images,
     cosine schedule, 300 steps) on u outside [0.45, 0.55): on new images at u = 0.5 the proxy is
     within 40 dB and the learned sigma is 3 px within 5 %."""
-    import math
 
     teacher = build_proxy_model([(0.0, 1.0)], width=4, depth=1, head="blur")
 
@@ -455,20 +457,7 @@ def test_blur_head_learns_a_blur_radius_of_the_parameter_for_new_images():
 
     torch.manual_seed(0)
     model = build_proxy_model([(0.0, 1.0)], width=4, depth=1, head="blur")
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    steps = 300
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
-    for _ in range(steps):
-        x = torch.rand(8, 3, 32, 32) ** 2
-        u = torch.rand(8, 1) * 0.9
-        u = torch.where(u < 0.45, u, u + 0.1)
-        y = target(x, u)
-        out, z = model(x, u, with_global=True)
-        loss = torch.nn.functional.l1_loss(out, y) + torch.nn.functional.l1_loss(z, y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+    _fit_cosine(model, target, 300, (32, 32), power=2)
     torch.manual_seed(1)
     x, u = torch.rand(2, 3, 32, 48) ** 2, torch.tensor([[0.5], [0.5]])
     with torch.no_grad():
