@@ -546,13 +546,17 @@ def main() -> None:
     folds = args.folds or (2 if args.quick else 5)
     latency_runs = args.latency_runs or (50 if args.quick else 200)
 
+    def dump(payload: dict, final: bool = False) -> None:
+        """Write ``--json`` (also after each target, so a stopped run keeps the finished ones)."""
+        if args.json:
+            args.json.write_text(json.dumps({"quick": args.quick, "config": dataclasses.asdict(config), **payload}, indent=2))
+            if final:
+                console.print(f"wrote {args.json}")
+
     if args.tta:
         results = {t: tta_results(t, args.data, config, folds, console) for t in args.targets}
         console.print(tta_table(results))
-        if args.json:
-            args.json.write_text(json.dumps({"quick": args.quick, "config": dataclasses.asdict(config),
-                                             "threads": torch.get_num_threads(), "targets": results}, indent=2))
-            console.print(f"wrote {args.json}")
+        dump({"threads": torch.get_num_threads(), "targets": results}, final=True)
         return
     if args.reweight:
         iterations = args.iterations or (2 if args.quick else 4)
@@ -560,14 +564,9 @@ def main() -> None:
         results = {}
         for t in args.targets:
             results[t] = reweight_results(t, args.data, config, folds, iterations, args.weight, later, console)
-            if args.json:
-                args.json.write_text(json.dumps({"quick": args.quick, "config": dataclasses.asdict(config),
-                                                 "threads": torch.get_num_threads(), "targets": results}, indent=2))
+            dump({"threads": torch.get_num_threads(), "targets": results})
         console.print(reweight_table(results))
-        if args.json:
-            args.json.write_text(json.dumps({"quick": args.quick, "config": dataclasses.asdict(config),
-                                             "threads": torch.get_num_threads(), "targets": results}, indent=2))
-            console.print(f"wrote {args.json}")
+        dump({"threads": torch.get_num_threads(), "targets": results}, final=True)
         return
     if args.per_sensor:
         epochs = args.finetune_epochs or (1 if args.quick else 30)
@@ -575,14 +574,9 @@ def main() -> None:
         for t in args.targets:  # the JSON is rewritten after each target, so a stopped run keeps the finished ones
             per_sensor[t] = per_sensor_results(t, args.data, config, folds, epochs, args.min_sensor_images, console,
                                                joint=None if args.joint == "none" else args.joint)
-            if args.json:
-                args.json.write_text(json.dumps({"quick": args.quick, "config": dataclasses.asdict(config),
-                                                 "per_sensor": per_sensor}, indent=2))
+            dump({"per_sensor": per_sensor})
         console.print(per_sensor_table(per_sensor))
-        if args.json:
-            args.json.write_text(json.dumps({"quick": args.quick, "config": dataclasses.asdict(config),
-                                             "per_sensor": per_sensor}, indent=2))
-            console.print(f"wrote {args.json}")
+        dump({"per_sensor": per_sensor}, final=True)
         return
     results = {t: benchmark_target(t, args.data, config, folds, latency_runs, console) for t in args.targets}
     console.print(error_table(results, folds))
