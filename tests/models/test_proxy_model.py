@@ -407,7 +407,7 @@ def _set_blur(model, sigma: float, mix: float):
 
 
 def test_blur_head_is_a_gaussian_in_lab_with_replicated_edges():
-    """With the blur MLP's output set to sigma = 2.5 px and a = 1, the model (its pointwise and
+    """With the blur MLP's output set to sigma = 2.5 px and a = 1, the model (its colour map and
     U-Net parts still the identity) is a pixel-integrated Gaussian of CIE Lab (D50) with replicated
     edges, on a non-square image; a = 0.5 mixes half of it in Lab; with a sigma far larger than
     the image the replicated edges dominate: every pixel becomes the mean of the four corners in
@@ -438,6 +438,77 @@ def test_blur_head_is_a_gaussian_in_lab_with_replicated_edges():
         torch.testing.assert_close(model(x, unit), mean.expand_as(x), atol=2e-5, rtol=1e-4)
 
 
+def test_blur_sigma_sees_positive_ranges_on_a_log_scale():
+    """log_unit puts a radius of 0.1-500 px on a log scale (the contrast-like range [-3, 3] stays
+    linear), and blur_sigma reads it: one linear unit of the MLP on that feature gives sigma =
+    radius exactly, from 0.2 to 450 px (a radius near the low end is where the linear unit alone
+    has no resolution: 0.1-10 px is 2 % of it)."""
+    import math
+
+    from isplab.models.proxy import BLUR_LOG_SIGMA0, BLUR_LOG_SIGMA_SCALE
+
+    model = build_proxy_model([(0.1, 500.0), (-3.0, 3.0)], width=4, depth=1, head="blur")
+    radius = torch.tensor([0.2, 1.0, 7.0, 60.0, 450.0])
+    values = torch.stack([radius, torch.tensor([-2.0, 0.0, 1.0, 2.5, 3.0])], dim=1)
+    unit = model.to_unit(values)
+    span = math.log(500.0) - math.log(0.1)
+    logs = model.log_unit(unit)
+    torch.testing.assert_close(logs[:, 0], (torch.log(radius) - math.log(0.1)) / span)
+    torch.testing.assert_close(logs[:, 1], unit[:, 1])
+    with torch.no_grad():
+        for layer in model.blur_mlp[::2]:
+            layer.weight.zero_()
+            layer.bias.zero_()
+        model.blur_mlp[0].weight[0, 2] = 1.0  # inputs: unit (2), then log_unit (2)
+        model.blur_mlp[2].weight[0, 0] = 1.0
+        model.blur_mlp[4].weight[0, 0] = span / BLUR_LOG_SIGMA_SCALE
+        model.blur_mlp[4].bias[0] = (math.log(0.1) - BLUR_LOG_SIGMA0) / BLUR_LOG_SIGMA_SCALE
+        sigma, _ = model.blur_sigma(unit)
+    torch.testing.assert_close(sigma, radius, rtol=1e-4, atol=1e-5)
+
+
+def _reference_lab(x):
+    """CIE L*a*b* (D50) of linear Rec.709 ``x`` from the textbook formulas, divided by 100."""
+    m = D50_XYZ_FROM_REC709.double() / D50_WHITE.double()[:, None]
+    fx, fy, fz = _lab_f(torch.einsum("ij,bjhw->bihw", m, x.double())).unbind(1)
+    return torch.stack([1.16 * fy - 0.16, 5.0 * (fx - fy), 2.0 * (fy - fz)], dim=1)
+
+
+def _reference_rgb(lab):
+    """Inverse of :func:`_reference_lab`."""
+    m = D50_XYZ_FROM_REC709.double() / D50_WHITE.double()[:, None]
+    fy = (lab[:, 0] + 0.16) / 1.16
+    f = torch.stack([fy + lab[:, 1] / 5.0, fy, fy - lab[:, 2] / 2.0], dim=1)
+    return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(m), _lab_f_inv(f)).float()
+
+
+def test_blur_head_maps_colours_in_lab():
+    """The blur head's colour map acts on (L, a, b) / 100: with its pixel MLP's output set to gains
+    (1.5, 0.6, 0.8) and offset (-0.25, 0, 0), i.e. darktable lowpass's contrast 1.5 about L = 50
+    and saturations 0.6 and 0.8 of a and b, the model (blur mix 0, U-Net the identity) gives exactly that map, computed
+    here from the textbook Lab formulas; with the blur on, it maps the blurred image."""
+    from isplab.models.proxy import GAIN_BOUND
+
+    model = build_proxy_model([(0.0, 1.0)], width=4, depth=1, head="blur")
+    gains = torch.tensor([1.5, 0.6, 0.8])
+    with torch.no_grad():
+        bias = model.pixel_mlp[-1].bias
+        bias[:3] = GAIN_BOUND * torch.atanh(torch.log(gains) / GAIN_BOUND)
+        bias[12:] = torch.tensor([-0.25, 0.0, 0.0])
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 9, 13) ** 2 * 1.2
+    unit = torch.rand(2, 1)
+    lab = _reference_lab(x)
+    mapped = gains.double()[None, :, None, None] * lab + torch.tensor([-0.25, 0.0, 0.0], dtype=torch.float64)[None, :, None, None]
+    assert float((mapped[:, 0] - lab[:, 0]).abs().max()) > 0.05  # a real change of L
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, unit), _reference_rgb(mapped), atol=2e-5, rtol=1e-4)
+        _set_blur(model, 2.0, 1.0)
+        blurred = _reference_lab(_reference_lab_blur(x, 2.0))
+        expected = _reference_rgb(gains.double()[None, :, None, None] * blurred + torch.tensor([-0.25, 0.0, 0.0], dtype=torch.float64)[None, :, None, None])
+        torch.testing.assert_close(model(x, unit), expected, atol=2e-5, rtol=1e-4)
+
+
 @pytest.mark.slow
 def test_blur_head_learns_a_blur_radius_of_the_parameter_for_new_images():
     """Target: a Lab Gaussian with sigma = 1 + 4u pixels, then a gain of 1.2. Trained as ``proxy
@@ -463,3 +534,66 @@ def test_blur_head_learns_a_blur_radius_of_the_parameter_for_new_images():
     with torch.no_grad():
         assert _psnr(model(x, u), target(x, u)) > 40
         assert float(model.blur_sigma(u[:1])[0]) == pytest.approx(3.0, rel=0.05)
+
+
+def test_cfa_phase_planes_hold_row_and_column_parity():
+    from isplab.models.proxy import ProxyUNet
+
+    planes = ProxyUNet.cfa_phase_planes(torch.zeros(2, 3, 3, 5, dtype=torch.float64))
+    assert planes.shape == (2, 2, 3, 5) and planes.dtype == torch.float64
+    rows = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)[:, None].expand(3, 5)
+    cols = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0], dtype=torch.float64)[None, :].expand(3, 5)
+    assert torch.equal(planes[1, 0], rows) and torch.equal(planes[1, 1], cols)
+
+
+def test_cfa_phase_channels_enter_the_first_level_and_reload(tmp_path):
+    """cfa_phase: the first level (only) reads the image, the parameters and the two parity planes
+    of the (bottom/right-padded) input; their weights change the output; the option survives
+    save/load and files without it load as before (no phase channels)."""
+    model = _model(cfa_phase=True, meta={"block": "temperature"})
+    assert [enc[0].in_channels for enc in model.encoders] == [3 + 2 + 2, 4 + 2, 8 + 2]
+    x, unit = torch.rand(1, 3, 6, 10), torch.tensor([[0.25, 0.75]])
+    assert torch.equal(model(x, unit), x)  # identity at init
+    seen = []
+    handle = model.encoders[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    _perturb_head(model)
+    before = model(x, unit)
+    handle.remove()
+    first = seen[0]  # padded to 8 x 12 (multiples of 2^depth)
+    assert first.shape == (1, 7, 8, 12)
+    assert torch.equal(first[0, :3, :6, :10], x[0])
+    assert torch.equal(first[0, 3:5], unit[0, :, None, None].expand(2, 8, 12))
+    assert torch.equal(first[0, 5], torch.tensor([0.0, 1.0] * 4)[:, None].expand(8, 12))
+    assert torch.equal(first[0, 6], torch.tensor([0.0, 1.0] * 6)[None, :].expand(8, 12))
+    with torch.no_grad():
+        model.encoders[0][0].weight[:, -2:].add_(1.0)  # the weights reading the phase channels
+    assert (model(x, unit) - before).abs().max() > 1e-4
+    path = save_proxy_model(model, tmp_path / "m.pt")
+    loaded = load_proxy_model(path)
+    assert loaded.cfa_phase and loaded.proxy_config["cfa_phase"] is True
+    x, unit = torch.rand(1, 3, 12, 20), torch.rand(1, 2)
+    assert torch.equal(loaded(x, unit), model.eval()(x, unit))
+    old = _model()
+    saved = {"proxy_config": {k: v for k, v in old.proxy_config.items() if k != "cfa_phase"}, "state_dict": old.state_dict()}
+    torch.save(saved, tmp_path / "old.pt")
+    assert load_proxy_model(tmp_path / "old.pt").cfa_phase is False
+
+
+def test_cfa_filter_applies_one_filter_per_colour_filter_phase():
+    """cfa_phase's filter: x + K * x with K chosen by the pixel's (row % 2, column % 2); here the
+    (0, 1) pixels' red gains their right neighbour's green (the edge replicated) and the (1, 0)
+    pixels' blue an offset 0.5; the other pixels and channels are unchanged."""
+    model = _model(cfa_phase=True)
+    n = 9 * 3 + 1  # 3x3 taps of 3 channels (channel-major), then the offset
+    with torch.no_grad():
+        bias = model.cfa_mlp[-1].bias.view(4, 3, n)
+        bias[2 * 0 + 1, 0, 1 * 9 + 1 * 3 + 2] = 1.0  # phase (0, 1), red <- green at (i, j + 1)
+        bias[2 * 1 + 0, 2, n - 1] = 0.5  # phase (1, 0), blue + 0.5
+    x = torch.rand(1, 3, 5, 6)
+    out = model.cfa_filter(x, torch.rand(1, 2))
+    want = x.clone()
+    right = torch.cat([x[:, 1, :, 1:], x[:, 1, :, -1:]], dim=-1)
+    want[:, 0, 0::2, 1::2] += right[:, 0::2, 1::2]
+    want[:, 2, 1::2, 0::2] += 0.5
+    assert torch.allclose(out, want, atol=1e-6)
+    assert torch.equal(_model(cfa_phase=True).cfa_filter(x, torch.rand(1, 2)), x)  # identity at init

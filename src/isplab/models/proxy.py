@@ -37,10 +37,17 @@ and to the input of every encoder level. How the network's output ``y`` acts on 
   then the ``"matrix"`` head's local correction. A per-pixel colour operation that is not one
   matrix per image (colorbalancergb's chroma, saturation and vibrance, clipping) is then learned
   once, the same for every image. ``global_weight`` scores ``z`` alone as for ``"global"``.
-- ``"blur"``: for blocks that blur the whole image (darktable's ``lowpass``): first a Gaussian
-  blur in CIE Lab (D50) with replicated edges, ``lab + a (G_sigma * lab - lab)``, with ``sigma``
-  and the mix ``a`` from an MLP of the parameters (``a = 0`` at init), then ``"pointwise"`` (the
-  colour operations on the blurred image), then the U-Net's ``"matrix"`` correction. Darktable
+- ``"blur"``: for blocks that blur the whole image and then map colours in CIE Lab (darktable's
+  ``lowpass``): first a Gaussian blur in CIE Lab (D50) with replicated edges,
+  ``lab + a (G_sigma * lab - lab)``, with ``sigma`` and the mix ``a`` from an MLP of the
+  parameters, those with a positive range also on a log scale (:meth:`ProxyUNet.log_unit`; ``a = 0``
+  at init), then a per-pixel colour map **in Lab**:
+  ``lab' = exp(g) * ((I + D) lab) + o`` with ``(g, D, o)`` from an MLP (1x1 convolutions) of the
+  pixel's ``(L, a, b) / 100`` and the parameters (:meth:`ProxyUNet.lab_colour_transform`), then the
+  U-Net's ``"matrix"`` correction. Lowpass's contrast and brightness are a curve of ``L`` and its
+  saturation a factor on ``a, b``, simple in Lab but not in RGB: with the blur fixed at
+  ``sigma = radius`` the RGB pixel map of ``"pointwise"`` reaches 25.9 dB on held-out images, the
+  Lab one 37.7 dB with a hidden width of ``LAB_MLP_WIDTH`` = 128 (34.6 at 64), 2500 steps (``benchmarks/proxy.py``). Darktable
   4.2.1's lowpass at neutral contrast, brightness and saturation is this blur with
   ``sigma = radius`` (``benchmarks/proxy.py --ceiling``, 12 renders of 256x192 synthetic images,
   radius 0.2-459: 62.4 dB mean, 57.5 dB worst). The blur is applied as ``H x H`` and
@@ -48,6 +55,18 @@ and to the input of every encoder level. How the network's output ``y`` acts on 
   CPU. Its ``sigma`` is in the pixels of the training images: train it on whole images
   (``proxy train --patch 0``; a crop's blur is not the crop of the image's blur) and apply it at
   that resolution.
+
+``cfa_phase`` (any head; for blocks that act on the raw mosaic before demosaicking, such as
+darktable's ``temperature``): the input first goes through ``x + K(unit, phase) * x``, a 3x3
+linear filter (``C -> C`` channels, plus an offset) whose coefficients an MLP computes from the
+parameters, one set for each of the four pixels of the 2x2 colour-filter tile
+(:meth:`ProxyUNet.cfa_filter`), and the U-Net gets each pixel's row and column parity as two more
+input channels. Demosaicking a scaled mosaic is not scaling the demosaiced image: near edges the
+difference depends on which colour the sensor measured at the pixel, which convolutions cannot
+tell. Pixel ``(0, 0)`` of every input must have the colour filter of pixel ``(0, 0)`` of the
+training images (``proxy train`` crops such blocks' images at even offsets and does not flip
+them). Measured on darktable 4.2.1's ``temperature`` (``benchmarks/proxy.py --fidelity``): see
+there.
 
 The last layer of the U-Net (and of each MLP) is zero-initialised, so an untrained proxy is the
 identity.
@@ -83,6 +102,9 @@ GLOBAL_HEADS = ("global", "pointwise", "blur")
 _HEAD_CHANNELS = {"affine": lambda c: 2 * c, "add": lambda c: c, "matrix": lambda c: c * c + c, "global": lambda c: c * c + c,
                   "pointwise": lambda c: c * c + c, "blur": lambda c: c * c + c}  # fmt: skip
 MLP_WIDTH = 64  # hidden width of the "global" head's parameter MLP and of the "pointwise" head's pixel MLP
+#: Hidden width of the "blur" head's Lab pixel MLP (lowpass's colour map, pixel part alone with the
+#: blur fixed, 2500 steps: 37.7 dB on held-out images at 128 against 34.6 at 64; benchmarks/proxy.py).
+LAB_MLP_WIDTH = 128
 LOG_FLOOR = 2.0**-12  # the "pointwise" head's log features: log2(|x| + LOG_FLOOR) / 12
 BLUR_LOG_SIGMA0 = 3.0  # the "blur" head's sigma at init: exp(3) = 20 pixels
 BLUR_LOG_SIGMA_SCALE = 4.0  # log sigma = BLUR_LOG_SIGMA0 + 4 x the MLP's output: Adam moves it 4x faster
@@ -94,6 +116,9 @@ LAB_MATRIX = (
     (0.0139322 / 0.8249, 0.0971045 / 0.8249, 0.7141733 / 0.8249),
 )
 _LAB_E = 6.0 / 29.0
+#: ``(L, a, b) / 100`` from the ``f`` values ``(f_x, f_y, f_z)`` (:func:`_lab_f` of ``LAB_MATRIX @ rgb``): ``LAB_FROM_F @ f + LAB_OFFSET``.
+LAB_FROM_F = ((0.0, 1.16, 0.0), (5.0, -5.0, 0.0), (0.0, 2.0, -2.0))
+LAB_OFFSET = (-0.16, 0.0, 0.0)
 GAIN_BOUND = 4.0  # the affine head's log-gain bound (see the module docstring)
 CONFIG_KEY = "proxy_config"
 
@@ -117,11 +142,16 @@ class ProxyUNet(nn.Module):
         depth: down-sampling steps (``depth + 1`` levels, the deepest ``2^depth * width`` wide).
         head: ``"affine"``, ``"add"``, ``"matrix"``, ``"global"``, ``"pointwise"`` or ``"blur"``
             (see the module docstring).
+        cfa_phase: for blocks that act on the raw mosaic before demosaicking: a colour-filter-phase
+            dependent 3x3 filter of the input from the parameters (:meth:`cfa_filter`) and the
+            pixels' row and column parity as two more U-Net input channels at full resolution
+            (:meth:`cfa_phase_planes`); see the module docstring.
     """
 
     def __init__(
-        self, ranges: list[tuple[float, float]], channels: int = 3, width: int = 32, depth: int = 4, head: str = "affine"
-    ) -> None:
+        self, ranges: list[tuple[float, float]], channels: int = 3, width: int = 32, depth: int = 4, head: str = "affine",
+        cfa_phase: bool = False,
+    ) -> None:  # fmt: skip
         super().__init__()
         if not ranges:
             raise IsplabError("a proxy needs at least one parameter (ranges is empty)")
@@ -138,7 +168,15 @@ class ProxyUNet(nn.Module):
         p = self.n_params
         widths = [width * 2**level for level in range(depth + 1)]
         self.encoders = nn.ModuleList()
-        cin = channels
+        self.cfa_phase = bool(cfa_phase)
+        if self.cfa_phase:  # per phase (4), output channel (C): 3x3 taps of C channels and an offset
+            self.cfa_mlp = nn.Sequential(
+                nn.Linear(p, MLP_WIDTH), nn.LeakyReLU(0.2), nn.Linear(MLP_WIDTH, MLP_WIDTH), nn.LeakyReLU(0.2),
+                nn.Linear(MLP_WIDTH, 4 * channels * (9 * channels + 1)),
+            )  # fmt: skip
+            nn.init.zeros_(self.cfa_mlp[-1].weight)
+            nn.init.zeros_(self.cfa_mlp[-1].bias)
+        cin = channels + (2 if self.cfa_phase else 0)
         for w in widths:
             self.encoders.append(_block(cin + p, w))
             cin = w
@@ -160,18 +198,23 @@ class ProxyUNet(nn.Module):
             nn.init.zeros_(self.global_mlp[-1].bias)
         if head == "blur":
             self.blur_mlp = nn.Sequential(
-                nn.Linear(p, MLP_WIDTH), nn.LeakyReLU(0.2), nn.Linear(MLP_WIDTH, MLP_WIDTH), nn.LeakyReLU(0.2), nn.Linear(MLP_WIDTH, 2),
+                nn.Linear(2 * p, MLP_WIDTH), nn.LeakyReLU(0.2), nn.Linear(MLP_WIDTH, MLP_WIDTH), nn.LeakyReLU(0.2), nn.Linear(MLP_WIDTH, 2),
             )  # fmt: skip
             nn.init.zeros_(self.blur_mlp[-1].weight)
             nn.init.zeros_(self.blur_mlp[-1].bias)
+            if channels != 3:
+                raise IsplabError(f"the blur head works in CIE Lab: it needs 3 (RGB) channels, not {channels}")
             lab = torch.tensor(LAB_MATRIX)
             self.register_buffer("lab_matrix", lab, persistent=False)
             self.register_buffer("lab_inverse", torch.linalg.inv(lab), persistent=False)
+            self.register_buffer("lab_from_f", torch.tensor(LAB_FROM_F), persistent=False)
+            self.register_buffer("lab_offset", torch.tensor(LAB_OFFSET), persistent=False)
         if head in ("pointwise", "blur"):
             c = channels
+            hidden = LAB_MLP_WIDTH if head == "blur" else MLP_WIDTH
             self.pixel_mlp = nn.Sequential(
-                nn.Conv2d(2 * c + p, MLP_WIDTH, 1), nn.LeakyReLU(0.2), nn.Conv2d(MLP_WIDTH, MLP_WIDTH, 1), nn.LeakyReLU(0.2),
-                nn.Conv2d(MLP_WIDTH, c + c * c + c, 1),
+                nn.Conv2d((3 if head == "blur" else 2 * c) + p, hidden, 1), nn.LeakyReLU(0.2), nn.Conv2d(hidden, hidden, 1), nn.LeakyReLU(0.2),
+                nn.Conv2d(hidden, c + c * c + c, 1),
             )  # fmt: skip
             nn.init.zeros_(self.pixel_mlp[-1].weight)
             nn.init.zeros_(self.pixel_mlp[-1].bias)
@@ -201,6 +244,8 @@ class ProxyUNet(nn.Module):
             raise IsplabError(f"proxy expects images (B, {self.channels}, H, W), got {tuple(x.shape)}")
         if unit.ndim != 2 or unit.shape != (x.shape[0], self.n_params):
             raise IsplabError(f"proxy expects parameters ({x.shape[0]}, {self.n_params}), got {tuple(unit.shape)}")
+        if self.cfa_phase:
+            x = self.cfa_filter(x, unit)
         h, w = x.shape[-2:]
         m = self.size_multiple
         ph, pw = (-h) % m, (-w) % m
@@ -211,7 +256,10 @@ class ProxyUNet(nn.Module):
         for level, encoder in enumerate(self.encoders):
             if level:
                 y = F.max_pool2d(y, 2)
-            y = encoder(torch.cat([y, u.expand(-1, -1, *y.shape[-2:])], dim=1))
+            planes = [y, u.expand(-1, -1, *y.shape[-2:])]
+            if level == 0 and self.cfa_phase:
+                planes.append(self.cfa_phase_planes(y))
+            y = encoder(torch.cat(planes, dim=1))
             skips.append(y)
         for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips[:-1])):
             y = decoder(torch.cat([up(y), skip], dim=1))
@@ -226,11 +274,35 @@ class ProxyUNet(nn.Module):
         elif self.head_kind == "pointwise":
             z = self.pointwise_transform(x, unit)
         elif self.head_kind == "blur":
-            z = self.pointwise_transform(self.blur_transform(x, unit), unit)
+            z = self.lab_colour_transform(self.blur_transform(x, unit), unit)
         else:
             z = x
         out = z + _apply_matrix(y, z)
         return (out, z) if with_global else out
+
+    def cfa_filter(self, x: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+        """``cfa_phase``: ``x + K * x`` with ``K`` a 3x3 filter from ``C`` to ``C`` channels plus an
+        offset, its coefficients from an MLP of ``unit`` (0 at init: the identity), one set per
+        phase ``(i % 2, j % 2)`` of pixel ``(i, j)``; edges replicated."""
+        b, c, h, w = x.shape
+        n = 9 * c
+        k = self.cfa_mlp(unit.to(x.dtype)).view(b, 4, c, n + 1)
+        taps = F.unfold(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3).view(b, n, h, w)  # channel-major, then the 3x3 taps
+        out = torch.zeros_like(x)
+        for row in range(2):
+            for col in range(2):
+                coef = k[:, 2 * row + col]
+                out[:, :, row::2, col::2] = torch.einsum("bcn,bnhw->bchw", coef[..., :n], taps[:, :, row::2, col::2]) + coef[..., n, None, None]
+        return x + out
+
+    @staticmethod
+    def cfa_phase_planes(x: torch.Tensor) -> torch.Tensor:
+        """``(B, 2, H, W)`` for ``x`` ``(B, C, H, W)``: row parity ``i % 2`` and column parity
+        ``j % 2`` of pixel ``(i, j)`` (0 or 1, ``x``'s dtype and device): the ``cfa_phase`` channels."""
+        b, _, h, w = x.shape
+        rows = (torch.arange(h, device=x.device) % 2).to(x.dtype)[:, None].expand(h, w)
+        cols = (torch.arange(w, device=x.device) % 2).to(x.dtype)[None, :].expand(h, w)
+        return torch.stack([rows, cols])[None].expand(b, -1, -1, -1)
 
     def global_transform(self, x: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
         """The ``"global"`` head's image-independent part: ``exp(g) * ((I + D) x) + o`` with
@@ -255,9 +327,44 @@ class ProxyUNet(nn.Module):
         z = x + torch.einsum("bijhw,bjhw->bihw", matrix.view(b, c, c, *x.shape[-2:]), x)
         return gain * z + offset
 
+    def colour_transform(self, x: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+        """The per-pixel colour map of the ``"pointwise"`` head (:meth:`pointwise_transform`, in RGB) or
+        of the ``"blur"`` head (:meth:`lab_colour_transform`, in CIE Lab)."""
+        if self.head_kind == "blur":
+            return self.lab_colour_transform(x, unit)
+        return self.pointwise_transform(x, unit)
+
+    def lab_colour_transform(self, x: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+        """The ``"blur"`` head's per-pixel colour map in CIE Lab: ``lab = (L, a, b) / 100`` of the
+        linear RGB ``x``, ``lab' = exp(g) * ((I + D) lab) + o`` with ``(g, D, o)`` per pixel from
+        an MLP (1x1 convolutions) of ``(lab, unit)`` (``lab`` clamped to [-3, 3]), back to linear RGB
+        as ``x + rgb(lab') - rgb(lab)`` (exactly ``x`` at init, when the MLP's output is 0)."""
+        c, b = self.channels, x.shape[0]
+        to_lab, offset = self.lab_from_f.to(x.dtype), self.lab_offset.to(x.dtype)[None, :, None, None]
+        f = _lab_f(torch.einsum("ij,bjhw->bihw", self.lab_matrix.to(x.dtype), x))
+        lab = torch.einsum("ij,bjhw->bihw", to_lab, f) + offset
+        features = torch.cat([lab.clamp(-3.0, 3.0), unit.to(x.dtype)[:, :, None, None].expand(b, -1, *x.shape[-2:])], dim=1)
+        gain, matrix, shift = self.pixel_mlp(features).split([c, c * c, c], dim=1)
+        gain = torch.exp(GAIN_BOUND * torch.tanh(gain / GAIN_BOUND))
+        mapped = gain * (lab + torch.einsum("bijhw,bjhw->bihw", matrix.view(b, c, c, *x.shape[-2:]), lab)) + shift
+        f_mapped = f + torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_lab), mapped - lab)  # f itself when the map is the identity
+        back = lambda v: torch.einsum("ij,bjhw->bihw", self.lab_inverse.to(x.dtype), _lab_f_inverse(v))  # noqa: E731
+        return x + (back(f_mapped) - back(f))
+
+    def log_unit(self, unit: torch.Tensor) -> torch.Tensor:
+        """``(B, P)``: each parameter with a positive range on a log scale,
+        ``(log value - log low) / (log high - log low)``, the others as ``unit``. A radius of 0.1 to
+        500 pixels is then as easy to map to a blur sigma at 1 pixel as at 300."""
+        positive = self.low > 0
+        low, high = self.low.clamp(min=1e-12), self.high.clamp(min=1e-12)
+        value = self.from_unit(unit).clamp(min=1e-12)
+        logs = (torch.log(value) - torch.log(low)) / (torch.log(high) - torch.log(low))
+        return torch.where(positive, logs, unit)
+
     def blur_sigma(self, unit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ``"blur"`` head's Gaussian ``sigma`` (pixels) and mix ``a`` per sample, ``(B,)`` each."""
-        log_sigma, mix = self.blur_mlp(unit).unbind(dim=1)
+        """The ``"blur"`` head's Gaussian ``sigma`` (pixels) and mix ``a`` per sample, ``(B,)`` each,
+        from an MLP of ``unit`` and :meth:`log_unit`."""
+        log_sigma, mix = self.blur_mlp(torch.cat([unit, self.log_unit(unit)], dim=1)).unbind(dim=1)
         return torch.exp(BLUR_LOG_SIGMA0 + BLUR_LOG_SIGMA_SCALE * log_sigma), mix
 
     def blur_transform(self, x: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
@@ -323,6 +430,7 @@ def build_proxy_model(
     width: int = 32,
     depth: int = 4,
     head: str = "affine",
+    cfa_phase: bool = False,
     meta: dict[str, Any] | None = None,
 ) -> ProxyUNet:
     """Build a proxy by architecture name; ``meta`` (JSON-like: what the proxy models) is stored
@@ -334,7 +442,7 @@ def build_proxy_model(
     if arch not in PROXY_ARCHS:
         raise IsplabError(f"unknown proxy arch {arch!r}: expected one of {', '.join(PROXY_ARCHS)}")
     ranges = [(float(lo), float(hi)) for lo, hi in ranges]
-    model = ProxyUNet(ranges, channels=channels, width=width, depth=depth, head=head)
+    model = ProxyUNet(ranges, channels=channels, width=width, depth=depth, head=head, cfa_phase=cfa_phase)
     model.proxy_config = {
         "arch": arch,
         "ranges": [list(r) for r in ranges],
@@ -342,6 +450,7 @@ def build_proxy_model(
         "width": width,
         "depth": depth,
         "head": head,
+        "cfa_phase": bool(cfa_phase),
         "meta": dict(meta or {}),
     }
     return model
@@ -367,6 +476,7 @@ def load_proxy_model(path: str | Path) -> ProxyUNet:
             width=c["width"],
             depth=c["depth"],
             head=c.get("head", "add"),  # files written before the affine head existed
+            cfa_phase=c.get("cfa_phase", False),  # files written before the option existed
             meta=c.get("meta"),
         )
 

@@ -87,6 +87,20 @@ def test_param_specs():
     assert (cb["saturation_global"].low, cb["saturation_global"].high) == (0.0, 0.0)
 
 
+def test_sharpen_threshold_is_sampled_where_sharpen_acts():
+    """Sharpen's threshold (hard range [0, 100], no soft range) is sampled over [0, 10] by default
+    and by ``-p threshold``; ``-p threshold=0:100`` still gives the whole range; the dataset's
+    description records both ranges."""
+    sharpen = get_block("sharpen")
+    every = parse_param_specs(sharpen, None)
+    assert (every["threshold"].low, every["threshold"].high) == (0.0, 10.0)
+    assert (every["radius"].low, every["radius"].high) == (0.0, 8.0)  # the soft range where no override
+    assert (parse_param_specs(sharpen, ["threshold"])["threshold"].high) == 10.0
+    assert (parse_param_specs(sharpen, ["threshold=0:100"])["threshold"].high) == 100.0
+    described = sharpen.param("threshold").as_dict()
+    assert (described["soft_min"], described["soft_max"], described["sample_min"], described["sample_max"]) == (0.0, 100.0, 0.0, 10.0)
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
@@ -115,6 +129,7 @@ def test_default_heads_are_proxy_heads_and_listed_in_the_help():
 
     assert all(b.default_head in PROXY_HEADS for b in BLOCKS.values())
     assert BLOCKS["exposure"].default_head == "global" and BLOCKS["colorbalancergb"].default_head == "pointwise" and BLOCKS["lowpass"].default_head == "blur"
+    assert BLOCKS["temperature"].default_head == "global"
     text = " ".join(CliRunner().invoke(app, ["proxy", "train", "--help"], env={"COLUMNS": "400"}).output.split())
     for b in BLOCKS.values():
         if b.default_head != "affine":

@@ -178,7 +178,7 @@ class _SyntheticBlur:
 
 @pytest.mark.slow
 def test_fit_pixels_prefits_the_blur_head():
-    """fit_pixels on a ``blur`` proxy (whole images blurred, then random pixels; the U-Net not run)
+    """fit_pixels on a ``blur`` proxy (600 steps on whole blurred images, then 1800 on cached pixels; the U-Net not run)
     recovers a known sigma(u) = 1 + 5 u to within 15 % and the gain 0.5 + u on held-out samples
     (> 35 dB, > 10 dB above the identity); a wrong sigma mapping (sigma halved) fails both."""
     from isplab.models.proxy import build_proxy_model
@@ -187,7 +187,7 @@ def test_fit_pixels_prefits_the_blur_head():
     torch.manual_seed(0)
     model = build_proxy_model([(0.0, 1.0), (0.0, 1.0)], width=4, depth=1, head="blur")
     unet = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(("pixel_mlp", "blur_mlp"))}
-    fit_pixels(model, _SyntheticBlur(), 600, seed=0, pixels=2048, per_sample=512, lr=3e-3)
+    fit_pixels(model, _SyntheticBlur(), 2400, seed=0, pixels=2048, per_sample=512, lr=3e-3)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in unet.items())
     with torch.no_grad():
         u = torch.tensor([[0.2, 0.5], [0.5, 0.5], [0.8, 0.5]])
@@ -196,7 +196,7 @@ def test_fit_pixels_prefits_the_blur_head():
         assert torch.allclose(sigma, truth, rtol=0.15), (sigma, truth)
         assert torch.allclose(mix, torch.ones(3), atol=0.15), mix
         held = _SyntheticBlur(count=6, seed=1)
-        pairs = [(float(psnr(model.pointwise_transform(model.blur_transform(x[None], u[None]), u[None]), y[None])), float(psnr(x[None], y[None])))
+        pairs = [(float(psnr(model.colour_transform(model.blur_transform(x[None], u[None]), u[None]), y[None])), float(psnr(x[None], y[None])))
                  for x, y, u in held.items]  # fmt: skip
     scores, identity = np.array(pairs).T
     assert scores.min() > 35 and np.mean(scores - identity) > 10, pairs
@@ -364,3 +364,95 @@ def test_cli_train_and_test_with_the_pointwise_head(dataset, tmp_path):
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "report_metrics.json").read_text())["groups"]
     assert saved == json.loads((model_dir / "report_metrics.json").read_text())["groups"]
+
+
+class _CoordinateSamples:
+    """Samples whose input holds each pixel's coordinates (channel 0 the row, 1 the column, 2 the
+    sample's index) and whose output is input + 1000: a crop's origin and orientation are read
+    off its values."""
+
+    def __init__(self, n: int = 3, size: tuple[int, int] = (40, 52)) -> None:
+        h, w = size
+        rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+        self.items = [(x, x + 1000.0, torch.tensor([i / n])) for i in range(n) for x in [torch.stack([rows, cols, torch.full_like(rows, i)])]]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def get(self, i: int):
+        return self.items[i]
+
+
+def _origins(patches: ProxyPatchDataset, count: int) -> tuple[list[tuple[int, int]], int]:
+    """The (top, left) of each of ``count`` crops and how many were flipped left-right."""
+    origins, flips = [], 0
+    for x, y, unit in (patches[i] for i in range(count)):
+        assert torch.equal(y, x + 1000.0) and float(x[2, 0, 0]) == pytest.approx(float(unit[0]) * 3)
+        assert torch.equal(x[0], x[0, :, :1].expand_as(x[0]))  # rows constant along each row
+        step = x[1, 0, 1:] - x[1, 0, :-1]
+        assert torch.equal(step, torch.full_like(step, 1.0)) or torch.equal(step, torch.full_like(step, -1.0))
+        flipped = bool(step[0] < 0)
+        flips += flipped
+        origins.append((int(x[0, 0, 0]), int(x[1, 0, -1] if flipped else x[1, 0, 0])))
+    return origins, flips
+
+
+def test_crops_keep_the_cfa_phase_of_blocks_before_demosaic():
+    """keep_cfa_phase (a before_demosaic dataset): every crop starts at an even row and column and
+    is never flipped, while still varying in position; other blocks' crops start at any parity and
+    are flipped about half the time. Whole images (patch 0) are then never flipped either."""
+    source = _CoordinateSamples()
+    origins, flips = _origins(ProxyPatchDataset(source, 16, 200, seed=5, keep_cfa_phase=True), 200)
+    assert flips == 0
+    assert all(top % 2 == 0 and left % 2 == 0 for top, left in origins)
+    assert {top for top, _ in origins} == set(range(0, 40 - 16 + 1, 2))  # every even offset reached, the last included
+    assert {left for _, left in origins} == set(range(0, 52 - 16 + 1, 2))
+    origins, flips = _origins(ProxyPatchDataset(source, 16, 200, seed=5), 200)
+    assert 60 < flips < 140
+    parities = {(top % 2, left % 2) for top, left in origins}
+    assert parities == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    whole = ProxyPatchDataset(source, 0, 50, seed=5, keep_cfa_phase=True)
+    assert _origins(whole, 50) == ([(0, 0)] * 50, 0)
+    assert 10 < _origins(ProxyPatchDataset(source, 0, 50, seed=5), 50)[1] < 40
+
+
+def test_temperature_proxy_trains_with_the_cfa_phase(tmp_path):
+    """A temperature dataset (before_demosaic; the builtin backend white-balances the mosaic and
+    demosaics it) gets a cfa_phase U-Net by default, recorded in config.json and model.pt;
+    ``proxy train --no-cfa-phase`` turns it off."""
+    ds = tmp_path / "ds"
+    generate(GenerateOptions(block="temperature", output=ds, count=8, synth_images=4, backend="builtin", size=(64, 48),
+                             workers=1, progress=False, params=["red=0.5:2.5,green=0.8:1.25,blue=0.5:2.5"]))  # fmt: skip
+    assert load_dataset(ds).info["before_demosaic"] is True
+    small = {**TINY, "iters": 4, "eval_every": 2, "patches_per_epoch": 16, "holdout_params": 0.0}
+    path = train_proxy("temperature", ds, tmp_path / "run", ProxyTrainConfig(**small), progress=False, report=False)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["cfa_phase"] is True
+    model = load_proxy(path, "temperature")
+    assert model.cfa_phase and model.encoders[0][0].in_channels == 3 + 3 + 2
+    result = CliRunner().invoke(app, ["proxy", "train", "temperature", str(ds), str(tmp_path / "off"), "--no-cfa-phase", "--width", "8", "--depth", "2",
+                                      "--patch", "32", "--iters", "4", "--eval-every", "2", "--patches-per-epoch", "16", "--holdout-params", "0",
+                                      "--device", "cpu", "--no-progress"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert load_proxy(tmp_path / "off" / "model.pt", "temperature").cfa_phase is False
+    assert json.loads((tmp_path / "off" / "config.json").read_text())["cfa_phase"] is False
+
+
+def test_fit_pixels_blur_head_takes_samples_of_two_sizes():
+    """The blur head's second pre-fit part caches random pixels of each blurred sample, so samples
+    of different sizes mix; after 60 steps the colour map (a gain 0.5 + u1 here) beats the identity
+    on every sample."""
+    from isplab.models.proxy import build_proxy_model
+    from isplab.workflows.proxy.train import fit_pixels
+
+    small, large = _SyntheticBlur(count=6, seed=2), _SyntheticBlur(count=6, seed=3)
+    large.items = [(torch.nn.functional.interpolate(x[None], size=(40, 72), mode="bilinear")[0],
+                    torch.nn.functional.interpolate(y[None], size=(40, 72), mode="bilinear")[0], u) for x, y, u in large.items]  # fmt: skip
+    small.items += large.items
+    torch.manual_seed(0)
+    model = build_proxy_model([(0.0, 1.0), (0.0, 1.0)], width=4, depth=1, head="blur")
+    loss = fit_pixels(model, small, 60, seed=0, pixels=2048, per_sample=512, lr=3e-3)
+    assert np.isfinite(loss)
+    with torch.no_grad():
+        for x, y, u in small.items:
+            out = model.colour_transform(model.blur_transform(x[None], u[None]), u[None])
+            assert float(psnr(out, y[None])) > float(psnr(x[None], y[None])) + 3

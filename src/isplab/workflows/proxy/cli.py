@@ -29,7 +29,7 @@ def generate_command(
     count: Annotated[int, typer.Option("-n", "--count", help="Samples: Latin-hypercube parameter vectors, image i mod M each.")] = 64,
     param: Annotated[
         list[str] | None,
-        typer.Option("-p", "--param", help="Parameters to vary: NAME, NAME=LO:HI or NAME=VALUE (fixed); comma-separated or repeated. Default: all over darktable's soft ranges; unnamed ones stay at default.", show_default=False),
+        typer.Option("-p", "--param", help="Parameters to vary: NAME, NAME=LO:HI or NAME=VALUE (fixed); comma-separated or repeated. Default: all over their sampling ranges (darktable's soft ranges; sharpen's threshold 0-10, see docs/proxy.md); unnamed ones stay at default.", show_default=False),
     ] = None,
     images: Annotated[Path | None, typer.Option("--images", help="Folder of .dng raws (default: synthetic DNGs from isplab's data synth).", show_default=False)] = None,
     backend: Annotated[str, typer.Option("--backend", help="darktable (darktable-cli 4.2) or builtin (isplab's own ops).")] = "darktable",
@@ -93,7 +93,7 @@ def train_command(
     param: Annotated[list[str] | None, typer.Option("-p", "--param", help="The parameters the proxy takes (comma-separated or repeated); must be the dataset's varied ones. Default: those.", show_default=False)] = None,
     width: Annotated[int, typer.Option("--width", help="U-Net width: encoder channels width, 2 width, ... 2^depth width.")] = 32,
     depth: Annotated[int, typer.Option("--depth", help="Down-sampling steps of the U-Net.")] = 4,
-    head: Annotated[str | None, typer.Option("--head", show_default=False, help=f"Default: the block's ({_default_heads()}; see docs/proxy.md). How the U-Net acts on the input: affine (out = x exp(g) + b, per pixel), add (out = x + y, the seed's), matrix (a 3x3 colour matrix + offset per pixel), global (a colour transform from the parameters alone, then matrix) pointwise (a colour map of each pixel's colour and the parameters, the same for every image, then matrix) or blur (a Gaussian blur in CIE Lab whose radius the parameters set, then pointwise; train it with --patch 0).")] = None,
+    head: Annotated[str | None, typer.Option("--head", show_default=False, help=f"Default: the block's ({_default_heads()}; see docs/proxy.md). How the U-Net acts on the input: affine (out = x exp(g) + b, per pixel), add (out = x + y, the seed's), matrix (a 3x3 colour matrix + offset per pixel), global (a colour transform from the parameters alone, then matrix) pointwise (a colour map of each pixel's colour and the parameters, the same for every image, then matrix) or blur (a Gaussian blur in CIE Lab whose radius the parameters set, then a per-pixel colour map in CIE Lab, then matrix; it trains on whole images, --patch 0).")] = None,
     iters: Annotated[int, typer.Option("--iters", help="Training iterations (the total, also when resuming).")] = 20_000,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Budget in epochs instead of --iters: epochs x (patches-per-epoch // batch-size) iterations.", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Patches per step and per device.")] = 8,
@@ -102,6 +102,7 @@ def train_command(
     patch: Annotated[int | None, typer.Option("--patch", show_default=False, help="Square crop side in pixels; 0: whole images. Default: 128, or 0 for the blur head.")] = None,
     global_weight: Annotated[float, typer.Option("--global-weight", help="--head global, pointwise or blur: weight of the loss of the part before the U-Net alone (0: only the whole proxy's loss).")] = 1.0,
     pixel_steps: Annotated[int, typer.Option("--pixel-steps", help="--head pointwise or blur: steps fitting its pixel MLP (and the blur head's sigma MLP) alone on random pixels of the training samples before the U-Net's training (0: none).")] = 1500,
+    cfa_phase: Annotated[bool | None, typer.Option("--cfa-phase/--no-cfa-phase", show_default=False, help="A colour-filter-phase dependent 3x3 filter of the input and the pixels' row/column parity as U-Net inputs, for blocks that act on the raw mosaic before demosaicking (crops then start at even offsets, unflipped). Default: on for those blocks (temperature), off for the others.")] = None,
     patches_per_epoch: Annotated[int, typer.Option("--patches-per-epoch", help="Random crops per epoch (re-drawn each epoch).")] = 2000,
     eval_every: Annotated[int, typer.Option("--eval-every", help="Validate and checkpoint every this many iterations.")] = 1000,
     loss: Annotated[str | None, typer.Option("--loss", help="l1, mse or l1+grad (default: l1+grad for sharpen, l1 otherwise).", show_default=False)] = None,
@@ -125,7 +126,7 @@ def train_command(
         iters = max(1, epochs * (patches_per_epoch // max(1, batch_size)))
     config = ProxyTrainConfig(
         params=param, width=width, depth=depth, head=head, patch=patch, batch_size=batch_size, lr=lr, iters=iters,
-        schedule=schedule, global_weight=global_weight, pixel_steps=pixel_steps, eval_every=eval_every, patches_per_epoch=patches_per_epoch, loss=loss, holdout_params=holdout_params,
+        schedule=schedule, global_weight=global_weight, pixel_steps=pixel_steps, cfa_phase=cfa_phase, eval_every=eval_every, patches_per_epoch=patches_per_epoch, loss=loss, holdout_params=holdout_params,
         seed=seed, workers=workers, **options.as_kwargs(),
     )  # fmt: skip
     try:

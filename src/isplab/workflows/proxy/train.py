@@ -13,7 +13,12 @@
   held-out images, held-out parameter values and both (:mod:`.evaluate`).
 * **Patches**: item ``i`` of epoch ``e`` is a pure function of ``(seed, e, i)``: a training
   sample, a random crop (the same for input and output) and a random flip; under DDP each rank
-  gets other indices from Lightning's ``DistributedSampler``.
+  gets other indices from Lightning's ``DistributedSampler``. For blocks that act on the raw
+  mosaic before demosaicking (``temperature``: the dataset's ``before_demosaic``) crops start at
+  even rows and columns and are not flipped, so every crop keeps the images' colour-filter phase,
+  and the model knows that phase (``cfa_phase``, :class:`isplab.models.proxy.ProxyUNet`: a 3x3
+  filter per phase from the parameters, and the parity as U-Net input channels): what
+  demosaicking the scaled mosaic changes near edges depends on it.
 * **Loss**: L1 (``l1``), MSE (``mse``) or L1 plus the L1 of the image gradients (``l1+grad``, the
   default for ``sharpen``, whose effect is in the edges).
 * **Run folder** (``docs/conventions.md`` section 5): ``model.pt`` (the proxy and what it models:
@@ -83,6 +88,9 @@ class ProxyTrainConfig:
     Attributes:
         params: the varied parameters, in channel order (``None``: the dataset's, in table order).
         width, depth: the U-Net (:func:`isplab.models.proxy.build_proxy_model`).
+        cfa_phase: ``build_proxy_model``'s ``cfa_phase`` (a colour-filter-phase dependent filter
+            and the parity as U-Net channels); ``None``: when the dataset's block acts before
+            demosaicking (its ``before_demosaic``); ``config.json`` records the value used.
         head: how the U-Net's output acts on the input: ``affine`` (per-pixel gain and offset),
             ``add`` (the seed's residual), ``matrix`` (per-pixel colour matrix and offset),
             ``global`` (a colour transform from the parameters alone, then ``matrix``),
@@ -115,6 +123,7 @@ class ProxyTrainConfig:
     params: list[str] | None = None
     width: int = 32
     depth: int = 4
+    cfa_phase: bool | None = None
     head: str | None = None
     patch: int | None = None
     batch_size: int = 8
@@ -194,13 +203,18 @@ class ProxyPatchDataset(EpochDataset):
     Item: ``(input (3, patch, patch), output (3, patch, patch), unit (P,))`` from a random
     sample, the same crop of input and output, flipped left-right with probability 1/2 (every
     block is mirror-symmetric). The epoch is in shared memory, seen by worker processes.
+
+    ``keep_cfa_phase`` (blocks that act on the raw mosaic, the dataset's ``before_demosaic``):
+    crops start at even rows and columns and are never flipped, so pixel ``(0, 0)`` of every crop
+    has the colour filter of pixel ``(0, 0)`` of the image (a left-right flip of an even-width crop
+    swaps the column parity). What demosaicking a scaled mosaic changes depends on that phase.
     """
 
-    def __init__(self, samples: _Samples, patch: int, patches_per_epoch: int, seed: int = 0) -> None:
+    def __init__(self, samples: _Samples, patch: int, patches_per_epoch: int, seed: int = 0, *, keep_cfa_phase: bool = False) -> None:
         if len(samples) == 0:
             raise IsplabError("no training samples (every sample is held out or the dataset is empty)")
         super().__init__(patches_per_epoch, seed)
-        self.samples, self.patch = samples, int(patch)
+        self.samples, self.patch, self.keep_cfa_phase = samples, int(patch), bool(keep_cfa_phase)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rng = self.rng(index)
@@ -208,14 +222,17 @@ class ProxyPatchDataset(EpochDataset):
         h, w = x.shape[-2:]
         p = self.patch
         if p == 0:  # whole images (blocks whose output at a pixel depends on the whole image)
-            if rng.random() < 0.5:
+            if rng.random() < 0.5 and not self.keep_cfa_phase:
                 x, y = x.flip(-1), y.flip(-1)
             return x.contiguous(), y.contiguous(), unit
         if min(h, w) < p:
             raise IsplabError(f"images of {h}x{w} pixels are smaller than the {p}x{p} patch: pass a smaller --patch")
-        top, left = int(rng.integers(h - p + 1)), int(rng.integers(w - p + 1))
+        if self.keep_cfa_phase:  # even offsets only: (h - p) // 2 + 1 choices per axis
+            top, left = 2 * int(rng.integers((h - p) // 2 + 1)), 2 * int(rng.integers((w - p) // 2 + 1))
+        else:
+            top, left = int(rng.integers(h - p + 1)), int(rng.integers(w - p + 1))
         x, y = x[:, top : top + p, left : left + p], y[:, top : top + p, left : left + p]
-        if rng.random() < 0.5:
+        if rng.random() < 0.5 and not self.keep_cfa_phase:
             x, y = x.flip(-1), y.flip(-1)
         return x.contiguous(), y.contiguous(), unit
 
@@ -425,6 +442,8 @@ def train_proxy(
     run = prepare_run_dir(model_dir, RUN_OUTPUTS, overwrite=overwrite, resume=resume)
     checkpoint = run.checkpoint
     meta = proxy_meta(data, params)
+    if config.cfa_phase is None:
+        config = replace(config, cfa_phase=meta["before_demosaic"])
     if checkpoint is not None:
         _check_same_run(checkpoint, ranges, config, meta)
     resolve_accelerator(config.device)
@@ -446,7 +465,7 @@ def train_proxy(
         enable_model_summary=progress,  # Lightning's table is a banner in batch runs and demos
         callbacks=[SaveOnInterrupt(model_dir / "checkpoints" / LAST_CHECKPOINT), *callbacks],
     )
-    model = build_proxy_model(ranges, width=config.width, depth=config.depth, head=config.head, meta=meta)
+    model = build_proxy_model(ranges, width=config.width, depth=config.depth, head=config.head, cfa_phase=config.cfa_phase, meta=meta)
     module = ProxyModule(model, config, loss, log_file=log_file)
     options = {**asdict(config), "block": block, "dataset": str(data.root.resolve()), "params": params, "loss": loss}
     sizes = (
@@ -464,7 +483,7 @@ def train_proxy(
         if trainer.is_global_zero:
             with log_file.open("a") as handle:
                 handle.write(f"{what} fitted alone: {config.pixel_steps} steps, L1 {pixel_loss:.5f}, {time.perf_counter() - start:.0f} s\n")
-    patches = ProxyPatchDataset(train_samples, config.patch, config.patches_per_epoch, config.seed)
+    patches = ProxyPatchDataset(train_samples, config.patch, config.patches_per_epoch, config.seed, keep_cfa_phase=meta["before_demosaic"])
     val = ProxyImageDataset(_Samples(data, validation[: config.val_max], params))
     options = dict(num_workers=config.workers, persistent_workers=config.workers > 0)
     train_loader = DataLoader(patches, config.batch_size, shuffle=False, drop_last=True, **options)
@@ -485,17 +504,25 @@ def train_proxy(
     return path
 
 
-def fit_pixels(model: torch.nn.Module, samples: _Samples, steps: int, *, seed: int = 0, pixels: int = 16384,
-               per_sample: int = 1024, lr: float = 3e-3) -> float:  # fmt: skip
-    """Fit the parts of a ``pointwise`` or ``blur`` proxy that the U-Net does not compute, alone
-    (the U-Net is not run): each of ``steps`` Adam steps (``lr``, cosine schedule) takes
-    ``per_sample`` random pixels of each of ``pixels // per_sample`` random samples, L1 to the same
-    pixels of the outputs.
+CACHED_PIXELS = 16384  # fit_pixels, blur head: pixels kept of each blurred sample for its second part
 
-    - ``pointwise``: the pixel MLP (:meth:`ProxyUNet.pointwise_transform`) on those pixels.
-    - ``blur``: the parameters -> (sigma, mix) MLP and the pixel MLP together: each sample's whole
-      image is blurred (:meth:`ProxyUNet.blur_transform`, cheap next to the U-Net), then the pixel
-      MLP maps the chosen pixels of the blurred image.
+
+def fit_pixels(model: torch.nn.Module, samples: _Samples, steps: int, *, seed: int = 0, pixels: int = 16384,
+               per_sample: int = 1024, lr: float = 3e-3, cache_samples: int = 512) -> float:  # fmt: skip
+    """Fit the parts of a ``pointwise`` or ``blur`` proxy that the U-Net does not compute, alone
+    (the U-Net is not run), by Adam steps (``lr``, cosine schedule) of ``pixels`` random pixels, L1
+    to the same pixels of the outputs.
+
+    - ``pointwise``: the pixel MLP (:meth:`ProxyUNet.pointwise_transform`); each of ``steps`` steps
+      takes ``per_sample`` random pixels of each of ``pixels // per_sample`` random samples.
+    - ``blur``: first, for ``steps // 4`` steps, the parameters -> (sigma, mix) MLP and the Lab
+      pixel MLP together: each chosen sample's whole image is blurred
+      (:meth:`ProxyUNet.blur_transform`, cheap next to the U-Net), then the pixel MLP
+      (:meth:`ProxyUNet.lab_colour_transform`) maps the chosen pixels of the blurred image. Then,
+      the blur fixed, the blurred images of up to ``cache_samples`` random samples are computed
+      once (``CACHED_PIXELS`` random pixels of each kept) and the pixel MLP alone takes the other
+      steps, each on ``pixels`` pixels drawn from all of them (many more samples per step than 16 whole blurs allow; lowpass, 2500 steps,
+      ``benchmarks/proxy.py``: see its docstring for the gain).
 
     A pure function of ``seed`` (every DDP rank computes the same weights). Returns the last
     step's loss.
@@ -507,7 +534,36 @@ def fit_pixels(model: torch.nn.Module, samples: _Samples, steps: int, *, seed: i
     if head not in ("pointwise", "blur"):
         raise IsplabError(f"fit_pixels needs a 'pointwise' or 'blur' proxy, this one's head is {head!r}")
     rng = np.random.default_rng(seed)
-    weights = list(model.pixel_mlp.parameters()) + (list(model.blur_mlp.parameters()) if head == "blur" else [])
+    joint = steps // 4 if head == "blur" else steps
+    loss = _fit_pixel_steps(model, samples, joint, rng, pixels, per_sample, lr)
+    if head == "blur" and steps > joint:
+        xs, ys, us = [], [], []
+        with torch.no_grad():
+            for i in rng.permutation(len(samples))[:cache_samples]:
+                x, y, unit = samples.get(int(i))
+                x = model.blur_transform(x[None], unit[None])[0]
+                flat = torch.from_numpy(rng.permutation(x.shape[-2] * x.shape[-1])[:CACHED_PIXELS])
+                xs.append(x.flatten(1)[:, flat].T)
+                ys.append(y.flatten(1)[:, flat].T)
+                us.append(unit.expand(len(flat), -1))
+        xs, ys, us = torch.cat(xs), torch.cat(ys), torch.cat(us)
+        optimizer = torch.optim.Adam(model.pixel_mlp.parameters(), lr=lr)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: cosine_factor(i, steps - joint))
+        for _ in range(steps - joint):
+            which = torch.from_numpy(rng.integers(len(xs), size=pixels))
+            loss = F.l1_loss(model.colour_transform(xs[which][:, :, None, None], us[which]), ys[which][:, :, None, None])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    return float(loss.detach())
+
+
+def _fit_pixel_steps(model, samples: _Samples, steps: int, rng: np.random.Generator, pixels: int, per_sample: int, lr: float) -> torch.Tensor:
+    """:func:`fit_pixels`' steps on ``per_sample`` pixels of ``pixels // per_sample`` random samples
+    each (whole images blurred first for the ``blur`` head, whose blur MLP then also learns)."""
+    blur = model.head_kind == "blur"
+    weights = list(model.pixel_mlp.parameters()) + (list(model.blur_mlp.parameters()) if blur else [])
     optimizer = torch.optim.Adam(weights, lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: cosine_factor(i, steps))
     loss = torch.zeros(())
@@ -515,19 +571,19 @@ def fit_pixels(model: torch.nn.Module, samples: _Samples, steps: int, *, seed: i
         xs, ys, us = [], [], []
         for i in rng.integers(len(samples), size=max(1, pixels // per_sample)):
             x, y, unit = samples.get(int(i))
-            if head == "blur":
+            if blur:
                 x = model.blur_transform(x[None], unit[None])[0]
             flat = torch.from_numpy(rng.integers(x.shape[-2] * x.shape[-1], size=per_sample))
             xs.append(x.flatten(1)[:, flat])
             ys.append(y.flatten(1)[:, flat])
             us.append(unit.expand(per_sample, -1))
         x, y = torch.cat(xs, 1).T[:, :, None, None], torch.cat(ys, 1).T[:, :, None, None]
-        loss = F.l1_loss(model.pointwise_transform(x, torch.cat(us)), y)
+        loss = F.l1_loss(model.colour_transform(x, torch.cat(us)), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         schedule.step()
-    return float(loss.detach())
+    return loss
 
 
 def _check_config(config: ProxyTrainConfig) -> None:
@@ -557,8 +613,8 @@ def _check_same_run(checkpoint: Path, ranges, config: ProxyTrainConfig, meta: di
     if saved is None:
         return
     now = {"ranges": [list(map(float, r)) for r in ranges], "width": config.width, "depth": config.depth, "head": config.head,
-           "block": meta["block"], "params": meta["params"]}  # fmt: skip
+           "cfa_phase": bool(config.cfa_phase), "block": meta["block"], "params": meta["params"]}  # fmt: skip
     was = {"ranges": saved["ranges"], "width": saved["width"], "depth": saved["depth"], "head": saved.get("head", "add"),
-           "block": saved["meta"].get("block"), "params": saved["meta"].get("params")}  # fmt: skip
+           "cfa_phase": saved.get("cfa_phase", False), "block": saved["meta"].get("block"), "params": saved["meta"].get("params")}  # fmt: skip
     if now != was:
         raise IsplabError(f"cannot resume from {checkpoint}: it was trained as {was} but the options give {now}")
