@@ -23,6 +23,24 @@ def _require_darktable():
 
 
 @pytest.fixture(scope="session")
+def refused():
+    """``refused(*args)``: run ``isplab ARGS`` in this process, assert it failed with an
+    IsplabError and return its message (the CLI prints it as one ``error:`` line, checked once in a
+    subprocess in ``test_generate.py``)."""
+    from typer.testing import CliRunner
+
+    from isplab.cli import app
+    from isplab.errors import IsplabError
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(app, list(args))
+        assert isinstance(result.exception, IsplabError), result.output
+        return str(result.exception)
+
+    return run
+
+
+@pytest.fixture(scope="session")
 def darktable():
     """The installed darktable (skips without it; fails in CI, where .ci/run installs it)."""
     return _require_darktable()

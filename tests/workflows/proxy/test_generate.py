@@ -27,14 +27,6 @@ def _opts(out, **kw):
     return GenerateOptions(**{"block": "exposure", "output": out, "count": 8, "synth_images": 4, **FAST, **kw})
 
 
-def refused(*args: str) -> str:
-    """Run ``isplab ARGS`` in this process; return the IsplabError's message (the CLI prints it as
-    one ``error:`` line, checked once in a subprocess below)."""
-    result = CliRunner().invoke(app, list(args))
-    assert isinstance(result.exception, IsplabError), result.output
-    return str(result.exception)
-
-
 def test_latin_hypercube_fills_every_stratum_once():
     u = latin_hypercube(10, 3, np.random.default_rng(0))
     assert u.shape == (10, 3) and ((u >= 0) & (u < 1)).all()
@@ -94,7 +86,7 @@ def test_manifest_json_and_csv_agree(builtin_dataset):
     assert float(first[7]) == pytest.approx(document["samples"][0]["params"]["exposure"])
 
 
-def test_rerun_completes_a_partial_dataset_and_a_different_command_is_refused(tmp_path):
+def test_rerun_completes_a_partial_dataset_and_a_different_command_is_refused(tmp_path, refused):
     out = tmp_path / "ds"
     first = generate(_opts(out, count=6))
     before = {p.name: p.stat().st_mtime_ns for p in (out / "outputs").iterdir()}
@@ -128,7 +120,7 @@ def test_shards_split_the_work_and_load_as_one_dataset(tmp_path, builtin_dataset
     assert [s["split"] for s in merged.samples] == [s["split"] for s in whole.samples]
 
 
-def test_a_manifest_that_does_not_match_its_files_is_refused(tmp_path):
+def test_a_manifest_that_does_not_match_its_files_is_refused(tmp_path, refused):
     out = tmp_path / "ds"
     generate(_opts(out, count=2))
     (out / "outputs" / "000001.tif").unlink()
@@ -150,14 +142,14 @@ def test_a_manifest_that_does_not_match_its_files_is_refused(tmp_path):
         (["exposure", "--size", "100x75"], r"bad size '100x75': width and height must be positive and even"),
     ],
 )
-def test_bad_input_is_refused_before_anything_is_written(tmp_path, args, message):
+def test_bad_input_is_refused_before_anything_is_written(tmp_path, args, message, refused):
     out = tmp_path / "ds"
     block, rest = args[0], args[1:]
     assert re.search(message, refused("proxy", "generate", block, str(out), "--backend", "builtin", *rest))
     assert not out.exists()
 
 
-def test_a_corrupt_dng_is_refused_naming_it(tmp_path, texture_dng):
+def test_a_corrupt_dng_is_refused_naming_it(tmp_path, texture_dng, refused):
     images = tmp_path / "raws"
     images.mkdir()
     shutil.copy(texture_dng, images / "good.dng")
@@ -167,7 +159,7 @@ def test_a_corrupt_dng_is_refused_naming_it(tmp_path, texture_dng):
     assert not (tmp_path / "ds").exists()
 
 
-def test_missing_and_unsupported_darktable_are_one_line_errors(tmp_path, isplab_cli):
+def test_missing_and_unsupported_darktable_are_one_line_errors(tmp_path, isplab_cli, refused):
     result = isplab_cli("proxy", "generate", "exposure", str(tmp_path / "ds"), "--darktable-cli", str(tmp_path / "none"))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()

@@ -20,12 +20,6 @@ from isplab.workflows.proxy.pack import pack_dataset
 from isplab.workflows.proxy.train import ProxyTrainConfig, cosine_factor, train_proxy
 
 
-def refused(*args: str) -> str:
-    result = CliRunner().invoke(app, list(args))
-    assert isinstance(result.exception, IsplabError), result.output
-    return str(result.exception)
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("pack") / "ds"
@@ -68,7 +62,7 @@ def test_round_trip_within_float16_precision(dataset, packed):
     assert len(csv) == 13 and csv[0].startswith("id,index,image,split,input,output")
 
 
-def test_packed_dataset_trains_like_the_original(dataset, packed, tmp_path):
+def test_packed_dataset_trains_like_the_original(dataset, packed, tmp_path, refused):
     """The same run on the original and on the packed dataset: the same losses to float16 precision."""
     config = ProxyTrainConfig(width=4, depth=1, patch=32, batch_size=4, lr=2e-3, iters=6, eval_every=3, patches_per_epoch=12,
                               device="cpu", holdout_params=0.0, head="global", schedule="cosine")  # fmt: skip
@@ -101,7 +95,7 @@ def _copy(packed, tmp_path):
     return target, json.loads((target / DATASET_JSON).read_text())
 
 
-def test_manifest_mismatches_are_refused(packed, tmp_path):
+def test_manifest_mismatches_are_refused(packed, tmp_path, refused):
     target, info = _copy(packed, tmp_path)
     first = load_dataset(packed).samples[0]
     del info["packed"]["files"][first["output"]]
@@ -126,7 +120,7 @@ def test_manifest_mismatches_are_refused(packed, tmp_path):
         load_dataset(target).read(first["input"])
 
 
-def test_pack_refusals(dataset, packed, tmp_path):
+def test_pack_refusals(dataset, packed, tmp_path, refused):
     before = sorted(p.name for p in (packed / "pack").iterdir())
     assert "already holds" in refused("proxy", "pack", str(dataset), str(packed))
     assert sorted(p.name for p in (packed / "pack").iterdir()) == before  # nothing lost

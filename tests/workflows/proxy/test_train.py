@@ -29,12 +29,6 @@ from isplab.workflows.proxy.train import (
 TINY = dict(width=8, depth=2, patch=32, batch_size=8, lr=2e-3, iters=150, eval_every=50, patches_per_epoch=80, device="cpu", holdout_params=0.2)
 
 
-def refused(*args: str) -> str:
-    result = CliRunner().invoke(app, list(args))
-    assert isinstance(result.exception, IsplabError), result.output
-    return str(result.exception)
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("proxy") / "ds"
@@ -87,7 +81,7 @@ def test_patches_are_a_pure_function_of_seed_epoch_index(dataset):
         assert torch.allclose(y, x * 2.0**ev, rtol=1e-4, atol=1e-6)
 
 
-def test_patch_zero_gives_whole_images(dataset, tmp_path):
+def test_patch_zero_gives_whole_images(dataset, tmp_path, refused):
     """--patch 0: every item is a whole training image (flipped or not) with its own output;
     a negative patch is refused before any work."""
     data = load_dataset(dataset)
@@ -202,7 +196,7 @@ def test_fit_pixels_prefits_the_blur_head():
     assert scores.min() > 35 and np.mean(scores - identity) > 10, pairs
 
 
-def test_blur_head_refuses_patches(dataset, tmp_path):
+def test_blur_head_refuses_patches(dataset, tmp_path, refused):
     """The blur head is trained on whole images: a crop size is refused in one line, nothing written."""
     message = refused("proxy", "train", "exposure", str(dataset), str(tmp_path / "run"), "--head", "blur", "--patch", "32", "--device", "cpu")
     assert "--patch 0" in message and not (tmp_path / "run").exists()
@@ -301,7 +295,7 @@ def test_grid_columns_and_display_curve():
 
 
 @pytest.mark.slow
-def test_cli_test_command_and_refusals(run, dataset, tmp_path):
+def test_cli_test_command_and_refusals(run, dataset, tmp_path, refused):
     out = tmp_path / "test"
     result = CliRunner().invoke(app, ["proxy", "test", str(dataset), "-m", str(run / "model.pt"), "-o", str(out)])
     assert result.exit_code == 0, result.output
