@@ -450,3 +450,20 @@ def test_fit_pixels_blur_head_takes_samples_of_two_sizes():
         for x, y, u in small.items:
             out = model.colour_transform(model.blur_transform(x[None], u[None]), u[None])
             assert float(psnr(out, y[None])) > float(psnr(x[None], y[None])) + 3
+
+
+def test_resolve_config_fills_each_blocks_defaults():
+    """Options left out take the block's default head and that head's patch and pixel steps;
+    given ones are kept."""
+    from isplab.workflows.proxy.train import resolve_config
+
+    def picked(block, **given):
+        c = resolve_config(block, ProxyTrainConfig(**given))
+        return c.head, c.patch, c.pixel_steps
+
+    assert picked("lowpass") == ("blur", 0, 5000)
+    assert picked("colorbalancergb") == ("pointwise", 128, 1500)
+    assert picked("exposure") == ("global", 128, 0)
+    assert picked("temperature") == ("global", 128, 0)
+    assert picked("lowpass", head="affine", pixel_steps=7) == ("affine", 128, 7)
+    assert picked("lowpass", patch=0, pixel_steps=60) == ("blur", 0, 60)

@@ -79,6 +79,9 @@ RUN_OUTPUTS = ("model.pt", "config.json", "log.txt", "checkpoints", "logs", "rep
 
 #: Training crop side in pixels when ``--patch`` is not given (the ``blur`` head takes whole images).
 DEFAULT_PATCH = 128
+#: ``--pixel-steps`` when not given, per head (lowpass's blur head: half of them fit the blur, whose
+#: small radii need them; benchmarks/proxy.py).
+DEFAULT_PIXEL_STEPS = {"pointwise": 1500, "blur": 5000}
 
 
 @dataclass
@@ -106,7 +109,8 @@ class ProxyTrainConfig:
             (added to the loss of the whole proxy), so that its MLP explains all it can.
         pixel_steps: ``pointwise`` and ``blur`` heads: before the U-Net's training, Adam steps
             fitting the pixel MLP (and the ``blur`` head's sigma MLP) alone to random pixels of
-            the training samples (:func:`fit_pixels`; 0: none).
+            the training samples (:func:`fit_pixels`; 0: none). ``None``:
+            :data:`DEFAULT_PIXEL_STEPS` of the head.
             Patches are few, correlated pixels; 16384 random ones a step teach the per-pixel map
             far faster (``benchmarks/proxy.py``).
         schedule: ``constant`` learning rate, or ``cosine``: ``lr`` annealed to 0 over ``iters``
@@ -131,7 +135,7 @@ class ProxyTrainConfig:
     iters: int = 20_000
     schedule: str = "constant"
     global_weight: float = 1.0
-    pixel_steps: int = 1500
+    pixel_steps: int | None = None
     eval_every: int = 1000
     patches_per_epoch: int = 2000
     loss: str | None = None
@@ -414,9 +418,7 @@ def train_proxy(
             holding a run (without ``resume``/``overwrite``), no training or validation samples.
         isplab.engine.TrainingInterrupted: Ctrl-C (``last.ckpt`` resumable).
     """
-    config = replace(config, head=config.head or get_block(block).default_head)
-    if config.patch is None:
-        config = replace(config, patch=0 if config.head == "blur" else DEFAULT_PATCH)
+    config = resolve_config(block, config)
     _check_config(config)
     model_dir = Path(model_dir)
     data = load_dataset(dataset)
@@ -507,6 +509,22 @@ def train_proxy(
 CACHED_PIXELS = 16384  # fit_pixels, blur head: pixels kept of each blurred sample for its second part
 
 
+def resolve_config(block: str, config: ProxyTrainConfig) -> ProxyTrainConfig:
+    """``config`` with what was left ``None`` set for ``block``: the block's default head, the
+    head's patch (:data:`DEFAULT_PATCH`, or 0 for ``blur``) and pixel steps
+    (:data:`DEFAULT_PIXEL_STEPS`, 0 for heads without a pixel MLP).
+
+    Raises:
+        IsplabError: an unknown block.
+    """
+    config = replace(config, head=config.head or get_block(block).default_head)
+    if config.patch is None:
+        config = replace(config, patch=0 if config.head == "blur" else DEFAULT_PATCH)
+    if config.pixel_steps is None:
+        config = replace(config, pixel_steps=DEFAULT_PIXEL_STEPS.get(config.head, 0))
+    return config
+
+
 def fit_pixels(model: torch.nn.Module, samples: _Samples, steps: int, *, seed: int = 0, pixels: int = 16384,
                per_sample: int = 1024, lr: float = 3e-3, cache_samples: int = 512) -> float:  # fmt: skip
     """Fit the parts of a ``pointwise`` or ``blur`` proxy that the U-Net does not compute, alone
@@ -515,7 +533,7 @@ def fit_pixels(model: torch.nn.Module, samples: _Samples, steps: int, *, seed: i
 
     - ``pointwise``: the pixel MLP (:meth:`ProxyUNet.pointwise_transform`); each of ``steps`` steps
       takes ``per_sample`` random pixels of each of ``pixels // per_sample`` random samples.
-    - ``blur``: first, for ``steps // 4`` steps, the parameters -> (sigma, mix) MLP and the Lab
+    - ``blur``: first, for ``steps // 2`` steps, the parameters -> (sigma, mix) MLP and the Lab
       pixel MLP together: each chosen sample's whole image is blurred
       (:meth:`ProxyUNet.blur_transform`, cheap next to the U-Net), then the pixel MLP
       (:meth:`ProxyUNet.lab_colour_transform`) maps the chosen pixels of the blurred image. Then,
@@ -534,7 +552,7 @@ def fit_pixels(model: torch.nn.Module, samples: _Samples, steps: int, *, seed: i
     if head not in ("pointwise", "blur"):
         raise IsplabError(f"fit_pixels needs a 'pointwise' or 'blur' proxy, this one's head is {head!r}")
     rng = np.random.default_rng(seed)
-    joint = steps // 4 if head == "blur" else steps
+    joint = steps // 2 if head == "blur" else steps
     loss = _fit_pixel_steps(model, samples, joint, rng, pixels, per_sample, lr)
     if head == "blur" and steps > joint:
         xs, ys, us = [], [], []
