@@ -218,24 +218,10 @@ def test_global_head_learns_a_gain_of_the_parameter_for_unseen_images_and_values
     """out = 2^(4u - 1) x (exposure from -1 to +3 EV), trained as ``proxy train`` does (L1 of the
     proxy plus L1 of its global part, cosine schedule) on u outside [0.45, 0.55): on new images
     at u inside that band the proxy and its global part alone are both within 40 dB."""
-    import math
 
     torch.manual_seed(0)
     model = build_proxy_model([(0.0, 1.0)], width=4, depth=2, head="global")
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    steps = 400
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
-    for _ in range(steps):
-        x = torch.rand(16, 3, 16, 16)
-        u = torch.rand(16, 1) * 0.9
-        u = torch.where(u < 0.45, u, u + 0.1)
-        target = 2 ** (4 * u - 1)[:, :, None, None] * x
-        out, z = model(x, u, with_global=True)
-        loss = torch.nn.functional.l1_loss(out, target) + torch.nn.functional.l1_loss(z, target)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+    _fit_cosine(model, lambda x, u: 2 ** (4 * u - 1)[:, :, None, None] * x, 400, (16, 16), lr=3e-3, batch=16)
     x, u = torch.rand(3, 3, 24, 40), torch.tensor([[0.47], [0.5], [0.53]])
     target = 2 ** (4 * u - 1)[:, :, None, None] * x
     with torch.no_grad():
@@ -269,16 +255,16 @@ def _vibrance(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return y + (x - y) * (1 + (4 * u - 1)[:, :, None, None] * (1 - chroma))
 
 
-def _fit_cosine(model, target, steps: int, size: tuple[int, int], power: float = 1.0) -> None:
-    """Adam (lr 1e-2, cosine) on batches of 8 random ``rand(3, *size) ** power`` images with a
+def _fit_cosine(model, target, steps: int, size: tuple[int, int], power: float = 1.0, lr: float = 1e-2, batch: int = 8) -> None:
+    """Adam (``lr``, cosine) on batches of ``batch`` random ``rand(3, *size) ** power`` images with a
     parameter outside the held-out band [0.45, 0.55), scoring the output and the global part alone."""
     import math
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
     for _ in range(steps):
-        x = torch.rand(8, 3, *size) ** power
-        u = torch.rand(8, 1) * 0.9
+        x = torch.rand(batch, 3, *size) ** power
+        u = torch.rand(batch, 1) * 0.9
         u = torch.where(u < 0.45, u, u + 0.1)
         y = target(x, u)
         out, z = model(x, u, with_global=True)
