@@ -77,12 +77,47 @@ def test_regression_through_the_new_heads(head):
         assert abs(float(u) - truth) < 0.02, (head, float(u), truth)
 
 
+def test_restarts_keep_the_best_fit():
+    """fit_restarts fits from every start in order; best_fit keeps the lowest loss. f(u) = cos(4 pi u)
+    + u / 2 has its global minimum near u = 0.26 and a local one near 0.76: a start at 0.7 ends in the
+    local one, a start at 0.2 in the global one."""
+    from isplab.workflows.proxy.regress import best_fit, fit_restarts
+
+    forward = lambda u: (torch.cos(4 * torch.pi * u) + 0.5 * u).reshape(1, 1, 1, 1)  # noqa: E731
+    target = torch.full((1, 1, 1, 1), -1.5)
+    runs = fit_restarts(forward, target, [torch.tensor([[0.7]]), torch.tensor([[0.2]])], iters=200, lr=0.01, polish=10)
+    assert [float(s) for s, _, _ in runs] == pytest.approx([0.7, 0.2])
+    assert float(runs[0][1]) == pytest.approx(0.76, abs=0.02) and float(runs[1][1]) == pytest.approx(0.26, abs=0.02)
+    assert best_fit(runs) is runs[1] and runs[1][2] < runs[0][2]
+    assert best_fit(runs[::-1]) is runs[1]
+
+
+def test_regress_params_restarts_keep_the_lowest_loss():
+    """regress_params(restarts=3, seed=5) keeps the best of the single fits from seeds 5, 6 and 7."""
+    from isplab.models.proxy import build_proxy_model
+
+    torch.manual_seed(0)
+    model = build_proxy_model([(-2.0, 2.0), (0.0, 1.0)], width=4, depth=1, head="global").eval()
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.3)
+        model.global_mlp[-1].weight.normal_(0, 1.0)
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        target = model(x, torch.tensor([[0.3, 0.6]]))
+    loss = lambda u: float(torch.mean((model(x, u) - target) ** 2))  # noqa: E731
+    singles = [regress_params(model, x, target, iters=20, seed=s, polish=0) for s in (5, 6, 7)]
+    start, u = regress_params(model, x, target, iters=20, seed=5, polish=0, restarts=3)
+    best = min(singles, key=lambda su: loss(su[1]))
+    assert torch.equal(start, best[0]) and torch.allclose(u, best[1])
+    assert len({round(loss(su[1]), 12) for su in singles}) > 1  # the starts end apart: the choice matters
+
+
 @pytest.mark.slow
 def test_regress_builtin_end_to_end(builtin_setup, tmp_path):
     data, model_path = builtin_setup
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["proxy", "regress", "exposure", "-m", str(model_path), "--sample", "5", "--dataset", str(data),
-                                      "--search-renders", "40", "-o", str(out)])  # fmt: skip
+                                      "--search-renders", "40", "--refine", "15", "-o", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "regress.json").read_text())
     truth = load_dataset(data).samples[5]["params"]["exposure"]
@@ -99,25 +134,30 @@ def test_regress_builtin_end_to_end(builtin_setup, tmp_path):
     search = saved["search"]
     assert search["renders"] <= 40 and search["error_percent"]["exposure"] < 1.0 and search["psnr"] > 40
     assert "render-back (builtin)" in result.output and "Nelder-Mead on the renderer" in result.output
+    # the refinement starts at the proxy's answer (its first render is the render-back) and only improves on it
+    refined = saved["refined"]
+    assert refined["renders"] <= 15 and refined["psnr"] >= saved["render_back_psnr"] - 1e-6
+    assert refined["error_percent"]["exposure"] < min(0.2, saved["error_percent"]["exposure"]), (refined, saved["error_percent"])
+    assert "refined on the renderer from the proxy's answer: " in result.output
 
 
 @pytest.mark.slow
 def test_regress_target_and_input_files_without_raw(builtin_setup, tmp_path):
     """A user's own image pair (no dataset sample, no raw): the proxy regression runs and says that
-    the render-back check and the search need the raw; the result matches regress_params."""
+    the render-back check and the search need the raw; the result matches regress_params (two restarts)."""
     data, model_path = builtin_setup
     ds = load_dataset(data)
     sample = ds.samples[3]
     inp, target = data / "inputs" / f"{sample['image']}.tif", data / "outputs" / "000003.tif"
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["proxy", "regress", "exposure", "-m", str(model_path), "--target", str(target),
-                                      "--input", str(inp), "--iters", "80", "-o", str(out)])  # fmt: skip
+                                      "--input", str(inp), "--iters", "80", "--restarts", "2", "-o", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "render-back check and search skipped: they need the raw" in result.output
+    assert "render-back check, search and refinement skipped: they need the raw" in result.output
     saved = json.loads((out / "regress.json").read_text())
     assert saved["render_back_psnr"] is None and saved.get("truth") is None
     model = load_proxy(model_path, "exposure")
-    _, unit = regress_params(model, _read_tiff(inp)[None], _read_tiff(target)[None], iters=80, seed=0)
+    _, unit = regress_params(model, _read_tiff(inp)[None], _read_tiff(target)[None], iters=80, seed=0, restarts=2)
     assert saved["recovered"]["exposure"] == pytest.approx(-2.0 + 4.0 * float(unit), abs=1e-4)
     # the proxy was trained briefly: it still lands near the truth (within 10% of the range)
     assert abs(saved["recovered"]["exposure"] - sample["params"]["exposure"]) < 0.4

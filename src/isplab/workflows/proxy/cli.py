@@ -177,8 +177,10 @@ def regress_command(
     iters: Annotated[int, typer.Option("--iters", help="Adam steps on the parameters.")] = 100,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (unit parameter range).")] = 0.05,
     polish: Annotated[int, typer.Option("--polish", help="L-BFGS iterations after Adam (0: Adam only).")] = 20,
+    restarts: Annotated[int, typer.Option("--restarts", help="Proxy regressions from this many random starts (seeds SEED, SEED+1, ...); the best fit to the target is kept.")] = 1,
     search: Annotated[bool, typer.Option("--search/--no-search", help="Also run Nelder-Mead directly on the renderer.")] = True,
     search_renders: Annotated[int, typer.Option("--search-renders", help="Render budget of the Nelder-Mead search.")] = 60,
+    refine: Annotated[int, typer.Option("--refine", help="Renders of a Nelder-Mead refinement on the renderer started at the proxy's answer (0: none).")] = 0,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder for regress.json and the render-back TIFF/XMP.", show_default=False)] = None,
     overwrite: Overwrite = False,
     seed: Seed = 0,
@@ -189,8 +191,8 @@ def regress_command(
 
     r = regress(RegressOptions(
         block=block, model=model, target=target, input=input, sample=sample, dataset=dataset, raw=raw, iters=iters,
-        lr=lr, polish=polish, seed=seed, search=search, search_renders=search_renders, output=output, overwrite=overwrite,
-        darktable_cli=darktable_cli,
+        lr=lr, polish=polish, seed=seed, restarts=restarts, search=search, search_renders=search_renders, refine=refine, output=output,
+        overwrite=overwrite, darktable_cli=darktable_cli,
     ))  # fmt: skip
     for name in r.params:
         line = f"{name}: recovered {r.recovered[name]:.4g} (start {r.start[name]:.4g})"
@@ -201,10 +203,11 @@ def regress_command(
     if r.render_back_psnr is not None:
         console.print(f"render-back ({r.backend}): PSNR {r.render_back_psnr:.2f} dB against the target", highlight=False)
     else:
-        console.print("render-back check and search skipped: they need the raw (--sample ID or --raw DNG)", highlight=False)
-    if r.search is not None:
-        s = r.search
-        line = f"Nelder-Mead on the renderer: {s['renders']} renders, {s['seconds']:.2f} s, PSNR {s['psnr']:.2f} dB"
+        console.print("render-back check, search and refinement skipped: they need the raw (--sample ID or --raw DNG)", highlight=False)
+    for s, what in ((r.search, "Nelder-Mead on the renderer"), (r.refined, "refined on the renderer from the proxy's answer")):
+        if s is None:
+            continue
+        line = f"{what}: {s['renders']} renders, {s['seconds']:.2f} s, PSNR {s['psnr']:.2f} dB"
         if "error_percent" in s:
             line += ", errors " + ", ".join(f"{n} {e:.2f}%" for n, e in s["error_percent"].items())
         console.print(line, highlight=False)

@@ -621,7 +621,7 @@ def regress_pipeline(opts: RegressOptions) -> RegressResult:
     """Recover every chained parameter from a target through the frozen chain, then render the
     answer back (see the module docstring). Writes ``pipeline_regress.json``,
     ``render_back.tif``, ``render_back.xmp`` and (generated target) ``target.tif``."""
-    from isplab.workflows.proxy.regress import _image, fit_unit
+    from isplab.workflows.proxy.regress import _image, fit_restarts
 
     if opts.iters < 1 or opts.restarts < 1 or opts.polish < 0 or not opts.lr > 0:
         raise IsplabError(
@@ -658,12 +658,10 @@ def regress_pipeline(opts: RegressOptions) -> RegressResult:
         if target.shape != x.shape:
             raise IsplabError(f"target {opts.target} is {tuple(target.shape[-2:])} but the render of {image.name} is {tuple(x.shape[-2:])}: expected the same size")
 
-        runs = []
         t0 = time.perf_counter()
-        for r in range(opts.restarts):
-            start = torch.from_numpy(rng.random((1, len(config.params)))).float().to(device)
-            u, loss = fit_unit(lambda v: chain_forward(config, x, v, scale), target, start, iters=opts.iters, lr=opts.lr, final_lr=0.01 * opts.lr, polish=opts.polish)
-            runs.append({"start": start[0].cpu().numpy(), "unit": u[0].cpu().numpy(), "loss": loss})
+        starts = [torch.from_numpy(rng.random((1, len(config.params)))).float().to(device) for _ in range(opts.restarts)]
+        fits = fit_restarts(lambda v: chain_forward(config, x, v, scale), target, starts, iters=opts.iters, lr=opts.lr, final_lr=0.01 * opts.lr, polish=opts.polish)
+        runs = [{"start": start[0].cpu().numpy(), "unit": u[0].cpu().numpy(), "loss": loss} for start, u, loss in fits]
         seconds = time.perf_counter() - t0
         best = min(runs, key=lambda run: run["loss"])
         values = config.values(best["unit"])

@@ -11,6 +11,14 @@
 3. **Derivative-free search** (``search``): scipy's Nelder-Mead on the same unit parameters
    straight on the black box (each function evaluation one render), from the same start,
    stopping after ``search_renders`` renders.
+4. **Refinement** (``refine``, off by default): the same Nelder-Mead on the black box, but started
+   at the proxy's answer with a small simplex (side :data:`REFINE_STEP` of the unit range) and
+   ``refine`` renders: the proxy does the global part of the search, the renderer corrects what
+   is left of the proxy's own error. Its best render is reported like the render-back check.
+
+``restarts`` > 1 runs the proxy regression from that many random starts (``seed``, ``seed + 1``,
+...) and keeps the one whose proxy render is closest to the target (:func:`fit_restarts`, shared
+with ``proxy pipeline regress``).
 
 Parameter errors are ``|recovered - truth|`` in percent of each parameter's trained range,
 reported when the truth is known (a dataset sample: ``--sample ID``).
@@ -37,9 +45,12 @@ from isplab.workflows.proxy.blocks import get_block
 from isplab.workflows.proxy.dataset import ProxyDataset, load_dataset
 from isplab.workflows.proxy.evaluate import load_proxy
 
-__all__ = ["RegressOptions", "RegressResult", "regress_params", "fit_unit", "BlackBox", "regress"]
+__all__ = ["RegressOptions", "RegressResult", "regress_params", "fit_unit", "fit_restarts", "best_fit", "BlackBox", "regress"]
 
 OUTPUTS = ("regress.json", "render_back.tif", "render_back.xmp")
+#: Side of the refinement's first simplex, in unit parameter range: a few per cent of the range,
+#: the order of the proxy regression's own error on darktable's blocks (``benchmarks/proxy.py``).
+REFINE_STEP = 0.05
 
 
 @dataclass
@@ -55,8 +66,10 @@ class RegressOptions:
         dataset: the dataset holding ``sample`` and the raws.
         raw: the raw file to render back from when not using ``sample``.
         iters, lr, polish, seed: the proxy regression (Adam steps and rate, then L-BFGS iterations).
+        restarts: proxy regressions from this many random starts; the best fit is kept.
         search, search_renders: run the derivative-free search on the black box, at most this
             many renders.
+        refine: renders of the refinement on the black box from the proxy's answer (0: none).
         output: folder for ``regress.json`` and the render-back TIFF/XMP (``None``: nothing kept).
     """
 
@@ -71,8 +84,10 @@ class RegressOptions:
     lr: float = 0.05
     polish: int = 20
     seed: int = 0
+    restarts: int = 1
     search: bool = True
     search_renders: int = 60
+    refine: int = 0
     output: Path | None = None
     overwrite: bool = False
     darktable_cli: str | None = None
@@ -90,6 +105,7 @@ class RegressResult:
     render_back_psnr: float | None = None
     backend: str | None = None
     search: dict | None = None
+    refined: dict | None = None
     written: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -98,22 +114,41 @@ class RegressResult:
 
 def regress_params(
     model: ProxyUNet, x: torch.Tensor, target: torch.Tensor, *, iters: int = 100, lr: float = 0.05, start: torch.Tensor | None = None, seed: int = 0,
-    polish: int = 20,
+    polish: int = 20, restarts: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fit unit parameters ``(1, P)`` so that ``model(x, u)`` matches ``target`` (both ``(1, 3, H, W)``):
     ``iters`` Adam steps at ``lr``, then at most ``polish`` L-BFGS iterations (:func:`fit_unit`;
     Adam at a constant rate stops about ``lr`` from the optimum, see ``benchmarks/proxy.py``).
+    ``restarts`` > 1 (without ``start``): that many random starts, seeds ``seed``, ``seed + 1``, ...;
+    the fit with the lowest MSE is kept (:func:`fit_restarts`).
 
     Returns:
-        ``(start, recovered)`` unit values. The model is left unchanged (frozen).
+        ``(start, recovered)`` unit values (the start of the fit kept). The model is left unchanged (frozen).
     """
     model = model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     if start is None:
-        start = torch.from_numpy(np.random.default_rng(seed).random((1, model.n_params))).float()
-    u, _ = fit_unit(lambda v: model(x, v), target, start, iters=iters, lr=lr, polish=polish)
+        starts = [torch.from_numpy(np.random.default_rng(seed + r).random((1, model.n_params))).float() for r in range(max(1, restarts))]
+    else:
+        starts = [start]
+    start, u, _ = best_fit(fit_restarts(lambda v: model(x, v), target, starts, iters=iters, lr=lr, polish=polish))
     return start, u
+
+
+def fit_restarts(forward, target: torch.Tensor, starts, **fit) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+    """:func:`fit_unit` from each of ``starts`` (``(1, P)`` unit tensors; ``fit``: its keyword
+    arguments), in order.
+
+    Returns:
+        ``(start, u, loss)`` per start; the caller keeps the lowest loss (:func:`best_fit`).
+    """
+    return [(start, *fit_unit(forward, target, start, **fit)) for start in starts]
+
+
+def best_fit(runs):
+    """The run of :func:`fit_restarts` with the lowest loss (the first one on a tie)."""
+    return min(runs, key=lambda run: run[2])
 
 
 def fit_unit(
@@ -241,8 +276,10 @@ def regress(opts: RegressOptions) -> RegressResult:
     search (see the module docstring)."""
     if opts.polish < 0:
         raise IsplabError(f"--polish must be at least 0, got {opts.polish}")
-    if opts.iters < 1 or opts.search_renders < 1:
-        raise IsplabError(f"--iters and --search-renders must be at least 1, got {opts.iters} and {opts.search_renders}")
+    if opts.iters < 1 or opts.search_renders < 1 or opts.restarts < 1:
+        raise IsplabError(f"--iters, --search-renders and --restarts must be at least 1, got {opts.iters}, {opts.search_renders} and {opts.restarts}")
+    if opts.refine < 0:
+        raise IsplabError(f"--refine must be at least 0 (renders), got {opts.refine}")
     get_block(opts.block)
     model = load_proxy(opts.model, opts.block)
     meta = model.proxy_config["meta"]
@@ -278,7 +315,7 @@ def regress(opts: RegressOptions) -> RegressResult:
         raise IsplabError(f"{x_path} is {tuple(x.shape[-2:])} but {t_path} is {tuple(target.shape[-2:])}: expected the same size")
 
     t0 = time.perf_counter()
-    start, u = regress_params(model, x, target, iters=opts.iters, lr=opts.lr, seed=opts.seed, polish=opts.polish)
+    start, u = regress_params(model, x, target, iters=opts.iters, lr=opts.lr, seed=opts.seed, polish=opts.polish, restarts=opts.restarts)
     seconds = time.perf_counter() - t0
     values = model.from_unit(u)[0]
     to_dict = lambda v: {n: float(v[i]) for i, n in enumerate(names)}  # noqa: E731
@@ -304,6 +341,8 @@ def regress(opts: RegressOptions) -> RegressResult:
                 result.written += [str(p) for p in (tif, xmp) if p is not None]
             if opts.search:
                 result.search = _search(box, target, start[0].numpy(), names, lo, hi, opts.search_renders, truth)
+            if opts.refine:
+                result.refined = _search(box, target, u[0].numpy(), names, lo, hi, opts.refine, truth, step=REFINE_STEP)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     if opts.output is not None:
@@ -317,8 +356,9 @@ def _errors(values: dict, truth: dict, names, lo, hi) -> dict[str, float]:
     return {n: 100.0 * abs(values[n] - truth[n]) / float(hi[i] - lo[i]) for i, n in enumerate(names)}
 
 
-def _search(box: BlackBox, target: torch.Tensor, start: np.ndarray, names, lo, hi, budget: int, truth) -> dict:
-    """Nelder-Mead on unit parameters straight on the black box, ``budget`` renders at most."""
+def _search(box: BlackBox, target: torch.Tensor, start: np.ndarray, names, lo, hi, budget: int, truth, step: float = 0.25) -> dict:
+    """Nelder-Mead on unit parameters straight on the black box, ``budget`` renders at most, from a
+    simplex of side ``step`` at ``start`` (:func:`_simplex`); the best render seen is the answer."""
     from scipy.optimize import minimize
 
     best = {"loss": np.inf, "u": start.copy()}
@@ -334,7 +374,7 @@ def _search(box: BlackBox, target: torch.Tensor, start: np.ndarray, names, lo, h
         return loss
 
     t0 = time.perf_counter()
-    minimize(objective, start.astype(np.float64), method="Nelder-Mead", options={"maxfev": budget, "xatol": 1e-4, "fatol": 1e-12, "initial_simplex": _simplex(start)})
+    minimize(objective, start.astype(np.float64), method="Nelder-Mead", options={"maxfev": budget, "xatol": 1e-4, "fatol": 1e-12, "initial_simplex": _simplex(start, step)})
     seconds = time.perf_counter() - t0
     u = best["u"]
     values = {n: float(lo[i] + u[i] * (hi[i] - lo[i])) for i, n in enumerate(names)}
@@ -346,11 +386,11 @@ def _search(box: BlackBox, target: torch.Tensor, start: np.ndarray, names, lo, h
     return out
 
 
-def _simplex(start: np.ndarray) -> np.ndarray:
-    """A simplex of side 0.25 (unit range) around ``start``, stepping inward from the bounds."""
+def _simplex(start: np.ndarray, step: float = 0.25) -> np.ndarray:
+    """A simplex of side ``step`` (unit range) around ``start``, stepping inward from the bounds."""
     points = [start.astype(np.float64)]
     for i in range(len(start)):
         p = start.astype(np.float64).copy()
-        p[i] += 0.25 if p[i] <= 0.5 else -0.25
+        p[i] += step if p[i] <= 0.5 else -step
         points.append(p)
     return np.array(points)
