@@ -158,7 +158,7 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(10 * torch.log10(1 / torch.mean((a - b) ** 2)))
 
 
-@pytest.mark.parametrize("head", ["matrix", "global", "pointwise", "blur"])
+@pytest.mark.parametrize("head", ["matrix", "global", "pointwise", "blur", "unsharp"])
 def test_new_heads_are_the_identity_at_init(head):
     model = _model(head=head)
     x = torch.rand(2, 3, 30, 45)
@@ -583,3 +583,129 @@ def test_cfa_filter_applies_one_filter_per_colour_filter_phase():
     want[:, 2, 1::2, 0::2] += 0.5
     assert torch.allclose(out, want, atol=1e-6)
     assert torch.equal(_model(cfa_phase=True).cfa_filter(x, torch.rand(1, 2)), x)  # identity at init
+
+
+# ---------------------------------------------------------------- unsharp head (darktable's sharpen)
+
+
+def _reference_sharpen(x, radius: float, amount: float, threshold: float):
+    """darktable 4.2.1's sharpen.c, written out in numpy from its source: Lab (D50) L of linear
+    Rec.709 ``x`` (3, H, W); ``rad = min(12, ceil(2.5 radius))``; a Gaussian of sigma ``radius``
+    sampled at -rad..rad and normalised; vertical pass over rows rad..H-rad-1, horizontal pass over
+    columns rad..W-rad-1 of those; the border of width rad copied; ``L + amount * detail``; a, b kept."""
+    import math
+
+    import numpy as np
+
+    m = (D50_XYZ_FROM_REC709.double() / D50_WHITE.double()[:, None]).numpy()
+    e = 6 / 29
+    f = lambda t: np.where(t > e**3, np.cbrt(np.maximum(t, e**3)), t / (3 * e * e) + 4 / 29)  # noqa: E731
+    finv = lambda s: np.where(s > e, s**3, 3 * e * e * (s - 4 / 29))  # noqa: E731
+    fx, fy, fz = f(np.einsum("ij,jhw->ihw", m, x.double().numpy()))
+    L, a, b = 116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)
+    h, w = L.shape
+    rad = min(12, math.ceil(2.5 * radius))
+    out = L.copy()
+    if rad > 0 and h >= 2 * rad + 1 and w >= 2 * rad + 1:
+        k = np.exp(-np.arange(-rad, rad + 1) ** 2 / (2 * radius**2))
+        k /= k.sum()
+        tmp = np.zeros_like(L)
+        for j in range(rad, h - rad):
+            tmp[j] = sum(k[t] * L[j - rad + t] for t in range(2 * rad + 1))
+        for j in range(rad, h - rad):
+            for i in range(rad, w - rad):
+                blur = sum(k[t] * tmp[j, i - rad + t] for t in range(2 * rad + 1))
+                diff = L[j, i] - blur
+                detail = math.copysign(max(abs(diff) - threshold, 0.0), diff)
+                out[j, i] = L[j, i] + amount * detail
+    fy2 = (out + 16) / 116
+    xyz = finv(np.stack([fy2 + a / 500, fy2, fy2 - b / 200]))
+    return torch.from_numpy(np.einsum("ij,jhw->ihw", np.linalg.inv(m), xyz))
+
+
+def _set_unsharp(model, sigma: float, amount: float, threshold: float):
+    from isplab.models.proxy import UNSHARP_AMOUNT_SCALE, UNSHARP_SIGMA0, UNSHARP_SIGMA_SCALE, UNSHARP_THRESHOLD_SCALE
+
+    with torch.no_grad():
+        bias = [(sigma - UNSHARP_SIGMA0) / UNSHARP_SIGMA_SCALE, amount / UNSHARP_AMOUNT_SCALE, threshold / UNSHARP_THRESHOLD_SCALE]
+        model.unsharp_mlp[-1].bias[:] = torch.tensor(bias)
+
+
+def _textured(h=40, w=37, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.interpolate(torch.rand(1, 3, h // 4, w // 4, generator=g), size=(h, w), mode="bilinear") * 0.6 + 0.1
+    return (x + 0.15 * torch.rand(1, 3, h, w, generator=g)).double()
+
+
+@pytest.mark.parametrize(
+    "sigma, amount, threshold",
+    [(1.5, 1.3, 0.8), (0.7, 2.0, 0.0), (8.0, 0.9, 2.0), (3.3, -0.5, 0.3)],  # rad 4, 2, 12 (20 truncated), 9
+)
+def test_unsharp_head_is_darktables_sharpen(sigma, amount, threshold):
+    """With its MLP's output set to (sigma, amount, threshold), the unsharp head (U-Net still the
+    identity) is darktable's sharpen of Lab L as written out in numpy here (truncated kernel,
+    unsharpened border of width rad) to 1e-6 on a non-square image; the helper lab_unsharp_mask
+    agrees; sigma 8 is truncated at 12 pixels (untruncated it would differ)."""
+    import math
+
+    from isplab.models.proxy import lab_unsharp_mask
+
+    model = build_proxy_model([(0.0, 8.0), (0.0, 2.0), (0.0, 10.0)], width=4, depth=2, head="unsharp").double()
+    _set_unsharp(model, sigma, amount, threshold)
+    x, unit = _textured(), torch.rand(1, 3, dtype=torch.float64)
+    expected = _reference_sharpen(x[0], sigma, amount, threshold)
+    with torch.no_grad():
+        out = model(x, unit)[0]
+        s, a, t = model.unsharp_params(unit)
+    assert (float(s), float(a), float(t)) == pytest.approx((sigma, amount, threshold))
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(lab_unsharp_mask(x, sigma, amount, threshold)[0], expected, atol=1e-6, rtol=0)
+    assert float((out - x[0]).abs().max()) > 1e-3  # it did sharpen
+    rad = min(12, math.ceil(2.5 * sigma))
+    torch.testing.assert_close(out[:, :rad], x[0, :, :rad], atol=1e-12, rtol=0)  # the border is copied
+    torch.testing.assert_close(out[:, :, -rad:], x[0, :, :, -rad:], atol=1e-12, rtol=0)
+
+
+def test_unsharp_head_passes_small_images_and_radius_zero_through():
+    """darktable copies the image when rad = 0 or the image is smaller than 2 rad + 1 on a side;
+    per sample in a batch: the other sample is still sharpened as it would be alone."""
+    model = build_proxy_model([(0.0, 1.0)], width=4, depth=1, head="unsharp").double()
+    with torch.no_grad():
+        model.unsharp_mlp[-1].weight.zero_()
+        model.unsharp_mlp[-1].bias[:] = torch.tensor([0.0, 0.75, 0.0])  # sigma 2 (rad 5), amount 1.5
+        x = _textured(10, 40)  # 10 rows < 11
+        assert torch.equal(model(x, torch.zeros(1, 1)), x)
+        from isplab.models.proxy import lab_unsharp_mask
+
+        x = _textured(24, 30).expand(2, -1, -1, -1)
+        out = lab_unsharp_mask(x, torch.tensor([0.0, 2.0]), 1.5, 0.0)
+        assert torch.equal(out[0], x[0])
+        torch.testing.assert_close(out[1], _reference_sharpen(x[1], 2.0, 1.5, 0.0), atol=1e-6, rtol=0)
+
+
+def test_unsharp_detail_gradients_reach_sigma_and_threshold_and_amount():
+    """Gradients reach sigma (through the kernel's weights), threshold and amount, and match finite
+    differences (gradcheck, away from the soft threshold's kink); each of the MLP's three outputs
+    gets a gradient from an image loss."""
+    from isplab.models.proxy import unsharp_detail
+
+    lum = 100 * _textured(20, 24)[:, 1:2]
+    sigma, threshold = torch.tensor([1.3], dtype=torch.float64, requires_grad=True), torch.tensor([0.37], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda s, t: unsharp_detail(lum, s, t), (sigma, threshold))
+    model = build_proxy_model([(0.0, 8.0), (0.0, 2.0), (0.0, 10.0)], width=4, depth=1, head="unsharp").double()
+    _set_unsharp(model, 1.5, 1.0, 0.2)
+    x = _textured()
+    target = _reference_sharpen(x[0], 2.0, 1.5, 0.5)[None]
+    torch.nn.functional.l1_loss(model(x, torch.rand(1, 3, dtype=torch.float64)), target).backward()
+    assert (model.unsharp_mlp[-1].bias.grad.abs() > 1e-6).all(), model.unsharp_mlp[-1].bias.grad
+
+
+def test_unsharp_head_round_trips(tmp_path):
+    model = build_proxy_model([(0.0, 8.0), (0.0, 2.0), (0.0, 10.0)], width=4, depth=1, head="unsharp")
+    _set_unsharp(model, 1.5, 1.3, 0.8)
+    path = save_proxy_model(model, tmp_path / "m.pt")
+    loaded = load_proxy_model(path)
+    x, unit = _textured().float(), torch.rand(1, 3)
+    assert loaded.head_kind == "unsharp"
+    with torch.no_grad():
+        assert torch.equal(loaded(x, unit), model(x, unit))

@@ -306,6 +306,9 @@ _SHARPEN = Block(
         Param("threshold", "L", 0.0, 100.0, 0.5, "detail below this (Lab L units) is left alone", sample=(0.0, 10.0)),
     ),
     space="CIE Lab (L channel)",
+    # darktable's unsharp mask built in, whole images, pre-fitted: 62.0 dB on the changed held-out-image
+    # samples against 29.7 for affine, regression error 0.37 % against 16.3 % (benchmarks/proxy.py)
+    default_head="unsharp",
 )
 
 # src/iop/hazeremoval.c, dt_iop_hazeremoval_params_t (v1, 8 bytes): dark-channel dehazing.

@@ -77,11 +77,17 @@ MONITOR = "val_psnr"
 RUN_OUTPUTS = ("model.pt", "config.json", "log.txt", "checkpoints", "logs", "report.html", "report_grid.png", "report_curves.png", "report_metrics.json")
 
 
-#: Training crop side in pixels when ``--patch`` is not given (the ``blur`` head takes whole images).
+#: Training crop side in pixels when ``--patch`` is not given (the ``blur`` and ``unsharp`` heads take whole images).
 DEFAULT_PATCH = 128
+#: Heads trained on whole images (``--patch 0``; any other patch is refused): a crop's blur is not
+#: the crop of the image's blur, and ``unsharp`` leaves the image's edges alone, which a crop's are not.
+WHOLE_IMAGE_HEADS = ("blur", "unsharp")
+#: Heads with parts that :func:`fit_pixels` fits alone before the U-Net's training.
+PREFIT_HEADS = ("pointwise", "blur", "unsharp")
 #: ``--pixel-steps`` when not given, per head (lowpass's blur head: half of them fit the blur, whose
-#: small radii need them; benchmarks/proxy.py).
-DEFAULT_PIXEL_STEPS = {"pointwise": 1500, "blur": 5000}
+#: small radii need them; sharpen's unsharp head: 2000 steps of 4 whole images, 2.2 min on a shared
+#: 2-core CPU, carry it to 62 dB on changed held-out images; benchmarks/proxy.py).
+DEFAULT_PIXEL_STEPS = {"pointwise": 1500, "blur": 5000, "unsharp": 2000}
 
 
 @dataclass
@@ -97,19 +103,21 @@ class ProxyTrainConfig:
         head: how the U-Net's output acts on the input: ``affine`` (per-pixel gain and offset),
             ``add`` (the seed's residual), ``matrix`` (per-pixel colour matrix and offset),
             ``global`` (a colour transform from the parameters alone, then ``matrix``),
-            ``pointwise`` (a per-pixel colour map of the pixel and the parameters, then ``matrix``) or
-            ``blur`` (a Gaussian blur in CIE Lab set by the parameters, then ``pointwise``); see
+            ``pointwise`` (a per-pixel colour map of the pixel and the parameters, then ``matrix``),
+            ``blur`` (a Gaussian blur in CIE Lab set by the parameters, then ``pointwise``) or
+            ``unsharp`` (darktable's unsharp mask of Lab L set by the parameters, then ``matrix``); see
             :mod:`isplab.models.proxy`. ``None``: the block's ``default_head``
             (:mod:`isplab.workflows.proxy.blocks`); ``config.json`` records the head used.
         patch: square crop side in pixels (at most the images' smaller side); 0: whole images
-            (for the ``blur`` head, whose blur of a crop is not the crop of the image's blur).
-            ``None``: :data:`DEFAULT_PATCH`, or 0 for the ``blur`` head.
+            (for the ``blur`` and ``unsharp`` heads, whose blur of a crop is not the crop of the
+            image's blur). ``None``: :data:`DEFAULT_PATCH`, or 0 for :data:`WHOLE_IMAGE_HEADS`.
         batch_size, lr, iters: Adam on ``iters`` steps (the total, also when resuming).
-        global_weight: ``global`` and ``pointwise`` heads: weight of the loss of that part alone
+        global_weight: the heads with a part before the U-Net (``global``, ``pointwise``, ``blur``,
+            ``unsharp``: :data:`~isplab.models.proxy.GLOBAL_HEADS`): weight of the loss of that part alone
             (added to the loss of the whole proxy), so that its MLP explains all it can.
-        pixel_steps: ``pointwise`` and ``blur`` heads: before the U-Net's training, Adam steps
-            fitting the pixel MLP (and the ``blur`` head's sigma MLP) alone to random pixels of
-            the training samples (:func:`fit_pixels`; 0: none). ``None``:
+        pixel_steps: ``pointwise``, ``blur`` and ``unsharp`` heads: before the U-Net's training, Adam steps
+            fitting the pixel MLP (and the ``blur`` head's sigma MLP; the ``unsharp`` head's MLP,
+            on whole images) alone to the training samples (:func:`fit_pixels`; 0: none). ``None``:
             :data:`DEFAULT_PIXEL_STEPS` of the head.
             Patches are few, correlated pixels; 16384 random ones a step teach the per-pixel map
             far faster (``benchmarks/proxy.py``).
@@ -478,10 +486,10 @@ def train_proxy(
               resumed=f"training to step {config.iters}", details=sizes)
 
     train_samples = _Samples(data, splits.train, params)
-    if config.head in ("pointwise", "blur") and config.pixel_steps and checkpoint is None:
+    if config.head in PREFIT_HEADS and config.pixel_steps and checkpoint is None:
         start = time.perf_counter()
         pixel_loss = fit_pixels(model, train_samples, config.pixel_steps, seed=config.seed)
-        what = "pixel MLP" if config.head == "pointwise" else "blur and pixel MLPs"
+        what = {"pointwise": "pixel MLP", "blur": "blur and pixel MLPs", "unsharp": "unsharp MLP"}[config.head]
         if trainer.is_global_zero:
             with log_file.open("a") as handle:
                 handle.write(f"{what} fitted alone: {config.pixel_steps} steps, L1 {pixel_loss:.5f}, {time.perf_counter() - start:.0f} s\n")
@@ -511,7 +519,7 @@ CACHED_PIXELS = 16384  # fit_pixels, blur head: pixels kept of each blurred samp
 
 def resolve_config(block: str, config: ProxyTrainConfig) -> ProxyTrainConfig:
     """``config`` with what was left ``None`` set for ``block``: the block's default head, the
-    head's patch (:data:`DEFAULT_PATCH`, or 0 for ``blur``) and pixel steps
+    head's patch (:data:`DEFAULT_PATCH`, or 0 for :data:`WHOLE_IMAGE_HEADS`) and pixel steps
     (:data:`DEFAULT_PIXEL_STEPS`, 0 for heads without a pixel MLP).
 
     Raises:
@@ -519,14 +527,14 @@ def resolve_config(block: str, config: ProxyTrainConfig) -> ProxyTrainConfig:
     """
     config = replace(config, head=config.head or get_block(block).default_head)
     if config.patch is None:
-        config = replace(config, patch=0 if config.head == "blur" else DEFAULT_PATCH)
+        config = replace(config, patch=0 if config.head in WHOLE_IMAGE_HEADS else DEFAULT_PATCH)
     if config.pixel_steps is None:
         config = replace(config, pixel_steps=DEFAULT_PIXEL_STEPS.get(config.head, 0))
     return config
 
 
 def fit_pixels(model: torch.nn.Module, samples: _Samples, steps: int, *, seed: int = 0, pixels: int = 16384,
-               per_sample: int = 1024, lr: float = 3e-3, cache_samples: int = 512) -> float:  # fmt: skip
+               per_sample: int = 1024, lr: float = 3e-3, cache_samples: int = 512, images: int = 4) -> float:  # fmt: skip
     """Fit the parts of a ``pointwise`` or ``blur`` proxy that the U-Net does not compute, alone
     (the U-Net is not run), by Adam steps (``lr``, cosine schedule) of ``pixels`` random pixels, L1
     to the same pixels of the outputs.
@@ -542,6 +550,11 @@ def fit_pixels(model: torch.nn.Module, samples: _Samples, steps: int, *, seed: i
       steps, each on ``pixels`` pixels drawn from all of them (many more samples per step than 16 whole blurs allow; lowpass, 2500 steps,
       ``benchmarks/proxy.py``: see its docstring for the gain).
 
+    - ``unsharp``: the parameters -> (sigma, amount, threshold) MLP
+      (:meth:`ProxyUNet.unsharp_transform`), each step on ``images`` random samples, whole (their
+      edges are left alone, their detail needs the neighbours): L1 of the images. (Sharpen, 800
+      steps: 4 images a step beat 16 at the same time, lr 3e-3 beat 1e-2; ``benchmarks/proxy.py``.)
+
     A pure function of ``seed`` (every DDP rank computes the same weights). Returns the last
     step's loss.
 
@@ -549,9 +562,11 @@ def fit_pixels(model: torch.nn.Module, samples: _Samples, steps: int, *, seed: i
         IsplabError: a proxy of another head.
     """
     head = getattr(model, "head_kind", None)
-    if head not in ("pointwise", "blur"):
-        raise IsplabError(f"fit_pixels needs a 'pointwise' or 'blur' proxy, this one's head is {head!r}")
+    if head not in PREFIT_HEADS:
+        raise IsplabError(f"fit_pixels needs a 'pointwise', 'blur' or 'unsharp' proxy, this one's head is {head!r}")
     rng = np.random.default_rng(seed)
+    if head == "unsharp":
+        return float(_fit_unsharp_steps(model, samples, steps, rng, images, lr).detach())
     joint = steps // 2 if head == "blur" else steps
     loss = _fit_pixel_steps(model, samples, joint, rng, pixels, per_sample, lr)
     if head == "blur" and steps > joint:
@@ -604,14 +619,36 @@ def _fit_pixel_steps(model, samples: _Samples, steps: int, rng: np.random.Genera
     return loss
 
 
+def _fit_unsharp_steps(model, samples: _Samples, steps: int, rng: np.random.Generator, count: int, lr: float) -> torch.Tensor:
+    """:func:`fit_pixels` for the ``unsharp`` head: Adam (cosine) on its MLP alone, each step the
+    L1 over ``count`` random samples, whole (batched by image size)."""
+    optimizer = torch.optim.Adam(model.unsharp_mlp.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: cosine_factor(i, steps))
+    loss = torch.zeros(())
+    for _ in range(steps):
+        by_size: dict[tuple, list] = {}
+        for i in rng.integers(len(samples), size=count):
+            x, y, unit = samples.get(int(i))
+            by_size.setdefault(tuple(x.shape), []).append((x, y, unit))
+        loss = sum(
+            F.l1_loss(model.unsharp_transform(torch.stack(xs), torch.stack(us)), torch.stack(ys), reduction="sum")
+            for xs, ys, us in (zip(*group) for group in by_size.values())
+        ) / sum(len(g) * g[0][0].numel() for g in by_size.values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    return loss
+
+
 def _check_config(config: ProxyTrainConfig) -> None:
     check_at_least_one(config, ("iters", "eval_every", "batch_size", "patches_per_epoch", "width", "val_max"))
     if config.patch < 0:
         raise IsplabError(f"patch must be at least 0 (0: whole images), got {config.patch}")
     if config.head not in PROXY_HEADS:
         raise IsplabError(f"unknown proxy head {config.head!r}: expected one of {', '.join(PROXY_HEADS)}")
-    if config.head == "blur" and config.patch:
-        raise IsplabError(f"the blur head trains on whole images (a crop's blur is not the crop of the image's blur): pass --patch 0, not {config.patch}")
+    if config.head in WHOLE_IMAGE_HEADS and config.patch:
+        raise IsplabError(f"the {config.head} head trains on whole images (a crop's blur is not the crop of the image's blur): pass --patch 0, not {config.patch}")
     if config.pixel_steps < 0:
         raise IsplabError(f"pixel_steps must be >= 0, got {config.pixel_steps}")
     if config.global_weight < 0:
