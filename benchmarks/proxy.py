@@ -493,7 +493,7 @@ def fidelity(args, console: Console) -> list[dict]:
 
     from isplab.workflows.proxy.dataset import load_dataset
     from isplab.workflows.proxy.evaluate import evaluate_proxy
-    from isplab.workflows.proxy.regress import REFINE_STEP, BlackBox, _search, regress_params
+    from isplab.workflows.proxy.regress import REFINE_STEP, BlackBox, _search, regress_params, renders_to_reach
     from isplab.workflows.proxy.train import PREFIT_HEADS, ProxyTrainConfig, make_splits, train_proxy
 
     backend = _backend(args)
@@ -579,7 +579,9 @@ def fidelity(args, console: Console) -> list[dict]:
                     "refine_error_pct": float(np.mean(list(refined["error_percent"].values()))),
                     "refine_error_pct_per_param": refined["error_percent"], "refine_psnr": refined["psnr"],
                     "refine_renders": refined["renders"], "refine_s": refined["seconds"],
-                }))  # fmt: skip
+                    # equal error: the renders Nelder-Mead from the random start needed to do as well (None: not within its budget)
+                    "search_renders_to_refined": renders_to_reach(search["trace"], float(np.mean(list(refined["error_percent"].values())))),
+                }) | {"search_renders_to_proxy": renders_to_reach(search["trace"], float(np.mean(100 * np.abs(values - truth) / (hi - lo))))})  # fmt: skip
             mean = lambda key: float(np.mean([r[key] for r in reg])) if reg else None  # noqa: E731
             rows.append({"block": block, "budget": budget, "fid_source": args.fid_source, "generate_s": gen_s, "train_s": train_s, "scores": scores,
                          "scores_changed": changed,
@@ -607,6 +609,12 @@ def fidelity(args, console: Console) -> list[dict]:
             console.print(f"{r['block']}: refined on the renderer from the proxy's answer: error {fmt(r['refine_error_pct'])} %, "
                           f"render PSNR {fmt(r['refine_psnr'])} dB, {fmt(r['refine_renders'])} renders, {fmt(r['refine_s'])} s "
                           f"(proxy regression with {r['regress_restarts']} restart(s))")  # fmt: skip
+    for r in rows:  # equal error: how many renders Nelder-Mead from the random start needed to match each sample's error
+        for key, what in (("search_renders_to_proxy", "the proxy's error"), ("search_renders_to_refined", "the refined error")):
+            reached = [s[key] for s in r["regress_samples"] if s.get(key, -1) is not None and key in s]
+            if any(key in s for s in r["regress_samples"]):
+                console.print(f"{r['block']}: Nelder-Mead on the renderer reached {what} in {len(reached)} of {len(r['regress_samples'])} samples "
+                              f"within {args.search_renders} renders" + (f" (renders: {', '.join(map(str, reached))})" if reached else ""))  # fmt: skip
     for r in rows:
         console.print(f"{r['block']}: samples the block changes (input vs output below {CHANGED_DB:g} dB), per group: "
                       + "; ".join(f"{k} {v['n']} of {v['of']}, proxy {fmt(v['psnr'])} dB, identity {fmt(v['identity_psnr'])} dB"

@@ -17,7 +17,7 @@ from isplab.workflows.proxy.blocks import get_block
 from isplab.workflows.proxy.dataset import load_dataset
 from isplab.workflows.proxy.evaluate import load_proxy
 from isplab.workflows.proxy.generate import GenerateOptions, generate
-from isplab.workflows.proxy.regress import BlackBox, RegressOptions, regress, regress_params
+from isplab.workflows.proxy.regress import BlackBox, RegressOptions, regress, regress_params, renders_to_reach
 from isplab.workflows.proxy.train import ProxyTrainConfig, _read_tiff, train_proxy
 from isplab.workflows.proxy.xmp import read_history
 
@@ -133,6 +133,12 @@ def test_regress_builtin_end_to_end(builtin_setup, tmp_path):
     # Nelder-Mead on the exact renderer finds the truth within its budget
     search = saved["search"]
     assert search["renders"] <= 40 and search["error_percent"]["exposure"] < 1.0 and search["psnr"] > 40
+    # its trace: every improvement, renders rising, errors of the best renders, ending at its answer
+    trace = search["trace"]
+    assert [r for r, _ in trace] == sorted({r for r, _ in trace}) and trace[-1][0] <= search["renders"]
+    assert trace[-1][1] == pytest.approx(search["error_percent"]["exposure"])
+    reached = renders_to_reach(trace, trace[-1][1])
+    assert reached == next(r for r, e in trace if e <= trace[-1][1]) and renders_to_reach(trace, -1.0) is None
     assert "render-back (builtin)" in result.output and "Nelder-Mead on the renderer" in result.output
     # the refinement starts at the proxy's answer (its first render is the render-back) and only improves on it
     refined = saved["refined"]

@@ -45,7 +45,7 @@ from isplab.workflows.proxy.blocks import get_block
 from isplab.workflows.proxy.dataset import ProxyDataset, load_dataset
 from isplab.workflows.proxy.evaluate import load_proxy
 
-__all__ = ["RegressOptions", "RegressResult", "regress_params", "fit_unit", "fit_restarts", "best_fit", "BlackBox", "regress"]
+__all__ = ["RegressOptions", "RegressResult", "regress_params", "fit_unit", "fit_restarts", "best_fit", "BlackBox", "regress", "renders_to_reach"]
 
 OUTPUTS = ("regress.json", "render_back.tif", "render_back.xmp")
 #: Side of the refinement's first simplex, in unit parameter range: a few per cent of the range,
@@ -358,11 +358,14 @@ def _errors(values: dict, truth: dict, names, lo, hi) -> dict[str, float]:
 
 def _search(box: BlackBox, target: torch.Tensor, start: np.ndarray, names, lo, hi, budget: int, truth, step: float = 0.25) -> dict:
     """Nelder-Mead on unit parameters straight on the black box, ``budget`` renders at most, from a
-    simplex of side ``step`` at ``start`` (:func:`_simplex`); the best render seen is the answer."""
+    simplex of side ``step`` at ``start`` (:func:`_simplex`); the best render seen is the answer.
+    With ``truth``, ``trace`` lists ``[renders, mean error %]`` at every render that improved on the
+    best so far (how many renders the search needed to reach a given error)."""
     from scipy.optimize import minimize
 
     best = {"loss": np.inf, "u": start.copy()}
     first = box.renders
+    trace: list[list[float]] = []
 
     def objective(u: np.ndarray) -> float:
         u = np.clip(u, 0.0, 1.0)
@@ -371,6 +374,8 @@ def _search(box: BlackBox, target: torch.Tensor, start: np.ndarray, names, lo, h
         loss = float(F.mse_loss(image, target))
         if loss < best["loss"]:
             best.update(loss=loss, u=u.copy())
+            if truth is not None:
+                trace.append([box.renders - first, float(np.mean(list(_errors(values, truth, names, lo, hi).values())))])
         return loss
 
     t0 = time.perf_counter()
@@ -383,7 +388,14 @@ def _search(box: BlackBox, target: torch.Tensor, start: np.ndarray, names, lo, h
            "psnr": float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))}  # fmt: skip
     if truth is not None:
         out["error_percent"] = _errors(values, truth, names, lo, hi)
+        out["trace"] = trace
     return out
+
+
+def renders_to_reach(trace: list[list[float]], error_pct: float) -> int | None:
+    """The renders a search's ``trace`` (:func:`_search`) needed for its best render's mean
+    parameter error to be at most ``error_pct``; ``None`` if it never got there."""
+    return next((int(renders) for renders, error in trace if error <= error_pct), None)
 
 
 def _simplex(start: np.ndarray, step: float = 0.25) -> np.ndarray:
