@@ -8,7 +8,10 @@ backend and worker count generates a fresh dataset of ``--count`` samples from t
 renders per second (the block-off render of each image plus one render per sample, over the
 wall time of the whole command), and the median time of one render as recorded in the manifest
 (for darktable: one ``darktable-cli`` call, start-up included). The darktable backend is skipped,
-saying so, when darktable-cli is not installed.
+saying so, when darktable-cli is not installed. "peak RSS" is the largest resident memory of this
+process and all its descendants (the darktable-cli renders and any worker processes) summed,
+sampled every 50 ms from ``/proc`` during that generation (:class:`PeakRSS`; Linux only, else
+left empty).
 
 Three more measurements (``--fidelity``, ``--speed``, ``--ceiling``; each prints the budget it ran with):
 
@@ -447,10 +450,11 @@ def main() -> None:
             for workers in args.workers:
                 out = Path(tmp) / f"{backend}-{workers}"
                 start = time.perf_counter()
-                result = generate(
-                    GenerateOptions(block=args.block, output=out, count=args.count, images=raws, backend=backend,
-                                    workers=workers, progress=False)  # fmt: skip
-                )
+                with PeakRSS() as memory:
+                    result = generate(
+                        GenerateOptions(block=args.block, output=out, count=args.count, images=raws, backend=backend,
+                                        workers=workers, progress=False)  # fmt: skip
+                    )
                 wall = time.perf_counter() - start
                 renders = len(result.rendered) + args.images
                 per_render = [r["render_seconds"] for r in result.rendered]
@@ -464,16 +468,17 @@ def main() -> None:
                         "wall_s": round(wall, 2),
                         "renders_per_s": round(renders / wall, 3),
                         "median_render_s": round(statistics.median(per_render), 3) if per_render else None,
+                        "peak_rss_mb": None if memory.peak is None else round(memory.peak / 2**20, 1),
                     }
                 )
     table = Table(title=f"proxy generate {args.block}: {args.count} samples + {args.images} inputs at {size[0]}x{size[1]} "
                         f"({size[0] * size[1] / 1e6:.2f} MP), {os.cpu_count()} CPUs")  # fmt: skip
-    for column in ("backend", "workers", "renders", "failed", "wall (s)", "renders/s", "one render (s, median)"):
+    for column in ("backend", "workers", "renders", "failed", "wall (s)", "renders/s", "one render (s, median)", "peak RSS (MB)"):
         table.add_column(column, justify="right")
     for r in rows:
         name = r["backend"] + (f" {r['darktable']}" if r["darktable"] else "")
         table.add_row(name, str(r["workers"]), str(r["renders"]), str(r["failed"]), f"{r['wall_s']:.2f}",
-                      f"{r['renders_per_s']:.2f}", f"{r['median_render_s']:.3f}")  # fmt: skip
+                      f"{r['renders_per_s']:.2f}", f"{r['median_render_s']:.3f}", "" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}")  # fmt: skip
     console.print(table)
     if args.json:
         meta = {"cpus": os.cpu_count(), "machine": platform.machine(), "size": list(size), "block": args.block}
@@ -667,6 +672,67 @@ def fid_images(folder: Path, count: int, size: tuple[int, int], sources: list[st
     if not same:
         synthesize_dataset(folder, count, seed=seed, size=size, sources=sources, progress=False, overwrite=True)
     return folder
+
+
+class PeakRSS:
+    """``with PeakRSS() as m: ...`` then ``m.peak``: the largest sum of resident memory (bytes) of
+    this process and all its descendants seen while the block ran, sampled every ``interval``
+    seconds from ``/proc`` by a thread; ``None`` where ``/proc`` is missing."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval, self.peak = interval, None
+
+    @staticmethod
+    def tree_rss() -> int | None:
+        proc = Path("/proc")
+        if not (proc / "self" / "stat").is_file():
+            return None
+        parent, rss = {}, {}
+        page = os.sysconf("SC_PAGE_SIZE")
+        for entry in proc.iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                fields = stat[stat.rindex(")") + 2:].split()  # after "pid (name) ": state, ppid, ...
+                parent[int(entry.name)] = int(fields[1])
+                rss[int(entry.name)] = int((entry / "statm").read_text().split()[1]) * page
+            except (OSError, ValueError, IndexError):  # the process ended while being read
+                continue
+        mine, total = {os.getpid()}, 0
+        changed = True  # a child's pid can be lower than its parent's: grow the set to a fixed point
+        while changed:
+            changed = False
+            for pid, ppid in parent.items():
+                if ppid in mine and pid not in mine:
+                    mine.add(pid)
+                    changed = True
+        for pid in mine:
+            total += rss.get(pid, 0)
+        return total
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._record()
+
+    def _record(self) -> None:
+        now = self.tree_rss()
+        if now is not None:
+            self.peak = now if self.peak is None else max(self.peak, now)
+
+    def __enter__(self) -> PeakRSS:
+        import threading
+
+        self._stop = threading.Event()
+        self._record()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._record()
 
 
 #: ``--ceiling``'s PSNR cap (dB): a fit that reproduces a render bit for bit scores this, not inf.
