@@ -374,12 +374,15 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from isplab.data.synth import parse_size, synthesize_dataset
-from isplab.models.proxy import PROXY_HEADS
-from isplab.workflows.proxy.generate import GenerateOptions, generate
+# isplab's torch-importing modules are imported inside the functions: ``proxy generate``'s spawned
+# workers re-import this script, and a darktable worker need not load torch (PeakRSS measures it).
 
 
 def main() -> None:
+    from isplab.data.synth import parse_size, synthesize_dataset
+    from isplab.models.proxy import PROXY_HEADS
+    from isplab.workflows.proxy.generate import GenerateOptions, generate
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--block", default="exposure")
     parser.add_argument("--count", type=int, default=8, help="samples per dataset")
@@ -493,6 +496,9 @@ def _backend(args) -> str:
 
 def fidelity(args, console: Console) -> list[dict]:
     """Train a proxy per block at the stated budget; score it and its regression."""
+    from isplab.data.synth import parse_size
+    from isplab.workflows.proxy.generate import GenerateOptions, generate
+
     import numpy as np
     import torch
 
@@ -660,6 +666,8 @@ def fid_images(folder: Path, count: int, size: tuple[int, int], sources: list[st
 
     A folder whose manifest records the same count, seed, size and sources, with every DNG present,
     is reused as it is; anything else there is replaced (the folder is the benchmark's own)."""
+    from isplab.data.synth import synthesize_dataset
+
     from isplab.data.sources import expand_sources
 
     want = {"count": count, "seed": seed, "size": list(size), "sources": list(expand_sources(sources))}
@@ -797,6 +805,9 @@ def ceiling(args, console: Console) -> list[dict]:
 
 def speed(args, console: Console) -> list[dict]:
     """One renderer call vs one proxy forward pass per size."""
+    from isplab.data.synth import parse_size, synthesize_dataset
+    from isplab.workflows.proxy.generate import GenerateOptions, generate
+
     import torch
 
     from isplab.engine.trainer import resolve_accelerator

@@ -215,3 +215,19 @@ def test_a_render_darktable_rejects_is_reported_and_skipped(darktable, tmp_path)
     assert [s["id"] for s in manifest["samples"]] == ["000000"] and not manifest["complete"]
     assert manifest["failures"][0]["id"] == "000001" and "version mismatch" in manifest["failures"][0]["error"]
     assert not (out / "outputs" / "000001.tif").exists()
+
+
+def test_render_workers_do_not_import_torch():
+    """A spawned darktable worker imports the worker module and the darktable backend only: torch
+    (about 0.7 GB resident per worker) stays unloaded; the builtin backend loads it when it renders."""
+    import subprocess
+    import sys
+
+    code = ("import sys, isplab.workflows.proxy.render_worker as w, isplab.workflows.proxy.darktable; "
+            "w._worker_init('.', 1, 'darktable'); print('torch' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False"]
+    from isplab.workflows.proxy import generate as generate_module
+    from isplab.workflows.proxy import render_worker
+
+    assert generate_module._run_task is render_worker._run_task  # the pool submits the light module's function

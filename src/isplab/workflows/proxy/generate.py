@@ -24,7 +24,6 @@ import re
 import shutil
 import socket
 import sys
-import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -35,6 +34,7 @@ import numpy as np
 from isplab import __version__
 from isplab.errors import IsplabError
 from isplab.io.paths import prepare_output_dir, remove_outputs
+from isplab.workflows.proxy.render_worker import _run_task, _worker_init
 from isplab.workflows.proxy.blocks import Block, ParamSpec, get_block, parse_param_specs
 from isplab.workflows.proxy.dataset import (
     DATASET_JSON,
@@ -170,54 +170,6 @@ def _samples(block: Block, specs: dict[str, ParamSpec], count: int, seed: int, i
         image = images[i % len(images)]
         samples.append({"index": i, "id": sample_id(i), "image": image.id, "params": values, "unit": normalized})
     return samples
-
-
-# --------------------------------------------------------------------------------------------
-# work done in worker processes (top-level functions: picklable)
-
-_WORKER: dict = {}
-
-
-def _worker_init(workdir: str, threads: int, backend: str) -> None:
-    _WORKER["configdir"] = Path(workdir) / f"worker-{os.getpid()}"
-    _WORKER["threads"] = threads
-    if backend == "builtin":
-        import torch
-
-        torch.set_num_threads(threads)
-
-
-def _run_task(task: dict) -> dict:
-    """Render one image: ``task`` names the block, raw, parameters (``None``: block off) and
-    where to write. Returns ``{"ok", "seconds", "error"}``; never raises for a render failure."""
-    from isplab.workflows.proxy.blocks import get_block
-
-    block = get_block(task["block"])
-    out = Path(task["output"])
-    start = time.perf_counter()
-    try:
-        if task["backend"] == "darktable":
-            from isplab.workflows.proxy.darktable import DarktableInfo, RenderJob, render, write_job_xmp
-
-            info = DarktableInfo(**task["darktable"])
-            xmp = write_job_xmp(Path(task["xmp"]), block, task["values"], np.asarray(task["wb_gains"]))
-            configdir = _WORKER.get("configdir") or Path(task["workdir"]) / f"worker-{os.getpid()}"
-            configdir.mkdir(parents=True, exist_ok=True)
-            seconds = render(info, RenderJob(Path(task["dng"]), xmp, out, task["size"]), configdir, threads=_WORKER.get("threads"))
-        else:
-            from isplab.io.image import write_image
-            from isplab.workflows.proxy.builtin import render_builtin
-
-            image = render_builtin(block, task["dng"], task["values"], task["size"])
-            tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")
-            write_image(tmp, image, overwrite=True)
-            os.replace(tmp, out)
-            seconds = time.perf_counter() - start
-    except IsplabError as error:
-        return {"ok": False, "error": str(error), "seconds": time.perf_counter() - start}
-    except Exception as error:  # a batch job reports a failure and goes on
-        return {"ok": False, "error": f"{type(error).__name__}: {error}", "seconds": time.perf_counter() - start}
-    return {"ok": True, "seconds": seconds, "error": None}
 
 
 # --------------------------------------------------------------------------------------------
