@@ -283,6 +283,7 @@ def pipeline_regress_command(
     lr: Annotated[float, typer.Option("--lr", help="Initial Adam rate on unit parameters (cosine-annealed to 1 %).")] = 0.05,
     polish: Annotated[int, typer.Option("--polish", help="L-BFGS iterations after Adam, per restart (0: Adam only).")] = 30,
     restarts: Annotated[int, typer.Option("--restarts", help="Random starts; the lowest final proxy loss wins.")] = 3,
+    refine: Annotated[int, typer.Option("--refine", help="Then at most N renders of Nelder-Mead on the renderer from the proxies' answer (0: none); the best is written as refined.tif/.xmp.")] = 0,
     seed: Seed = 0,
     device: Device = "auto",
     overwrite: Overwrite = False,
@@ -291,7 +292,7 @@ def pipeline_regress_command(
     from isplab.workflows.proxy.pipeline import RegressOptions, regress_pipeline
 
     r = regress_pipeline(RegressOptions(config=config, output=output, target=target, image=image, iters=iters, lr=lr, polish=polish,
-                                        restarts=restarts, seed=seed, device=device, overwrite=overwrite))  # fmt: skip
+                                        restarts=restarts, refine=refine, seed=seed, device=device, overwrite=overwrite))  # fmt: skip
     console.print(f"chain {' -> '.join(r.order)} ({r.backend}): {len(r.restarts)} restarts, {r.proxy_seconds:.2f} s", highlight=False)
     for key in r.keys:
         line = f"{key}: recovered {r.recovered[key]:.4g}"
@@ -299,5 +300,10 @@ def pipeline_regress_command(
             line += f", truth {r.truth[key]:.4g}, error {r.error_percent[key]:.2f}% of range"
         console.print(line, highlight=False)
     console.print(f"proxy chain PSNR {r.proxy_psnr:.2f} dB; render-back ({r.backend}) PSNR {r.render_back_psnr:.2f} dB against the target", highlight=False)
+    if r.refined is not None:
+        line = f"refined on the renderer from the proxies' answer: PSNR {r.refined['psnr']:.2f} dB, {r.refined['renders']} renders, {r.refined['seconds']:.1f} s"
+        if "error_percent" in r.refined:
+            line += f", mean error {sum(r.refined['error_percent'].values()) / len(r.refined['error_percent']):.2f}% of range"
+        console.print(line, highlight=False)
     for path in r.written:
         console.print(f"wrote {path}", highlight=False)

@@ -70,7 +70,7 @@ BACKENDS = ("darktable", "builtin")
 #: ``model = "builtin"``: the block's own differentiable builtin op instead of a trained proxy.
 EXACT = "builtin"
 EVAL_OUTPUTS = ("pipeline_eval.json", "pipeline_eval.csv", "pipeline_grid.png")
-REGRESS_OUTPUTS = ("pipeline_regress.json", "target.tif", "render_back.tif", "render_back.xmp")
+REGRESS_OUTPUTS = ("pipeline_regress.json", "target.tif", "render_back.tif", "render_back.xmp", "refined.tif", "refined.xmp")
 _TOP_KEYS = {"backend", "images", "size", "darktable_cli", "block"}
 _BLOCK_KEYS = {"name", "model", "params"}
 
@@ -586,6 +586,9 @@ class RegressOptions:
         iters, lr, polish, restarts: Adam steps per restart, its initial rate (annealed to 1 %),
             L-BFGS iterations after Adam (0: none), random starts (the lowest final proxy loss
             wins).
+        refine: then at most this many renders of Nelder-Mead on the renderer itself, started at
+            the proxies' answer (as ``proxy regress --refine``; 0: none); its best render is
+            written as ``refined.tif`` and ``refined.xmp``.
     """
 
     config: Path
@@ -596,6 +599,7 @@ class RegressOptions:
     lr: float = 0.05
     polish: int = 30
     restarts: int = 3
+    refine: int = 0
     seed: int = 0
     device: str = "auto"
     overwrite: bool = False
@@ -614,18 +618,34 @@ class RegressResult:
     truth: dict[str, float] | None = None
     error_percent: dict[str, float] | None = None
     render_back_psnr: float | None = None
+    refined: dict | None = None
     written: list[Path] = field(default_factory=list)
+
+
+class _ChainBox:
+    """The chain's renderer as :func:`isplab.workflows.proxy.regress._search` drives it:
+    ``render({block.param: value})`` of one raw, counting renders."""
+
+    def __init__(self, renderer: Renderer, config: PipelineConfig, image: Path) -> None:
+        self.renderer, self.config, self.image, self.renders = renderer, config, image, 0
+
+    def render(self, flat: dict[str, float]) -> np.ndarray:
+        self.renders += 1
+        lo, hi = self.config.ranges()
+        unit = (np.array([flat[k] for k in self.config.keys]) - lo) / (hi - lo)
+        return self.renderer.render(self.image, self.config.values(unit))
 
 
 def regress_pipeline(opts: RegressOptions) -> RegressResult:
     """Recover every chained parameter from a target through the frozen chain, then render the
     answer back (see the module docstring). Writes ``pipeline_regress.json``,
     ``render_back.tif``, ``render_back.xmp`` and (generated target) ``target.tif``."""
-    from isplab.workflows.proxy.regress import _image, fit_restarts
+    from isplab.workflows.proxy.regress import REFINE_STEP, _image, _search, fit_restarts
 
-    if opts.iters < 1 or opts.restarts < 1 or opts.polish < 0 or not opts.lr > 0:
+    if opts.iters < 1 or opts.restarts < 1 or opts.polish < 0 or opts.refine < 0 or not opts.lr > 0:
         raise IsplabError(
-            f"--iters and --restarts must be at least 1, --polish at least 0 and --lr positive, got {opts.iters}, {opts.restarts}, {opts.polish} and {opts.lr}"
+            f"--iters and --restarts must be at least 1, --polish and --refine at least 0 and --lr positive, got {opts.iters}, {opts.restarts}, "
+            f"{opts.polish}, {opts.refine} and {opts.lr}"
         )
     device = _device(opts.device)
     config = load_config(opts.config, device=device)
@@ -671,6 +691,15 @@ def regress_pipeline(opts: RegressOptions) -> RegressResult:
         back = renderer.render(image, values, tif=out / "render_back.tif", xmp=out / "render_back.xmp")
         written += [out / "render_back.tif", out / "render_back.xmp"]
         render_back = float(psnr(_to_tensor(back, device), target))
+        refined = None
+        if opts.refine:  # Nelder-Mead on the renderer from the proxies' answer; its first render is the render-back
+            lo, hi = config.ranges()
+            refined = _search(_ChainBox(renderer, config, image), target.cpu(), config.unit(values), config.keys, lo, hi, opts.refine,
+                              None if truth is None else config.flat(truth), step=REFINE_STEP)  # fmt: skip
+            refined.pop("trace", None)
+            best_values = config.values(config.unit([{n: refined["recovered"][f"{s.name}.{n}"] for n in s.varied} for s in config.stages]))
+            renderer.render(image, best_values, tif=out / "refined.tif", xmp=out / "refined.xmp")
+            written += [out / "refined.tif", out / "refined.xmp"]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -679,7 +708,7 @@ def regress_pipeline(opts: RegressOptions) -> RegressResult:
     result = RegressResult(
         renderer.name, config.order, keys, recovered, float(best["loss"]), proxy_psnr, seconds,
         [{"start": config.flat(config.values(run["start"])), "recovered": config.flat(config.values(run["unit"])), "loss": run["loss"]} for run in runs],
-        render_back_psnr=render_back,
+        render_back_psnr=render_back, refined=refined,
     )  # fmt: skip
     if truth is not None:
         result.truth = config.flat(truth)
@@ -709,6 +738,8 @@ def regress_pipeline(opts: RegressOptions) -> RegressResult:
         "render_back_psnr": result.render_back_psnr,
         "proxy_seconds": result.proxy_seconds,
         "restarts": result.restarts,
+        "refine": opts.refine,
+        "refined": result.refined,
         "written": [str(p) for p in result.written],
     }
     path.write_text(json.dumps(document, indent=2) + "\n")
