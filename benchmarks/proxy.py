@@ -48,6 +48,24 @@ by the best quadratic colour polynomial; for sharpen of the ``unsharp`` head's u
 the sample's radius, amount and threshold (:func:`isplab.models.proxy.lab_unsharp_mask`). PSNRs are
 capped at 150 dB (a bit-identical fit would score inf).
 
+Measured (2026-12-01, 19:15 UTC; one other benchmark running on the 2-core CPU, so wall times are
+upper bounds): ``--block exposure --count 8 --images 4 --size 768x512 --workers 1 2`` (12 renders
+each):
+
+  | backend | workers | wall (s) | renders/s | one render (s, median) | peak RSS (MB) |
+  |---|---|---|---|---|---|
+  | darktable 4.2.1 | 1 | 17.42 | 0.69 | 1.30 | 909 |
+  | darktable 4.2.1 | 2 | 14.13 | 0.85 | 1.83 | 1106 |
+  | builtin | 1 | 1.54 | 7.79 | 0.120 | 816 |
+  | builtin | 2 | 11.26 | 1.07 | 0.062 | 2485 |
+
+  Before the worker function moved to :mod:`isplab.workflows.proxy.render_worker` (whose import
+  leaves torch unloaded), two darktable workers peaked at 2420 MB (each spawned worker imported torch
+  through ``generate``'s imports; 870 MB with one); now 1106 MB, about 0.1 GB per darktable worker.
+  Builtin workers need torch: two of them start in about 10 s, so on this small job one worker in the
+  main process is 7x faster, while each render takes half as long (0.062 against 0.120 s on one
+  thread, two at once): the pool pays off from roughly 120 renders at this size.
+
 Measured (2026-11-30):
 
 - ``--speed --speed-sizes 768x512 4000x3000`` on this project's 2-core CPU machine: one
