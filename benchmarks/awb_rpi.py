@@ -129,6 +129,14 @@ by 11.5 mireds on average (p95 33.9) because their tunings' CT curves differ; ma
 label through the vc4 curve's gains and back through the pisp curve leaves a median 0.94 (mean
 4.19) mireds: the labels come from the same gains, so the gap is not label noise and does not
 bound the error. A blend is two networks; it was not integrated as a model or made the default.
+
+The features inside one network (``--arch hybrid``, :class:`isplab.models.awb.HybridAWBNet`),
+measured 2026-12-01 under the same conditions: grouped 5-fold CV on vc4, 3 x ``hybrid``, 240 epochs,
+13.21 / 8.65 / 41.53 / 100.3 (2410 s) against the default CNN's 13.57 / 8.53 / 46.04 / 80.5 re-run
+above: the mean falls by 0.36 but the worst case rises by 20 mireds and the blends above stay better
+(12.61 / 71.6), so it is not the default and the search does not try it. Exported for vc4 with the
+default widths (3 members) it is 750744 bytes of float32 TFLite against ``chroma``'s 560260, and
+0.14 ms against 0.08 ms per invoke (one thread, this CPU, 2026-12-02).
 """
 
 from __future__ import annotations

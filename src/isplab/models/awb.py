@@ -23,6 +23,12 @@ Architectures (``arch``):
 * ``"small"``: ``"chroma"``'s features, pooling and head with depthwise-separable convs and a
   narrower head; with its defaults 4673 parameters, 7x fewer than the reference's PiSP network, and
   a float32 TFLite file smaller than Raspberry Pi's (``tests/models/test_awb_small.py`` checks both).
+* ``"hybrid"``: ``"chroma"``'s CNN with the 40 hand-crafted colour-constancy features of
+  :func:`isplab.models.awb_features.colour_constancy_features` (grey world, shades of grey, grey
+  edge, max-RGB, bright-zone means, log-chroma quantiles...) computed from the zones and lux
+  inside the network, standardised by a batch norm's running statistics (:class:`FeatureNorm`)
+  and fed to the head next to the pooled conv features and lux: one model and one TFLite file
+  instead of a blend of the CNN with an MLP on the features.
 
 ``ensemble=N`` (any arch) builds :class:`AWBEnsemble`: N independently initialised members whose
 mireds are averaged, still one module and one TFLite file.
@@ -41,9 +47,10 @@ import torch
 from torch import nn
 
 from isplab.errors import IsplabError
+from isplab.models.awb_features import FEATURE_NAMES, colour_constancy_features
 from isplab.models.checkpoint import load_model, save_model
 
-ARCHS = ("reference", "chroma", "histogram", "small")
+ARCHS = ("reference", "chroma", "histogram", "small", "hybrid")
 
 
 def reference_features(image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
@@ -179,13 +186,16 @@ class ChromaAWBNet(nn.Module):
         low, high = (1e6 / t for t in reversed(temperature_range))
         self.mired_low, self.mired_span = low, high - low
 
+    def head_input(self, image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
+        """``(B, 4 width + 1)``: the conv features' global average and max pooling and ``log(lux) / 10``."""
+        image = self.pool_input(image.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x = self.features(chroma_features(image))
+        return torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3)), (torch.log(lux.clamp(min=1.0)) / 10.0)[:, None]], 1)
+
     def mireds(self, image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, 3)``, ``(B,)`` -> ``(B,)`` predicted mireds within the temperature range."""
         _check_input(image, lux, self.size)
-        image = self.pool_input(image.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        x = self.features(chroma_features(image))
-        pooled = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3)), (torch.log(lux.clamp(min=1.0)) / 10.0)[:, None]], 1)
-        return self.mired_low + self.mired_span * torch.sigmoid(self.head(pooled)[:, 0])
+        return self.mired_low + self.mired_span * torch.sigmoid(self.head(self.head_input(image, lux))[:, 0])
 
     def forward(self, image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, 3)``, ``(B,)`` -> ``(B,)`` kelvin."""
@@ -302,6 +312,64 @@ class SmallAWBNet(ChromaAWBNet):
             *separable(width, 2 * width), nn.MaxPool2d(2),
             *separable(2 * width, 2 * width),
         )
+
+
+class FeatureNorm(nn.BatchNorm1d):
+    """Per-feature standardisation learned as running statistics: :class:`torch.nn.BatchNorm1d`
+    without an affine part, except that a training batch of one image uses the running
+    statistics (batch norm cannot standardise a single row). In eval mode, and so in an exported
+    TFLite file, it is a fixed per-feature scale and offset."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__(features, affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] == 1:
+            return nn.functional.batch_norm(x, self.running_mean, self.running_var, training=False, eps=self.eps)
+        return super().forward(x)
+
+
+class HybridAWBNet(ChromaAWBNet):
+    """``"chroma"``'s CNN with the hand-crafted colour-constancy features of
+    :func:`isplab.models.awb_features.colour_constancy_features` (computed from the full zone grid
+    and lux inside the network) fed to its head next to the pooled conv features and lux.
+
+    The features are standardised inside the network by :class:`FeatureNorm` (batch norm without
+    an affine part: in eval mode and in the exported TFLite file a fixed per-feature scale and
+    offset from running statistics over the training batches), which is what the feature MLP's
+    standardisation does with the training set's statistics. A LayerNorm over each image's 40
+    features was not used: 34 of them are log-chroma estimates that a change of illuminant shifts
+    together, and the LayerNorm's centring (subtracting the image's mean feature) alone takes 85 %
+    of such a shift out of each of them (``tests/models/test_awb_hybrid.py``), removing much of
+    the signal the features carry. Only the batch norm was trained and measured
+    (``benchmarks/awb_rpi.py``'s docstring).
+
+    Args:
+        size: zone grid ``(H, W)``.
+        temperature_range: ``(low, high)`` kelvin the prediction is bounded to.
+        width: channels of the first conv block (the second has twice as many).
+        hidden: size of the head's hidden layer.
+        dropout: dropout before the output layer.
+    """
+
+    def __init__(
+        self,
+        size: tuple[int, int],
+        temperature_range: tuple[float, float],
+        width: int = 24,
+        hidden: int = 64,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__(size, temperature_range, width=width, hidden=hidden, dropout=dropout)
+        self.feature_norm = FeatureNorm(len(FEATURE_NAMES))
+        self.head = nn.Sequential(
+            nn.Linear(4 * width + 1 + len(FEATURE_NAMES), hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 1)
+        )
+
+    def head_input(self, image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
+        """``(B, 4 width + 1 + 40)``: ``"chroma"``'s head input, then the normalised features."""
+        features = self.feature_norm(colour_constancy_features(image, lux))
+        return torch.cat([super().head_input(image, lux), features], dim=1)
 
 
 class AWBEnsemble(nn.Module):
@@ -495,12 +563,12 @@ def build_awb_net(
     """Build an AWB network by architecture name (see the module docstring for the contract).
 
     Args:
-        arch: ``"reference"``, ``"chroma"``, ``"histogram"`` or ``"small"``.
+        arch: ``"reference"``, ``"chroma"``, ``"histogram"``, ``"small"`` or ``"hybrid"``.
         size: zone grid ``(H, W)`` of the statistics the network takes.
         temperature_range: ``(low, high)`` kelvin of its predictions.
         ensemble: number of independently initialised members averaged (1: a single model).
         **options: the architecture's keyword arguments (reference: ``filters``, ``dropout``,
-            ``classes``; chroma and small: ``width``, ``hidden``, ``dropout``; histogram: ``bins``,
+            ``classes``; chroma, small and hybrid: ``width``, ``hidden``, ``dropout``; histogram: ``bins``,
             ``extent``, ``width``, ``hidden``, ``dropout``).
 
     Returns:
@@ -524,6 +592,7 @@ def build_awb_net(
         options["filters"] = tuple(options["filters"])
     cls = {
         "reference": ReferenceAWBNet, "chroma": ChromaAWBNet, "histogram": HistogramAWBNet, "small": SmallAWBNet,
+        "hybrid": HybridAWBNet,
     }[arch]
     try:
         members = [cls(size, (low, high), **options) for _ in range(ensemble)]

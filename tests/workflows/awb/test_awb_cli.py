@@ -125,6 +125,16 @@ def test_train_overwrite_resume_and_run_folder(awb, work):
     assert torch.load(work / "m-run" / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0
 
 
+def test_train_the_hybrid_arch(awb, work):
+    fast = ["--epochs", "1", "--ensemble", "2", "--arch", "hybrid", "--device", "cpu", "--no-progress"]
+    assert awb("train", "ds", "m.pt", "-t", "vc4", *fast, cwd=work).code == 0
+    model = load_awb_model(work / "m.pt")
+    assert model.awb_config["arch"] == "hybrid" and model.awb_config["ensemble"] == 2
+    for member in model.members:  # the feature normalisation's running statistics were learned and saved
+        assert int(member.feature_norm.num_batches_tracked) >= 1
+        assert float(member.feature_norm.running_mean.abs().max()) > 0
+
+
 def test_train_option_errors_are_one_line(awb, work):
     cases = [
         (["--resume"], "cannot resume: checkpoint m-run/checkpoints/last.ckpt does not exist"),

@@ -113,3 +113,38 @@ def test_flip_average_and_calibration_travel_inside_the_tflite(tmp_path):
     # The saved model exports the same file's numbers.
     save_awb_model(model, tmp_path / "tta.pt")
     np.testing.assert_allclose(predict(tmp_path / "tta.pt", images, lux), predict(model, images, lux), rtol=1e-6)
+
+
+def test_hybrid_export_runs_in_litert_and_matches_pytorch(tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from isplab.models.awb_features import colour_constancy_features
+
+    torch.manual_seed(0)
+    model = build_awb_model("vc4", "hybrid", width=4, hidden=8)
+    images, lux = _statistics(16, seed=2)
+    model.eval()
+    # The feature normalisation's statistics as training leaves them: the features' mean and variance.
+    features = colour_constancy_features(torch.from_numpy(images), torch.from_numpy(lux))
+    model.feature_norm.running_mean.copy_(features.mean(dim=0))
+    model.feature_norm.running_var.copy_(features.var(dim=0))
+    result = export_awb(model, "vc4", tmp_path / "hybrid.tflite", random_checks=20)
+    assert result.max_mired_difference < 1.0
+    interpreter = Interpreter(model_path=str(tmp_path / "hybrid.tflite"))
+    interpreter.allocate_tensors()
+    inputs = {tuple(d["shape"]): d["index"] for d in interpreter.get_input_details()}
+    output = interpreter.get_output_details()[0]["index"]
+    tflite = []
+    for image, value in zip(images, lux):
+        interpreter.set_tensor(inputs[(1, 12, 16, 3)], image[None])
+        interpreter.set_tensor(inputs[(1,)], np.array([value], np.float32))
+        interpreter.invoke()
+        tflite.append(float(interpreter.get_tensor(output)[0]))
+    with torch.no_grad():
+        torch_kelvin = model(torch.from_numpy(images), torch.from_numpy(lux)).double().numpy()
+    assert np.abs(1e6 / np.array(tflite) - 1e6 / torch_kelvin).max() < 0.5
+    # The normalisation's running statistics are inside the file: the model without them differs.
+    model.feature_norm.reset_running_stats()
+    with torch.no_grad():
+        reset = model(torch.from_numpy(images), torch.from_numpy(lux)).double().numpy()
+    assert np.abs(1e6 / np.array(tflite) - 1e6 / reset).max() > 1.0

@@ -95,6 +95,10 @@ def test_every_searched_reference_width_builds_for_its_target(target):
 def test_search_space_refuses_bad_settings():
     with pytest.raises(IsplabError, match="bad search archs"):
         SearchSpace(archs=("chroma", "resnet"))
+    # The hybrid is an arch but not searched (its graph is not what the size estimate assumes).
+    assert SearchSpace().archs == ("reference", "chroma", "histogram", "small")
+    with pytest.raises(IsplabError, match="bad search archs hybrid: expected some of reference, chroma, histogram, small"):
+        SearchSpace(archs=("hybrid",))
     with pytest.raises(IsplabError, match="bad search epochs"):
         SearchSpace(epochs=(5, 2))
 

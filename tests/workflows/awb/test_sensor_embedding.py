@@ -97,6 +97,25 @@ def test_selected_sensor_gives_the_two_input_contract_and_unknown_sensors_are_on
         with_sensor_embedding(build_awb_model("vc4", "small"), ["a", "a"])
 
 
+def test_the_sensor_embedding_wraps_the_hybrid_its_gains_reaching_the_features():
+    torch.manual_seed(0)
+    net = build_awb_model("vc4", "hybrid", width=4, hidden=8).eval()
+    joint = with_sensor_embedding(net, ["a", "b"]).eval()
+    with torch.no_grad():
+        joint.log_gain[1] = torch.log(torch.tensor([1.2, 1.0, 0.9]))
+        joint.log_scale[1] = 0.1
+        joint.offset[1] = 0.2
+    rng = np.random.default_rng(0)
+    image = torch.from_numpy(rng.uniform(0.02, 0.8, (3, 12, 16, 3)).astype(np.float32))
+    lux = torch.tensor([10.0, 100.0, 1000.0])
+    with torch.no_grad():
+        tinted = 1e6 / net(image * torch.tensor([1.2, 1.0, 0.9]), lux)
+        expected = 1e6 / (np.exp(0.1) * tinted + 50.0 * 0.2)
+        torch.testing.assert_close(joint(image, lux, torch.tensor([1, 1, 1])), expected, rtol=1e-5, atol=1e-2)
+        torch.testing.assert_close(select_sensor(joint, "b")(image, lux), expected, rtol=1e-5, atol=1e-2)
+        torch.testing.assert_close(joint(image, lux, torch.tensor([0, 0, 0])), net(image, lux))
+
+
 def test_save_and_load_keep_the_sensors_and_the_vectors(tmp_path):
     _, joint = _joint(("imx219", "imx708"))
     with torch.no_grad():

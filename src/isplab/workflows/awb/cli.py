@@ -55,7 +55,7 @@ _TRAINING_OPTIONS: dict[str, tuple[Any, Any]] = {
     "batch_size": (Annotated[int, typer.Option("--batch-size", help="Images per step.")], _DEFAULTS.batch_size),
     "lr": (Annotated[float, typer.Option("--lr", help="Adam learning rate.")], _DEFAULTS.lr),
     "arch": (
-        Annotated[str, typer.Option("--arch", help="Network: chroma (isplab's), reference (Raspberry Pi's), histogram or small.")],
+        Annotated[str, typer.Option("--arch", help="Network: chroma (isplab's), reference (Raspberry Pi's), histogram, small, or hybrid (chroma plus colour-constancy features).")],
         _DEFAULTS.arch,
     ),
     "ensemble": (Annotated[int, typer.Option("--ensemble", help="Members averaged in one model.")], _DEFAULTS.ensemble),
@@ -505,7 +505,7 @@ def search_command(
     device: Device = "auto",
     timeout: float | None = typer.Option(None, "--timeout", help="After this many seconds start no trial and stop running ones at their next fold (failed; --resume redoes them) (default: none)."),
     seed: Seed = 0,
-    arch: list[str] = typer.Option([], "--arch", help="Architectures searched (repeatable; default: all, reference chroma histogram small)."),
+    arch: list[str] = typer.Option([], "--arch", help="Architectures searched (repeatable; default: all of reference chroma histogram small; hybrid is not searched)."),
     min_epochs: int = typer.Option(30, "--min-epochs", help="Smallest maximum-epochs tried."),
     max_epochs: int = typer.Option(200, "--max-epochs", help="Largest maximum-epochs tried."),
     max_ensemble: int = typer.Option(5, "--max-ensemble", help="Ensembles of 1..this many members are tried."),
@@ -518,11 +518,10 @@ def search_command(
 
     Bad trials are pruned after a fold; re-lighting is searched when --tuning-dir is given. Writes
     the Pareto front of CV error vs size and best_config.json for `isplab awb train --config`."""
-    from isplab.models.awb import ARCHS
     from isplab.workflows.awb.config import config_json
-    from isplab.workflows.awb.search import SMALL_BYTES, SearchSpace, search
+    from isplab.workflows.awb.search import SEARCH_ARCHS, SMALL_BYTES, SearchSpace, search
 
-    space = SearchSpace(archs=tuple(arch) or ARCHS, epochs=(min_epochs, max_epochs), max_ensemble=max_ensemble,
+    space = SearchSpace(archs=tuple(arch) or SEARCH_ARCHS, epochs=(min_epochs, max_epochs), max_ensemble=max_ensemble,
                         relight=tuning_dir is not None)
     base = TrainConfig(seed=seed, tuning_dir=str(tuning_dir) if tuning_dir else None)
     try:
