@@ -29,6 +29,10 @@ Architectures (``arch``):
   inside the network, standardised by a batch norm's running statistics (:class:`FeatureNorm`)
   and fed to the head next to the pooled conv features and lux: one model and one TFLite file
   instead of a blend of the CNN with an MLP on the features.
+* ``"blend"``: that blend in one model (:class:`BlendAWBNet`): ``ensemble`` ``"chroma"`` CNNs and
+  as many MLPs on the normalised colour-constancy features (computed once), each member trained on
+  its own loss, the prediction the mean of all members' mireds (equal weight on the CNNs and the
+  MLPs). Always an ensemble, even with ``ensemble=1`` (one CNN, one MLP).
 
 ``ensemble=N`` (any arch) builds :class:`AWBEnsemble`: N independently initialised members whose
 mireds are averaged, still one module and one TFLite file.
@@ -50,7 +54,7 @@ from isplab.errors import IsplabError
 from isplab.models.awb_features import FEATURE_NAMES, colour_constancy_features
 from isplab.models.checkpoint import load_model, save_model
 
-ARCHS = ("reference", "chroma", "histogram", "small", "hybrid")
+ARCHS = ("reference", "chroma", "histogram", "small", "hybrid", "blend")
 
 
 def reference_features(image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
@@ -388,6 +392,61 @@ class AWBEnsemble(nn.Module):
         return 1e6 / self.member_mireds(image, lux).mean(dim=0)
 
 
+class BlendAWBNet(AWBEnsemble):
+    """``ensemble`` ``"chroma"`` CNNs and as many MLPs on the colour-constancy features, averaged
+    in mireds: the out-of-fold blend that ``benchmarks/awb_rpi.py --features`` measured, as one
+    module (and one TFLite file).
+
+    The 40 features of :func:`isplab.models.awb_features.colour_constancy_features` are computed
+    once per image, standardised by one :class:`FeatureNorm`, and fed to each MLP (two hidden ReLU
+    layers of ``feature_hidden`` units, output bounded to the temperature range as in ``"chroma"``).
+    :meth:`member_mireds` gives the CNNs' rows first, then the MLPs': training gives each its own
+    loss. With ``ensemble`` members of each kind the mean weighs the two kinds equally.
+
+    Args:
+        size: zone grid ``(H, W)``.
+        temperature_range: ``(low, high)`` kelvin of the predictions.
+        ensemble: CNNs, and MLPs, in the model (at least one of each).
+        width, hidden, dropout: the CNNs' options (:class:`ChromaAWBNet`).
+        feature_hidden: units of each of the MLPs' two hidden layers.
+    """
+
+    def __init__(
+        self,
+        size: tuple[int, int],
+        temperature_range: tuple[float, float],
+        ensemble: int = 3,
+        width: int = 24,
+        hidden: int = 64,
+        dropout: float = 0.1,
+        feature_hidden: int = 64,
+    ) -> None:
+        super().__init__([ChromaAWBNet(size, temperature_range, width=width, hidden=hidden, dropout=dropout)
+                          for _ in range(ensemble)])
+        self.size = tuple(size)
+        low, high = (1e6 / t for t in reversed(temperature_range))
+        self.mired_low, self.mired_span = low, high - low
+        self.feature_norm = FeatureNorm(len(FEATURE_NAMES))
+        self.feature_heads = nn.ModuleList(
+            nn.Sequential(
+                nn.Linear(len(FEATURE_NAMES), feature_hidden), nn.ReLU(), nn.Linear(feature_hidden, feature_hidden),
+                nn.ReLU(), nn.Linear(feature_hidden, 1),
+            )
+            for _ in range(ensemble)
+        )
+
+    def feature_mireds(self, image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
+        """``(M, B)`` mireds of the feature MLPs."""
+        _check_input(image, lux, self.size)
+        features = self.feature_norm(colour_constancy_features(image, lux))
+        logits = torch.stack([head(features)[:, 0] for head in self.feature_heads])
+        return self.mired_low + self.mired_span * torch.sigmoid(logits)
+
+    def member_mireds(self, image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
+        """``(2 M, B)``: the CNNs' mireds, then the feature MLPs'."""
+        return torch.cat([super().member_mireds(image, lux), self.feature_mireds(image, lux)])
+
+
 class CalibratedAWB(nn.Module):
     """Test-time augmentation and calibration around an AWB network, in one module (and so in one
     exported TFLite file).
@@ -563,13 +622,14 @@ def build_awb_net(
     """Build an AWB network by architecture name (see the module docstring for the contract).
 
     Args:
-        arch: ``"reference"``, ``"chroma"``, ``"histogram"``, ``"small"`` or ``"hybrid"``.
+        arch: ``"reference"``, ``"chroma"``, ``"histogram"``, ``"small"``, ``"hybrid"`` or ``"blend"``.
         size: zone grid ``(H, W)`` of the statistics the network takes.
         temperature_range: ``(low, high)`` kelvin of its predictions.
-        ensemble: number of independently initialised members averaged (1: a single model).
+        ensemble: number of independently initialised members averaged (1: a single model);
+            ``"blend"``: CNNs, and as many feature MLPs.
         **options: the architecture's keyword arguments (reference: ``filters``, ``dropout``,
             ``classes``; chroma, small and hybrid: ``width``, ``hidden``, ``dropout``; histogram: ``bins``,
-            ``extent``, ``width``, ``hidden``, ``dropout``).
+            ``extent``, ``width``, ``hidden``, ``dropout``; blend: chroma's and ``feature_hidden``).
 
     Returns:
         The network, with ``awb_config`` (``arch``, ``size``, ``temperature_range``, ``ensemble``,
@@ -590,6 +650,15 @@ def build_awb_net(
         raise IsplabError(f"ensemble must be >= 1, got {ensemble}")
     if "filters" in options:
         options["filters"] = tuple(options["filters"])
+    if arch == "blend":
+        try:
+            model = BlendAWBNet(size, (low, high), ensemble=ensemble, **options)
+        except TypeError as e:
+            raise IsplabError(f"bad options {options} for AWB arch 'blend': {e}") from None
+        model.awb_config = {
+            "arch": arch, "size": size, "temperature_range": (low, high), "ensemble": ensemble, "options": dict(options),
+        }
+        return model
     cls = {
         "reference": ReferenceAWBNet, "chroma": ChromaAWBNet, "histogram": HistogramAWBNet, "small": SmallAWBNet,
         "hybrid": HybridAWBNet,

@@ -135,6 +135,14 @@ def test_train_the_hybrid_arch(awb, work):
         assert float(member.feature_norm.running_mean.abs().max()) > 0
 
 
+def test_train_the_blend_arch(awb, work):
+    fast = ["--epochs", "1", "--ensemble", "2", "--arch", "blend", "--device", "cpu", "--no-progress"]
+    assert awb("train", "ds", "m.pt", "-t", "vc4", *fast, cwd=work).code == 0
+    model = load_awb_model(work / "m.pt")
+    assert model.awb_config["arch"] == "blend" and len(model.members) == len(model.feature_heads) == 2
+    assert int(model.feature_norm.num_batches_tracked) >= 1 and float(model.feature_norm.running_mean.abs().max()) > 0
+
+
 def test_train_option_errors_are_one_line(awb, work):
     cases = [
         (["--resume"], "cannot resume: checkpoint m-run/checkpoints/last.ckpt does not exist"),

@@ -148,3 +148,24 @@ def test_hybrid_export_runs_in_litert_and_matches_pytorch(tmp_path):
     with torch.no_grad():
         reset = model(torch.from_numpy(images), torch.from_numpy(lux)).double().numpy()
     assert np.abs(1e6 / np.array(tflite) - 1e6 / reset).max() > 1.0
+
+
+def test_blend_export_runs_in_litert_and_matches_pytorch(tmp_path):
+    from isplab.models.awb_features import colour_constancy_features
+
+    torch.manual_seed(0)
+    model = build_awb_model("vc4", "blend", ensemble=2, width=4, hidden=8, feature_hidden=8)
+    images, lux = _statistics(16, seed=3)
+    model.eval()
+    features = colour_constancy_features(torch.from_numpy(images), torch.from_numpy(lux))
+    model.feature_norm.running_mean.copy_(features.mean(dim=0))
+    model.feature_norm.running_var.copy_(features.var(dim=0))
+    result = export_awb(model, "vc4", tmp_path / "blend.tflite", random_checks=20)
+    assert result.max_mired_difference < 1.0
+    tflite = predict(tmp_path / "blend.tflite", images, lux)
+    with torch.no_grad():
+        rows = model.member_mireds(torch.from_numpy(images), torch.from_numpy(lux)).double().numpy()
+    assert np.abs(1e6 / tflite - rows.mean(axis=0)).max() < 0.5
+    # Both kinds are in the file: neither the CNNs' mean nor the MLPs' mean alone is what it gives.
+    assert np.abs(1e6 / tflite - rows[:2].mean(axis=0)).max() > 1.0
+    assert np.abs(1e6 / tflite - rows[2:].mean(axis=0)).max() > 1.0

@@ -99,6 +99,8 @@ def test_search_space_refuses_bad_settings():
     assert SearchSpace().archs == ("reference", "chroma", "histogram", "small")
     with pytest.raises(IsplabError, match="bad search archs hybrid: expected some of reference, chroma, histogram, small"):
         SearchSpace(archs=("hybrid",))
+    with pytest.raises(IsplabError, match="bad search archs blend: expected"):
+        SearchSpace(archs=("blend",))
     with pytest.raises(IsplabError, match="bad search epochs"):
         SearchSpace(epochs=(5, 2))
 

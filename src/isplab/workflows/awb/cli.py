@@ -55,7 +55,7 @@ _TRAINING_OPTIONS: dict[str, tuple[Any, Any]] = {
     "batch_size": (Annotated[int, typer.Option("--batch-size", help="Images per step.")], _DEFAULTS.batch_size),
     "lr": (Annotated[float, typer.Option("--lr", help="Adam learning rate.")], _DEFAULTS.lr),
     "arch": (
-        Annotated[str, typer.Option("--arch", help="Network: chroma (isplab's), reference (Raspberry Pi's), histogram, small, or hybrid (chroma plus colour-constancy features).")],
+        Annotated[str, typer.Option("--arch", help="Network: chroma (isplab's), reference (Raspberry Pi's), histogram, small, hybrid (chroma plus colour-constancy features) or blend (chroma CNNs averaged with MLPs on those features).")],
         _DEFAULTS.arch,
     ),
     "ensemble": (Annotated[int, typer.Option("--ensemble", help="Members averaged in one model.")], _DEFAULTS.ensemble),
@@ -505,7 +505,7 @@ def search_command(
     device: Device = "auto",
     timeout: float | None = typer.Option(None, "--timeout", help="After this many seconds start no trial and stop running ones at their next fold (failed; --resume redoes them) (default: none)."),
     seed: Seed = 0,
-    arch: list[str] = typer.Option([], "--arch", help="Architectures searched (repeatable; default: all of reference chroma histogram small; hybrid is not searched)."),
+    arch: list[str] = typer.Option([], "--arch", help="Architectures searched (repeatable; default: all of reference chroma histogram small; hybrid and blend are not searched)."),
     min_epochs: int = typer.Option(30, "--min-epochs", help="Smallest maximum-epochs tried."),
     max_epochs: int = typer.Option(200, "--max-epochs", help="Largest maximum-epochs tried."),
     max_ensemble: int = typer.Option(5, "--max-ensemble", help="Ensembles of 1..this many members are tried."),

@@ -27,7 +27,7 @@ def build_awb_model(target: str, arch: str = "reference", *, ensemble: int = 1, 
     Args:
         target: ``"pisp"`` (32x32 zones) or ``"vc4"`` (16 wide x 12 high).
         arch: ``"reference"`` (Raspberry Pi's network, with its per-target conv widths),
-            ``"chroma"``, ``"histogram"``, ``"small"`` or ``"hybrid"``.
+            ``"chroma"``, ``"histogram"``, ``"small"``, ``"hybrid"`` or ``"blend"``.
         ensemble: members averaged in one model.
         **options: the architecture's keyword arguments.
 

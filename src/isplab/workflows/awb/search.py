@@ -76,10 +76,11 @@ SMALL_BYTES = 50 * 1024
 GRAPH_BYTES_PER_MEMBER = 13.5 * 1024
 STUDY_NAME = "awb"
 
-#: Architectures a search may try (its default): :data:`isplab.models.awb.ARCHS` but ``"hybrid"``,
-#: whose exported graph (the features' bisections) is not what :data:`GRAPH_BYTES_PER_MEMBER` and
-#: so :func:`tflite_size_estimate` assume (``benchmarks/awb_rpi.py``'s docstring has its real size).
-SEARCH_ARCHS = tuple(arch for arch in ARCHS if arch != "hybrid")
+#: Architectures a search may try (its default): :data:`isplab.models.awb.ARCHS` but ``"hybrid"``
+#: and ``"blend"``, whose exported graphs (the features' bisections) are not what
+#: :data:`GRAPH_BYTES_PER_MEMBER` and so :func:`tflite_size_estimate` assume
+#: (``benchmarks/awb_rpi.py``'s docstring has their real sizes).
+SEARCH_ARCHS = tuple(arch for arch in ARCHS if arch not in ("hybrid", "blend"))
 
 #: Conv widths searched for the reference network ("valid" convs: VC4's 12x16 grid fits only two).
 REFERENCE_FILTERS = {
