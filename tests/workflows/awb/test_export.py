@@ -115,19 +115,23 @@ def test_flip_average_and_calibration_travel_inside_the_tflite(tmp_path):
     np.testing.assert_allclose(predict(tmp_path / "tta.pt", images, lux), predict(model, images, lux), rtol=1e-6)
 
 
+def _trained_feature_norm(model: torch.nn.Module, images: np.ndarray, lux: np.ndarray) -> None:
+    """Eval mode, with the feature normalisation's statistics as training leaves them: the features' mean and variance."""
+    from isplab.models.awb_features import colour_constancy_features
+
+    model.eval()
+    features = colour_constancy_features(torch.from_numpy(images), torch.from_numpy(lux))
+    model.feature_norm.running_mean.copy_(features.mean(dim=0))
+    model.feature_norm.running_var.copy_(features.var(dim=0))
+
+
 def test_hybrid_export_runs_in_litert_and_matches_pytorch(tmp_path):
     from ai_edge_litert.interpreter import Interpreter
-
-    from isplab.models.awb_features import colour_constancy_features
 
     torch.manual_seed(0)
     model = build_awb_model("vc4", "hybrid", width=4, hidden=8)
     images, lux = _statistics(16, seed=2)
-    model.eval()
-    # The feature normalisation's statistics as training leaves them: the features' mean and variance.
-    features = colour_constancy_features(torch.from_numpy(images), torch.from_numpy(lux))
-    model.feature_norm.running_mean.copy_(features.mean(dim=0))
-    model.feature_norm.running_var.copy_(features.var(dim=0))
+    _trained_feature_norm(model, images, lux)
     result = export_awb(model, "vc4", tmp_path / "hybrid.tflite", random_checks=20)
     assert result.max_mired_difference < 1.0
     interpreter = Interpreter(model_path=str(tmp_path / "hybrid.tflite"))
@@ -151,15 +155,10 @@ def test_hybrid_export_runs_in_litert_and_matches_pytorch(tmp_path):
 
 
 def test_blend_export_runs_in_litert_and_matches_pytorch(tmp_path):
-    from isplab.models.awb_features import colour_constancy_features
-
     torch.manual_seed(0)
     model = build_awb_model("vc4", "blend", ensemble=2, width=4, hidden=8, feature_hidden=8)
     images, lux = _statistics(16, seed=3)
-    model.eval()
-    features = colour_constancy_features(torch.from_numpy(images), torch.from_numpy(lux))
-    model.feature_norm.running_mean.copy_(features.mean(dim=0))
-    model.feature_norm.running_var.copy_(features.var(dim=0))
+    _trained_feature_norm(model, images, lux)
     result = export_awb(model, "vc4", tmp_path / "blend.tflite", random_checks=20)
     assert result.max_mired_difference < 1.0
     tflite = predict(tmp_path / "blend.tflite", images, lux)
