@@ -403,6 +403,14 @@ class BlendAWBNet(AWBEnsemble):
     :meth:`member_mireds` gives the CNNs' rows first, then the MLPs': training gives each its own
     loss. With ``ensemble`` members of each kind the mean weighs the two kinds equally.
 
+    Training weighs the MLPs' losses by :attr:`FEATURE_LOSS_WEIGHT` (:meth:`member_loss_weights`).
+    The two kinds share no parameter and Adam's steps do not depend on the scale of a parameter's
+    gradient, so each member learns as it would with weight 1, while the loss that the learning-rate
+    schedule and early stopping watch is the CNNs': the MLPs' larger training loss would otherwise
+    halve the rate for the CNNs too early. The MLPs are initialised from a fork of the random
+    state, so the CNNs start and train (dropout) exactly as a ``"chroma"`` ensemble of the same
+    seed (``tests/models/test_awb_blend.py``).
+
     Args:
         size: zone grid ``(H, W)``.
         temperature_range: ``(low, high)`` kelvin of the predictions.
@@ -427,13 +435,21 @@ class BlendAWBNet(AWBEnsemble):
         low, high = (1e6 / t for t in reversed(temperature_range))
         self.mired_low, self.mired_span = low, high - low
         self.feature_norm = FeatureNorm(len(FEATURE_NAMES))
-        self.feature_heads = nn.ModuleList(
-            nn.Sequential(
-                nn.Linear(len(FEATURE_NAMES), feature_hidden), nn.ReLU(), nn.Linear(feature_hidden, feature_hidden),
-                nn.ReLU(), nn.Linear(feature_hidden, 1),
+        with torch.random.fork_rng(devices=[]):
+            self.feature_heads = nn.ModuleList(
+                nn.Sequential(
+                    nn.Linear(len(FEATURE_NAMES), feature_hidden), nn.ReLU(),
+                    nn.Linear(feature_hidden, feature_hidden), nn.ReLU(), nn.Linear(feature_hidden, 1),
+                )
+                for _ in range(ensemble)
             )
-            for _ in range(ensemble)
-        )
+
+    #: Weight of each feature MLP's loss against a CNN's 1 (see the class docstring).
+    FEATURE_LOSS_WEIGHT = 1e-3
+
+    def member_loss_weights(self) -> torch.Tensor:
+        """``(2 M,)`` training-loss weights of the rows of :meth:`member_mireds`."""
+        return torch.tensor([1.0] * len(self.members) + [self.FEATURE_LOSS_WEIGHT] * len(self.feature_heads))
 
     def feature_mireds(self, image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
         """``(M, B)`` mireds of the feature MLPs."""
@@ -609,6 +625,14 @@ def member_mireds(model: nn.Module, image: torch.Tensor, lux: torch.Tensor, sens
     if isinstance(model, AWBEnsemble):
         return model.member_mireds(image, lux)
     return (1e6 / model(image, lux))[None]
+
+
+def member_loss_weights(model: nn.Module) -> torch.Tensor | None:
+    """``(M,)`` training-loss weights of the rows of :func:`member_mireds` (through a
+    :class:`CalibratedAWB` or :class:`SensorAWB` wrapper), or ``None``: all equal."""
+    while isinstance(model, (CalibratedAWB, SensorAWB)):
+        model = model.net
+    return model.member_loss_weights() if isinstance(model, BlendAWBNet) else None
 
 
 def build_awb_net(

@@ -293,3 +293,46 @@ def test_ddp_two_cpu_processes_split_the_images_and_stay_in_sync(tmp_path):
     np.testing.assert_allclose(ranks[0]["params"], ranks[1]["params"], rtol=0, atol=1e-7)
     final = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert final["global_step"] == 2  # each rank took 2 steps: the epoch was split, not repeated
+
+
+def test_the_blend_s_cnns_train_as_a_chroma_ensemble_would_and_its_mlps_learn():
+    train, test = _synthetic(64, seed=2), _synthetic(32, seed=3)
+    config = TrainConfig(arch="chroma", ensemble=2, epochs=4, batch_size=16, lr=5e-3, patience=None,
+                         arch_options={"width": 4, "hidden": 8}, device="cpu")
+    chroma = train_model(train, config, progress=False)
+    blend = train_model(train, TrainConfig(**{**config.__dict__, "arch": "blend"}), progress=False)
+    # Same initialisation, augmentation and dropout, and (Adam) the same steps: the MLPs' down-weighted
+    # losses neither change the CNNs' updates nor the schedule.
+    for alone, inside in zip(chroma.members, blend.members, strict=True):
+        for (name, a), b in zip(alone.state_dict().items(), inside.state_dict().values(), strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
+    # The MLPs learned: their mean error falls well below that of an untrained blend's MLPs.
+    untrained = build_awb_model("vc4", "blend", ensemble=2, width=4, hidden=8).eval()
+    images, lux = torch.from_numpy(test.images), torch.from_numpy(test.lux)
+    truth = 1e6 / torch.from_numpy(test.true_temp).double()
+    with torch.no_grad():
+        before = (untrained.member_mireds(images, lux)[2:].double() - truth).abs().mean()
+        after = (blend.member_mireds(images, lux)[2:].double() - truth).abs().mean()
+    assert after < 0.6 * before, (before, after)
+
+
+def test_the_training_loss_weighs_the_blend_s_feature_mlps_down():
+    from isplab.models.awb import BlendAWBNet, calibrated, member_loss_weights, with_sensor_embedding
+    from isplab.workflows.awb.train import AWBModule
+
+    data = _synthetic(8, seed=4)
+    model = build_awb_model("vc4", "blend", ensemble=2, width=4, hidden=8).eval()
+    weights = torch.tensor([1.0, 1.0, BlendAWBNet.FEATURE_LOSS_WEIGHT, BlendAWBNet.FEATURE_LOSS_WEIGHT])
+    assert BlendAWBNet.FEATURE_LOSS_WEIGHT == 1e-3
+    for wrapped in (model, calibrated(model), with_sensor_embedding(model, ["imx708"])):
+        torch.testing.assert_close(member_loss_weights(wrapped), weights)
+    assert member_loss_weights(build_awb_model("vc4", "chroma", ensemble=2)) is None
+    images, lux = torch.from_numpy(data.images), torch.from_numpy(data.lux)
+    with torch.no_grad():
+        error = model.member_mireds(images, lux) - 1e6 / torch.from_numpy(data.true_temp)
+    for loss, per_member in (("mse", (error**2).mean(dim=1) / 1000), ("l1", error.abs().mean(dim=1))):
+        module = AWBModule(model, data, TrainConfig(arch="blend", loss=loss), None, "train_loss")
+        with torch.no_grad():
+            value = module._loss(torch.arange(8), augment=False)
+        torch.testing.assert_close(value, (weights * per_member).sum() / weights.sum(), rtol=1e-5, atol=1e-6)
+        assert abs(float(value) - float(per_member.mean())) > 1e-3  # not the plain mean

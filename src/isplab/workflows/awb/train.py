@@ -56,6 +56,7 @@ from isplab.models.awb import (
     base_net,
     calibrated,
     fit_calibration,
+    member_loss_weights,
     member_mireds,
     model_sensors,
     with_sensor_embedding,
@@ -273,9 +274,12 @@ class AWBModule(L.LightningModule):
         image, lux, mireds = self._batch(index, augment)
         sensor = self.data["sensor"][index] if "sensor" in self.data else None
         error = member_mireds(self.model, image, lux, sensor) - mireds  # (members, B)
-        if self.config.loss == "l1":
-            return error.abs().mean()
-        return (error**2).mean() / 1000.0
+        per_member = error.abs().mean(dim=1) if self.config.loss == "l1" else (error**2).mean(dim=1) / 1000.0
+        weights = member_loss_weights(self.model)
+        if weights is None:
+            return per_member.mean()
+        weights = weights.to(per_member)
+        return (weights * per_member).sum() / weights.sum()
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch, augment=True)
