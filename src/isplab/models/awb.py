@@ -408,8 +408,9 @@ class BlendAWBNet(AWBEnsemble):
     gradient, so each member learns as it would with weight 1, while the loss that the learning-rate
     schedule and early stopping watch is the CNNs': the MLPs' larger training loss would otherwise
     halve the rate for the CNNs too early. The MLPs are initialised from a fork of the random
-    state, so the CNNs start and train (dropout) exactly as a ``"chroma"`` ensemble of the same
-    seed (``tests/models/test_awb_blend.py``).
+    state, so the CNNs start, and draw their dropout, as a ``"chroma"`` ensemble of the same seed
+    does: four epochs of both give the same CNN weights to a relative 1e-4
+    (``tests/workflows/awb/test_train.py``).
 
     Args:
         size: zone grid ``(H, W)``.
