@@ -332,7 +332,7 @@ def test_every_option_shows_its_default(awb, tmp_path):
     # The training defaults the README states, and the same training options on all three commands.
     train = {p.name: p.default for p in group.commands["train"].params}
     assert {k: train[k] for k in ("epochs", "batch_size", "lr", "arch", "ensemble", "early_stopping")} == {
-        "epochs": 240, "batch_size": 64, "lr": 2e-3, "arch": "chroma", "ensemble": 3, "early_stopping": 30}
+        "epochs": 240, "batch_size": 64, "lr": 2e-3, "arch": "blend", "ensemble": 3, "early_stopping": 30}
     shared = {"epochs", "batch_size", "lr", "arch", "ensemble", "loss", "relight", "early_stopping", "tuning_dir",
               "seed", "device", "devices", "strategy", "num_nodes"}
     for name in ("train", "auto-train", "evaluate"):
