@@ -64,7 +64,7 @@ class TrainConfig:
     lr_patience: int = 10
     lr_factor: float = 0.5
     weight_decay: float = 0.0
-    arch: str = "blend"  # chroma -> blend: grouped CV mean -0.8 (vc4) and -1.0 (pisp) mireds (benchmarks/awb_rpi.py)
+    arch: str = "blend"  # chroma -> blend: grouped CV mean -0.8 (vc4) and -0.9 (pisp) mireds (benchmarks/awb_rpi.py)
     ensemble: int = 3
     arch_options: dict[str, Any] = field(default_factory=dict)
     loss: str = "mse"
