@@ -151,17 +151,22 @@ class _SyntheticBlur:
     (a blur of ``1 + 5 u0`` pixels, then a gain), on smooth random textures (``fit_pixels``
     reads samples through ``len`` and ``get``, as it reads a dataset's)."""
 
-    def __init__(self, count: int = 24, seed: int = 0) -> None:
-        from isplab.models.proxy import lab_gaussian_blur
+    contrast, detail = 0.8, 0.05  # the textures: smooth part's range, then added fine detail
 
+    def __init__(self, count: int = 24, seed: int = 0) -> None:
         g = torch.Generator().manual_seed(seed)
         self.items = []
         for _ in range(count):
-            x = torch.nn.functional.interpolate(torch.rand(1, 3, 12, 16, generator=g), size=(48, 64), mode="bilinear") * 0.8 + 0.1
-            x = x + 0.05 * torch.rand(1, 3, 48, 64, generator=g)
+            x = torch.nn.functional.interpolate(torch.rand(1, 3, 12, 16, generator=g), size=(48, 64), mode="bilinear")
+            x = x * self.contrast + 0.1 + self.detail * torch.rand(1, 3, 48, 64, generator=g)
             unit = torch.rand(2, generator=g)
-            y = (0.5 + unit[1]) * lab_gaussian_blur(x, 1.0 + 5.0 * unit[0])
-            self.items.append((x[0], y[0], unit))
+            self.items.append((x[0], self.truth(x, unit)[0], unit))
+
+    @staticmethod
+    def truth(x: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+        from isplab.models.proxy import lab_gaussian_blur
+
+        return (0.5 + unit[1]) * lab_gaussian_blur(x, 1.0 + 5.0 * unit[0])
 
     def __len__(self) -> int:
         return len(self.items)
@@ -476,17 +481,13 @@ class _SyntheticSharpen(_SyntheticBlur):
     ``y = lab_unsharp_mask(x, 0.5 + 3 u0, 2 u1, 1)`` (sigma, amount, threshold 1 L unit) on
     textures with detail."""
 
-    def __init__(self, count: int = 24, seed: int = 0) -> None:
+    contrast, detail = 0.6, 0.1
+
+    @staticmethod
+    def truth(x: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
         from isplab.models.proxy import lab_unsharp_mask
 
-        g = torch.Generator().manual_seed(seed)
-        self.items = []
-        for _ in range(count):
-            x = torch.nn.functional.interpolate(torch.rand(1, 3, 12, 16, generator=g), size=(48, 64), mode="bilinear") * 0.6 + 0.1
-            x = x + 0.1 * torch.rand(1, 3, 48, 64, generator=g)
-            unit = torch.rand(2, generator=g)
-            y = lab_unsharp_mask(x, 0.5 + 3.0 * unit[0], 2.0 * unit[1], 1.0)
-            self.items.append((x[0], y[0], unit))
+        return lab_unsharp_mask(x, 0.5 + 3.0 * unit[0], 2.0 * unit[1], 1.0)
 
 
 def test_fit_pixels_prefits_the_unsharp_head():
