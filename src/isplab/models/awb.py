@@ -348,22 +348,11 @@ class HybridAWBNet(ChromaAWBNet):
     the signal the features carry. Only the batch norm was trained and measured
     (``benchmarks/awb_rpi.py``'s docstring).
 
-    Args:
-        size: zone grid ``(H, W)``.
-        temperature_range: ``(low, high)`` kelvin the prediction is bounded to.
-        width: channels of the first conv block (the second has twice as many).
-        hidden: size of the head's hidden layer.
-        dropout: dropout before the output layer.
+    Takes :class:`ChromaAWBNet`'s arguments.
     """
 
-    def __init__(
-        self,
-        size: tuple[int, int],
-        temperature_range: tuple[float, float],
-        width: int = 24,
-        hidden: int = 64,
-        dropout: float = 0.1,
-    ) -> None:
+    def __init__(self, size: tuple[int, int], temperature_range: tuple[float, float], width: int = 24,
+                 hidden: int = 64, dropout: float = 0.1) -> None:
         super().__init__(size, temperature_range, width=width, hidden=hidden, dropout=dropout)
         self.feature_norm = FeatureNorm(len(FEATURE_NAMES))
         self.head = nn.Sequential(
