@@ -60,7 +60,7 @@ def test_repeat_weights_are_honoured():
     # Identical images labelled 3000 K and 6000 K: the squared-mired optimum is the weighted mean.
     data = _synthetic(8, temps=[3000] * 4 + [6000] * 4)
     data.images[:] = data.images[0]
-    config = TrainConfig(arch="chroma", epochs=60, batch_size=64, lr=3e-3, patience=None, **NO_AUGMENT)
+    config = TrainConfig(arch="chroma", loss="mse", epochs=60, batch_size=64, lr=3e-3, patience=None, **NO_AUGMENT)
     weights = np.array([9] * 4 + [1] * 4)
     predicted = {}
     for name, w in (("plain", None), ("weighted", weights)):

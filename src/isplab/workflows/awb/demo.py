@@ -69,6 +69,6 @@ def section(out: Path, report: Report, *, seed: int, device: str, captures: int 
     )
     report.add_image(cv_report.parent / "predicted_vs_true.png", caption="Held-out predictions vs truth")
     figure = plot_curves(folder / "train", ["train_loss"], x="epoch", logy=True,
-                         title="Final model: training loss (weighted mean squared mired error / 1000)")
+                         title="Final model: training loss (weighted mean mired error)")
     figure.savefig(folder / "train_curve.png", dpi=110)
     report.add_image(folder / "train_curve.png", caption="Training curve (logs/csv/version_0/metrics.csv)")
