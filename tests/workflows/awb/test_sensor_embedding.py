@@ -138,7 +138,7 @@ def test_save_and_load_keep_the_sensors_and_the_vectors(tmp_path):
 
 def test_joint_training_learns_what_tells_the_sensors_apart():
     train, test = _two_sensors(128, seed=0), _two_sensors(64, seed=1)
-    config = TrainConfig(arch="chroma", epochs=30, batch_size=32, lr=5e-3, patience=None, **NO_AUGMENT)
+    config = TrainConfig(arch="chroma", loss="mse", epochs=30, batch_size=32, lr=5e-3, patience=None, **NO_AUGMENT)
     shared = train_model(train, config, progress=False)
     joint = train_model(train, TrainConfig(**{**config.__dict__, "sensor_embedding": True}), progress=False)
     assert model_sensors(joint) == ["a", "b"]
