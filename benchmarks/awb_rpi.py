@@ -326,8 +326,8 @@ def search_results(study_dir: Path, data: Path, latency_runs: int, all_trials: b
     settings = study_settings(study_dir)
     target = settings["target"]
     trials = read_trials(study_dir)
-    finished = [t for t in trials if t["cv_mean"] is not None and t["size_bytes"] is not None]
-    front = {finished[i]["number"] for i in pareto_front([(t["cv_mean"], t["size_bytes"]) for t in finished])}
+    finished = [t for t in trials if t["cv_mean"] is not None and t["tflite_estimate"] is not None]
+    front = {finished[i]["number"] for i in pareto_front([(t["cv_mean"], t["tflite_estimate"]) for t in finished])}
     h, w = TARGET_SIZES[target]
     rng = np.random.default_rng(0)
     example = (rng.uniform(0.02, 0.9, (1, h, w, 3)).astype(np.float32), np.array([400.0], dtype=np.float32))

@@ -168,3 +168,9 @@ def test_blend_export_runs_in_litert_and_matches_pytorch(tmp_path):
     # Both kinds are in the file: neither the CNNs' mean nor the MLPs' mean alone is what it gives.
     assert np.abs(1e6 / tflite - rows[:2].mean(axis=0)).max() > 1.0
     assert np.abs(1e6 / tflite - rows[2:].mean(axis=0)).max() > 1.0
+    # The search's size estimate (weights, a graph per CNN, the features' graph) is within 3 KB.
+    from isplab.workflows.awb.search import tflite_size_estimate
+
+    parameters = sum(p.numel() for p in model.parameters())
+    assert abs(result.size_bytes - tflite_size_estimate(parameters, 2, "blend")) < 3 * 1024
+    assert result.size_bytes - tflite_size_estimate(parameters, 2, "chroma") > 100 * 1024

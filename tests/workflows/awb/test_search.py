@@ -17,7 +17,10 @@ from isplab.io import write_image
 from isplab.workflows.awb.config import TrainConfig, load_train_config
 from isplab.workflows.awb.dataset import load_dataset
 from isplab.workflows.awb.evaluate import cross_validate
+from isplab.workflows.awb.model import build_awb_model
 from isplab.workflows.awb.search import (
+    FEATURE_GRAPH_BYTES,
+    GRAPH_BYTES_PER_MEMBER,
     REFERENCE_FILTERS,
     SEARCH_FILES,
     SearchSpace,
@@ -26,6 +29,7 @@ from isplab.workflows.awb.search import (
     read_trials,
     search,
     suggest_config,
+    tflite_size_estimate,
 )
 
 optuna = pytest.importorskip("optuna")
@@ -80,6 +84,24 @@ def test_search_space_includes_the_small_arch_and_maps_parameters():
     assert parameter_count("vc4", config) == 2882
 
 
+def test_search_space_maps_the_blend_and_estimates_its_features_graph():
+    """A blend trial sets the CNNs' width and hidden units and the feature MLPs' units; its TFLite
+    estimate adds the features' graph to the per-member one."""
+    params = {
+        "arch": "blend", "blend_width": 8, "blend_hidden": 16, "blend_feature_hidden": 32, "epochs": 60,
+        "patience_fraction": 0.5, "ensemble": 2, "loss": "l1", "noise": 0.0, "lux_noise": 0.0, "flip": True,
+        "zoom": 0.0, "lr": 1e-3, "batch_size": 64,
+    }
+    config = suggest_config(optuna.trial.FixedTrial(params), "vc4", SearchSpace(archs=("blend",)), TrainConfig(seed=3))
+    assert (config.arch, config.arch_options, config.ensemble) == ("blend", {"width": 8, "hidden": 16, "feature_hidden": 32}, 2)
+    model = build_awb_model("vc4", "blend", ensemble=2, width=8, hidden=16, feature_hidden=32)
+    assert parameter_count("vc4", config) == sum(p.numel() for p in model.parameters())
+    assert len(model.feature_heads) == 2 and model.feature_heads[0][0].out_features == 32
+    n = parameter_count("vc4", config)
+    assert tflite_size_estimate(n, 2, "blend") == round(4 * n + 2 * GRAPH_BYTES_PER_MEMBER + FEATURE_GRAPH_BYTES)
+    assert tflite_size_estimate(n, 2, "chroma") == tflite_size_estimate(n, 2) == round(4 * n + 2 * GRAPH_BYTES_PER_MEMBER)
+
+
 @pytest.mark.parametrize("target", ["pisp", "vc4"])
 def test_every_searched_reference_width_builds_for_its_target(target):
     for filters in REFERENCE_FILTERS[target]:
@@ -95,12 +117,10 @@ def test_every_searched_reference_width_builds_for_its_target(target):
 def test_search_space_refuses_bad_settings():
     with pytest.raises(IsplabError, match="bad search archs"):
         SearchSpace(archs=("chroma", "resnet"))
-    # The hybrid is an arch but not searched (its graph is not what the size estimate assumes).
-    assert SearchSpace().archs == ("reference", "chroma", "histogram", "small")
-    with pytest.raises(IsplabError, match="bad search archs hybrid: expected some of reference, chroma, histogram, small"):
+    # The hybrid is an arch but not searched (measured and dropped); the blend (the default) is.
+    assert SearchSpace().archs == ("reference", "chroma", "histogram", "small", "blend")
+    with pytest.raises(IsplabError, match="bad search archs hybrid: expected some of reference, chroma, histogram, small, blend"):
         SearchSpace(archs=("hybrid",))
-    with pytest.raises(IsplabError, match="bad search archs blend: expected"):
-        SearchSpace(archs=("blend",))
     with pytest.raises(IsplabError, match="bad search epochs"):
         SearchSpace(epochs=(5, 2))
 
@@ -166,7 +186,10 @@ def test_search_writes_resumes_refuses_and_feeds_train(data, tmp_path, monkeypat
         assert trial["size_bytes"] == 4 * trial["parameters"] == 4 * parameter_count("vc4", TrainConfig(**trial["config"]))
         assert trial["cv_worst"] >= trial["cv_p95"] >= trial["cv_median"] > 0
     pareto = json.loads((study / "pareto.json").read_text())
-    expected = pareto_front([(t["cv_mean"], t["size_bytes"]) for t in trials])
+    for trial in trials:
+        config = trial["config"]
+        assert trial["tflite_estimate"] == tflite_size_estimate(trial["parameters"], config["ensemble"], config["arch"])
+    expected = pareto_front([(t["cv_mean"], t["tflite_estimate"]) for t in trials])
     assert [p["number"] for p in pareto["pareto"]] == [trials[i]["number"] for i in expected]
     best = min(trials, key=lambda t: t["cv_mean"])
     assert pareto["best"]["number"] == best["number"] == first.best["number"]

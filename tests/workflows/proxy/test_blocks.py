@@ -85,6 +85,9 @@ def test_param_specs():
     cb = parse_param_specs(get_block("colorbalancergb"), ["contrast", "vibrance=-1:1"])
     assert [n for n, s in cb.items() if s.varied] == ["contrast", "vibrance"]
     assert (cb["saturation_global"].low, cb["saturation_global"].high) == (0.0, 0.0)
+    # denoiseprofile: the GUI's soft ranges (gui_init) for strength and bias; shadows has none
+    dn = parse_param_specs(get_block("denoiseprofile"), None)
+    assert {n: (s.low, s.high) for n, s in dn.items()} == {"strength": (0.001, 4.0), "shadows": (0.0, 1.8), "bias": (-10.0, 10.0)}
 
 
 def test_sharpen_threshold_is_sampled_where_sharpen_acts():

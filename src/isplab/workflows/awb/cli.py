@@ -505,7 +505,7 @@ def search_command(
     device: Device = "auto",
     timeout: float | None = typer.Option(None, "--timeout", help="After this many seconds start no trial and stop running ones at their next fold (failed; --resume redoes them) (default: none)."),
     seed: Seed = 0,
-    arch: list[str] = typer.Option([], "--arch", help="Architectures searched (repeatable; default: all of reference chroma histogram small; hybrid and blend are not searched)."),
+    arch: list[str] = typer.Option([], "--arch", help="Architectures searched (repeatable; default: all of reference chroma histogram small blend; hybrid is not searched)."),
     min_epochs: int = typer.Option(30, "--min-epochs", help="Smallest maximum-epochs tried."),
     max_epochs: int = typer.Option(200, "--max-epochs", help="Largest maximum-epochs tried."),
     max_ensemble: int = typer.Option(5, "--max-ensemble", help="Ensembles of 1..this many members are tried."),
@@ -541,12 +541,12 @@ def search_command(
         err.print(f"search interrupted: the finished trials are in {output / 'study.db'}; the same command with "
                   "--resume continues it", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
-    table = Table(title=f"Pareto front: {folds}-fold grouped CV mean error vs float32 size estimate")
+    table = Table(title=f"Pareto front: {folds}-fold grouped CV mean error vs estimated float32 TFLite size")
     for column in ("trial", "arch", "ensemble", "params", "KB", "mean", "median", "p95", "worst"):
         table.add_column(column, justify="left" if column == "arch" else "right")
     for row in result.pareto:
         table.add_row(str(row["number"]), row["arch"], str(row["ensemble"]), str(row["parameters"]),
-                      f"{row['size_bytes'] / 1024:.1f}", f"{row['cv_mean']:.2f}", f"{row['cv_median']:.2f}",
+                      f"{row['tflite_estimate'] / 1024:.1f}", f"{row['cv_mean']:.2f}", f"{row['cv_median']:.2f}",
                       f"{row['cv_p95']:.2f}", f"{row['cv_worst']:.1f}")
     console.print(table)
     counts = ", ".join(f"{n} {state}" for state, n in sorted(result.counts.items()))

@@ -6,8 +6,9 @@ search's seed, so every trial sees the same folds and no choice is made on a tes
 training). The objective is the mean out-of-fold error in mireds; after each fold the running
 mean is reported to Optuna, and a :class:`optuna.pruners.MedianPruner` stops trials that are worse
 than the median of earlier trials at the same fold. Each trial records as user attributes its
-worst, median and 95th-percentile error, its parameter count and the float32 size estimate
-(parameters x 4 bytes; the exported float32 file adds a graph of under 16 KB,
+worst, median and 95th-percentile error, its parameter count and the float32 weight size
+(parameters x 4 bytes); :func:`tflite_size_estimate` adds the exported graph (about 13.5 KB per
+member, and the features' 127 KB for ``"blend"``; within 3 KB of the real file,
 ``tests/models/test_awb_small.py``; ``benchmarks/awb_rpi.py --search`` measures the real files).
 
 The study lives in SQLite (``STUDY_DIR/study.db``): ``resume=True`` continues it (``trials`` is
@@ -16,7 +17,8 @@ marked failed), and ``workers=K`` runs K processes on the same study, each with 
 threads (and on a multi-GPU machine each on its own GPU). Outputs (:data:`SEARCH_FILES`):
 
 * ``trials.csv``: one row per trial (state, errors, size, parameters);
-* ``pareto.json``: the trials no other finished trial beats on both CV mean error and size, plus
+* ``pareto.json``: the trials no other finished trial beats on both CV mean error and estimated
+  float32 TFLite size (:func:`tflite_size_estimate`), plus
   the best trial overall and the best whose estimated TFLite file (:func:`tflite_size_estimate`)
   is within :data:`SMALL_BYTES`;
 
@@ -60,7 +62,7 @@ from isplab.workflows.awb.config import (
 )
 
 __all__ = [
-    "GRAPH_BYTES_PER_MEMBER", "SEARCH_ARCHS", "SEARCH_FILES", "SMALL_BYTES", "SearchResult", "SearchSpace", "pareto_front", "read_trials",
+    "FEATURE_GRAPH_BYTES", "GRAPH_BYTES_PER_MEMBER", "SEARCH_ARCHS", "SEARCH_FILES", "SMALL_BYTES", "SearchResult", "SearchSpace", "pareto_front", "read_trials",
     "search", "study_settings", "suggest_config", "tflite_size_estimate", "write_outputs",
 ]
 
@@ -74,13 +76,15 @@ SMALL_BYTES = 50 * 1024
 #: Bytes a float32 TFLite export adds per ensemble member on top of the weights (the graph: ops,
 #: shapes, constants); measured on the small and chroma nets.
 GRAPH_BYTES_PER_MEMBER = 13.5 * 1024
+#: Bytes the colour-constancy features (their bisections, unrolled) add to a ``"blend"`` export on
+#: top of the weights and :data:`GRAPH_BYTES_PER_MEMBER` per CNN; the MLPs add next to nothing
+#: (measured for 1-3 members of widths 8-24 on both targets: 130.0-130.6 KB).
+FEATURE_GRAPH_BYTES = 130_400
 STUDY_NAME = "awb"
 
 #: Architectures a search may try (its default): :data:`isplab.models.awb.ARCHS` but ``"hybrid"``
-#: and ``"blend"``, whose exported graphs (the features' bisections) are not what
-#: :data:`GRAPH_BYTES_PER_MEMBER` and so :func:`tflite_size_estimate` assume
-#: (``benchmarks/awb_rpi.py``'s docstring has their real sizes).
-SEARCH_ARCHS = tuple(arch for arch in ARCHS if arch not in ("hybrid", "blend"))
+#: (measured and dropped: ``benchmarks/awb_rpi.py``'s docstring).
+SEARCH_ARCHS = tuple(arch for arch in ARCHS if arch != "hybrid")
 
 #: Conv widths searched for the reference network ("valid" convs: VC4's 12x16 grid fits only two).
 REFERENCE_FILTERS = {
@@ -88,8 +92,10 @@ REFERENCE_FILTERS = {
     "vc4": ("16,32", "32,64", "48,96"),
 }
 #: Width and hidden-layer choices of the other architectures.
-WIDTHS = {"chroma": (8, 12, 16, 24, 32), "small": (8, 12, 16, 24), "histogram": (4, 8, 16)}
-HIDDEN = {"chroma": (16, 32, 64), "small": (16, 32, 64), "histogram": (32, 64)}
+WIDTHS = {"chroma": (8, 12, 16, 24, 32), "small": (8, 12, 16, 24), "histogram": (4, 8, 16), "blend": (8, 12, 16, 24, 32)}
+HIDDEN = {"chroma": (16, 32, 64), "small": (16, 32, 64), "histogram": (32, 64), "blend": (16, 32, 64)}
+#: Hidden units of the ``"blend"``'s feature MLPs.
+FEATURE_HIDDEN = (16, 32, 64, 128)
 BATCH_SIZES = (16, 32, 64, 128)
 
 
@@ -140,6 +146,8 @@ def suggest_config(trial, target: str, space: SearchSpace, base: TrainConfig | N
     else:
         options["width"] = trial.suggest_categorical(f"{arch}_width", list(WIDTHS[arch]))
         options["hidden"] = trial.suggest_categorical(f"{arch}_hidden", list(HIDDEN[arch]))
+    if arch == "blend":
+        options["feature_hidden"] = trial.suggest_categorical("blend_feature_hidden", list(FEATURE_HIDDEN))
     epochs = trial.suggest_int("epochs", *space.epochs)
     patience = max(1, round(trial.suggest_float("patience_fraction", 0.1, 0.5) * epochs))
     return replace(
@@ -169,11 +177,12 @@ def parameter_count(target: str, config: TrainConfig) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def tflite_size_estimate(parameters: int, ensemble: int) -> int:
+def tflite_size_estimate(parameters: int, ensemble: int, arch: str | None = None) -> int:
     """Estimated float32 TFLite file size: 4 bytes a parameter plus :data:`GRAPH_BYTES_PER_MEMBER`
-    per member (within 3 KB of the real file for small nets of 1 and 2 members,
-    ``tests/models/test_awb_small.py``; ``benchmarks/awb_rpi.py --search`` measures real files)."""
-    return round(4 * parameters + GRAPH_BYTES_PER_MEMBER * ensemble)
+    per member, plus :data:`FEATURE_GRAPH_BYTES` for ``arch="blend"`` (within 3 KB of the real
+    file for small nets of 1 and 2 members and a blend, ``tests/models/test_awb_small.py``;
+    ``benchmarks/awb_rpi.py --search`` measures real files)."""
+    return round(4 * parameters + GRAPH_BYTES_PER_MEMBER * ensemble + (FEATURE_GRAPH_BYTES if arch == "blend" else 0))
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -627,7 +636,7 @@ def read_trials(study_dir: str | Path, storage=None) -> list[dict[str, Any]]:
             "cv_p95": attrs.get("cv_p95") if finished else None,
             "parameters": attrs.get("parameters"),
             "size_bytes": attrs.get("size_bytes"),
-            "tflite_estimate": (tflite_size_estimate(attrs["parameters"], config.get("ensemble", 1))
+            "tflite_estimate": (tflite_size_estimate(attrs["parameters"], config.get("ensemble", 1), config.get("arch"))
                                 if attrs.get("parameters") is not None else None),
             "seconds": attrs.get("seconds"),
             "arch": config.get("arch"),
@@ -677,8 +686,8 @@ def write_outputs(study_dir: str | Path, storage=None) -> SearchResult:
         for row in rows:
             writer.writerow(["" if row[c] is None else json.dumps(row[c], sort_keys=True) if c == "params" else row[c]
                              for c in CSV_COLUMNS])
-    finished = [row for row in rows if row["cv_mean"] is not None and row["size_bytes"] is not None]
-    front = [finished[i] for i in pareto_front([(row["cv_mean"], row["size_bytes"]) for row in finished])]
+    finished = [row for row in rows if row["cv_mean"] is not None and row["tflite_estimate"] is not None]
+    front = [finished[i] for i in pareto_front([(row["cv_mean"], row["tflite_estimate"]) for row in finished])]
     best = min(finished, key=lambda row: row["cv_mean"], default=None)
     best_small = min((row for row in finished if row["tflite_estimate"] <= SMALL_BYTES),
                      key=lambda row: row["cv_mean"], default=None)
@@ -694,7 +703,7 @@ def write_outputs(study_dir: str | Path, storage=None) -> SearchResult:
                                      "config")}
 
     (study_dir / "pareto.json").write_text(json.dumps({
-        "objective": "grouped K-fold CV mean error (mireds) vs float32 size estimate (parameters x 4 bytes)",
+        "objective": "grouped K-fold CV mean error (mireds) vs estimated float32 TFLite size (tflite_estimate)",
         "small_bytes": SMALL_BYTES,
         "best_small_means": "lowest CV mean error with tflite_estimate <= small_bytes",
         "counts": counts,
@@ -722,24 +731,24 @@ def _plot(rows: list[dict[str, Any]], front: list[dict[str, Any]], path: Path) -
 
     figure = Figure(figsize=(7.0, 4.6), layout="constrained")
     ax = figure.add_subplot()
-    finished = [row for row in rows if row["cv_mean"] is not None and row["size_bytes"]]
-    colours = dict(zip(ARCHS, ("tab:red", "tab:blue", "tab:green", "tab:orange")))
+    finished = [row for row in rows if row["cv_mean"] is not None and row["tflite_estimate"]]
+    colours = dict(zip(ARCHS, ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown")))
     for arch in ARCHS:
         mine = [row for row in finished if row["arch"] == arch]
         if mine:
-            ax.scatter([r["size_bytes"] / 1024 for r in mine], [r["cv_mean"] for r in mine], s=22, alpha=0.75,
+            ax.scatter([r["tflite_estimate"] / 1024 for r in mine], [r["cv_mean"] for r in mine], s=22, alpha=0.75,
                        color=colours.get(arch, "tab:gray"), label=f"{arch} ({len(mine)})")
     if front:
-        sizes = [r["size_bytes"] / 1024 for r in front]
+        sizes = [r["tflite_estimate"] / 1024 for r in front]
         errors = [r["cv_mean"] for r in front]
         ax.step(sizes, errors, where="post", color="black", linewidth=1.2, label="Pareto front")
         ax.scatter(sizes, errors, s=60, facecolors="none", edgecolors="black")
         for row in front:
-            ax.annotate(f"#{row['number']}", (row["size_bytes"] / 1024, row["cv_mean"]), fontsize=7,
+            ax.annotate(f"#{row['number']}", (row["tflite_estimate"] / 1024, row["cv_mean"]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
     if finished:
         ax.set_xscale("log")
-    ax.set_xlabel("float32 size estimate (KB, parameters x 4 bytes)")
+    ax.set_xlabel("estimated float32 TFLite size (KB)")
     ax.set_ylabel("grouped CV mean error (mireds)")
     pruned = sum(row["state"] == "pruned" for row in rows)
     ax.set_title(f"AWB search: {len(finished)} finished, {pruned} pruned trials")

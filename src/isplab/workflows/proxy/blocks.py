@@ -354,8 +354,8 @@ _LOWPASS = Block(
 # wavelets mode (darktable's default), Y0U0V0 colour mode. a[0] = -1 asks darktable to pick the
 # noise profile for the image itself; the
 # wavelet-band curves x[6][7], y[6][7] are written flat, as darktable initialises them (x = band / 6,
-# y = 0.5). Darktable's GUI soft ranges are not in the table (sampling defaults to the hard range:
-# pass -p strength=LO:HI for a useful one). isplab's builtin backend has no denoiser.
+# y = 0.5). The soft ranges are gui_init's (dt_bauhaus_slider_set_soft_max(strength, 4),
+# set_soft_range(bias, -10, 10); shadows has none). isplab's builtin backend has no denoiser.
 _DENOISEPROFILE = Block(
     name="denoiseprofile",
     operation="denoiseprofile",
@@ -381,9 +381,9 @@ _DENOISEPROFILE = Block(
         Field("wavelet_color_mode", "enum", 1),  # MODE_Y0U0V0
     ),
     params=(
-        Param("strength", "", 0.001, 1000.0, 1.0, "denoising strength (1 = matched to the profiled noise)"),
+        Param("strength", "", 0.001, 1000.0, 1.0, "denoising strength (1 = matched to the profiled noise)", soft=(0.001, 4.0)),
         Param("shadows", "", 0.0, 1.8, 1.0, "preserve shadows: lower smooths dark areas more"),
-        Param("bias", "", -1000.0, 100.0, 0.0, "bias correction of the variance-stabilising transform"),
+        Param("bias", "", -1000.0, 100.0, 0.0, "bias correction of the variance-stabilising transform", soft=(-10.0, 10.0)),
     ),
     space="linear camera RGB (after demosaic, before input colour profile)",
     notes="a[0] = -1: darktable's noise profile for the image",
