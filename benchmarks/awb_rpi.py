@@ -177,6 +177,29 @@ mode, which gives the same blend numbers):
   figures; in-sample vc4 3.34 (reference 3.25) and pisp 3.63 (2.79): worse than the reference on
   both, so the issue's "in-sample no worse" target is not met; 774860 / 775112 bytes, 0.169 / 0.307
   ms per call (reference 0.012 / 0.048 ms).
+
+The blend default's variants, measured 2026-12-02 (vc4, grouped 5-fold CV, mean / median / p95 /
+worst; 1 torch thread per run, two runs at a time on the 2-core CPU). ``--tta``: bare 12.81 / 8.61 /
+40.93 / 74.4 (the default's figure again), flip-averaged 12.87 / 8.43 / 40.51 / 74.4, calibrated
+12.86 / 8.58 / 40.90 / 75.3, both 12.92 / 8.55 / 40.71 / 75.4: neither test-time part helps the
+blend, so both stay opt-in. Re-lighting by 20 mireds (``relight=20`` with the tunings folder;
+511 s): 12.73 / 8.85 / 39.67 / 76.8: a mean 0.08 lower and a worst case 2.4 higher, smaller changes
+than between two runs of the same CNN on two installs (13.57 against 13.81 above), so not adopted.
+One CNN and one MLP (``ensemble=1``: 50,266 parameters, a 345,256-byte float32 TFLite file against
+the default's 774,644; 263 s): 13.09 / 9.22 / 39.99 / 78.8. Sizes of untrained blends exported for
+vc4 (pisp adds about 300 bytes), weights + graph: ensemble 1 of widths 8/16 and MLPs of 16 units,
+5,802 parameters: 167,400 bytes; MLPs of 64: 190,696; ensemble 2: 204,664; ensemble 1 of the default
+widths: 345,256; ensemble 3 (the default): 774,644. Beyond the weights every blend carried 130.0-130.6
+KB of graph for the colour-constancy features (their 48 bisection steps, unrolled: 878 ops in all
+for the smallest blend) plus 13.5 KB per CNN. :func:`isplab.models.awb_features.masked_quantiles`
+now keeps only the lower end of its interval (the width halves each step: one select a step, no mask
+product, no division): the same bisection up to float rounding, 755 ops, and those sizes become
+151,072; 174,368; 188,328; 328,928; 758,308 bytes (the features' graph 111.0-111.9 KB;
+default latency 0.160 against 0.165 ms on vc4, pisp unchanged at 0.30 ms, 3 x 300 invokes each, CPU
+shared with a benchmark). No blend fits the 50 KB of a "small" model. ``isplab awb search`` now
+tries ``blend`` too (its TFLite estimate, :func:`isplab.workflows.awb.search.tflite_size_estimate`,
+adds that graph; within 3 KB of the real file, ``tests/workflows/awb/test_export.py``), and its
+Pareto front is drawn against that estimate.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ Three more measurements (``--fidelity``, ``--speed``, ``--ceiling``; each prints
 
     .venv/bin/python benchmarks/proxy.py --fidelity [--blocks exposure sharpen] [--fid-count 400]
         [--fid-images 16] [--fid-size 256x192] [--fid-iters 3000] [--fid-width 16] [--regress-samples 5]
-        [--fid-head affine|add|matrix|global|pointwise|blur|unsharp] [--fid-patch 96] [--fid-pixel-steps 1500] [--fid-schedule constant|cosine] [--fid-lr 1e-3]
+        [--fid-head affine|add|matrix|global|pointwise|blur|unsharp] [--fid-patch 96] [--fid-pixel-steps 1500] [--fid-schedule constant|cosine] [--fid-lr 1e-3] [--fid-loss l1|mse|l1+grad]
         [--fid-dir DIR [--fid-reuse]] [--regress-polish 20] [--fid-source texture deadleaves]
     .venv/bin/python benchmarks/proxy.py --speed [--speed-sizes 768x512 4000x3000] [--speed-width 32]
     .venv/bin/python benchmarks/proxy.py --ceiling DATASET... [--ceiling-samples 60]
@@ -456,6 +456,7 @@ def main() -> None:
     parser.add_argument("--fid-dir", type=Path, help="keep each block's dataset and run here (BLOCK-data, BLOCK-run); an existing "
                         "dataset generated with the same settings is reused (default: a temporary folder)")
     parser.add_argument("--fid-lr", type=float, default=1e-3)
+    parser.add_argument("--fid-loss", choices=["l1", "mse", "l1+grad"], help="training loss (default: the block's, proxy train's)")
     parser.add_argument("--fid-pixel-steps", type=int, default=1500, help="--fid-head pointwise, blur or unsharp: steps fitting its pixel MLP (and blur MLP; the unsharp MLP) alone first")
     parser.add_argument("--fid-reuse", action="store_true", help="with --fid-dir: score the proxy already trained there "
                         "(BLOCK-run/model.pt) instead of training again")
@@ -556,7 +557,7 @@ def fidelity(args, console: Console) -> list[dict]:
     budget = (f"{args.fid_count} samples of {args.fid_images} synthetic {size[0]}x{size[1]} images ({backend}), "
               f"width {args.fid_width}, head {args.fid_head}, {args.fid_iters} iterations of 8 "
               f"{f'{args.fid_patch}px patches' if args.fid_patch else 'whole images'}, "
-              f"lr {args.fid_lr:g} ({args.fid_schedule}), device {args.device}"
+              f"lr {args.fid_lr:g} ({args.fid_schedule}), device {args.device}" + (f", loss {args.fid_loss}" if args.fid_loss else "")
               + (f", pixel MLP fitted alone first for {args.fid_pixel_steps} steps" if args.fid_head in PREFIT_HEADS and args.fid_pixel_steps else ""))  # fmt: skip
     if args.fid_source:
         from isplab.data.sources import check_sources
@@ -582,7 +583,7 @@ def fidelity(args, console: Console) -> list[dict]:
                                      params=[specs[block]] if block in specs else None))  # fmt: skip
             gen_s = time.perf_counter() - start
             config = ProxyTrainConfig(width=args.fid_width, head=args.fid_head, patch=min(args.fid_patch, size[1]), iters=args.fid_iters,
-                                      eval_every=max(1, args.fid_iters // 4), lr=args.fid_lr, schedule=args.fid_schedule, device=args.device,
+                                      eval_every=max(1, args.fid_iters // 4), lr=args.fid_lr, schedule=args.fid_schedule, device=args.device, loss=args.fid_loss,
                                       pixel_steps=args.fid_pixel_steps)  # fmt: skip
             start = time.perf_counter()
             if args.fid_reuse and args.fid_dir and (run / "model.pt").is_file():

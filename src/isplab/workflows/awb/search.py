@@ -8,7 +8,7 @@ mean is reported to Optuna, and a :class:`optuna.pruners.MedianPruner` stops tri
 than the median of earlier trials at the same fold. Each trial records as user attributes its
 worst, median and 95th-percentile error, its parameter count and the float32 weight size
 (parameters x 4 bytes); :func:`tflite_size_estimate` adds the exported graph (about 13.5 KB per
-member, and the features' 127 KB for ``"blend"``; within 3 KB of the real file,
+member, and the features' 111 KB for ``"blend"``; within 3 KB of the real file,
 ``tests/models/test_awb_small.py``; ``benchmarks/awb_rpi.py --search`` measures the real files).
 
 The study lives in SQLite (``STUDY_DIR/study.db``): ``resume=True`` continues it (``trials`` is
@@ -78,8 +78,8 @@ SMALL_BYTES = 50 * 1024
 GRAPH_BYTES_PER_MEMBER = 13.5 * 1024
 #: Bytes the colour-constancy features (their bisections, unrolled) add to a ``"blend"`` export on
 #: top of the weights and :data:`GRAPH_BYTES_PER_MEMBER` per CNN; the MLPs add next to nothing
-#: (measured for 1-3 members of widths 8-24 on both targets: 130.0-130.6 KB).
-FEATURE_GRAPH_BYTES = 130_400
+#: (measured for 1-3 members of widths 8-24 on both targets: 113,644-114,556 bytes).
+FEATURE_GRAPH_BYTES = 114_000
 STUDY_NAME = "awb"
 
 #: Architectures a search may try (its default): :data:`isplab.models.awb.ARCHS` but ``"hybrid"``
