@@ -124,7 +124,8 @@ def test_default_heads_are_proxy_heads_and_listed_in_the_help():
     47.4 dB on held-out images against 28.5 for affine), colorbalancergb's the pointwise head
     (44.6 against 38.3 for global), lowpass's the blur head (28.7 against 20.4 for global),
     sharpen's the unsharp head (62.0 dB on the changed held-out-image samples against 29.7 for
-    affine), and `proxy train --help` lists the blocks whose default is not affine."""
+    affine), denoiseprofile's the add head (37.5 dB on held-out images against 32.9 for affine), and
+    `proxy train --help` lists the blocks whose default is not affine."""
     from typer.testing import CliRunner
 
     from isplab.cli import app
@@ -133,7 +134,14 @@ def test_default_heads_are_proxy_heads_and_listed_in_the_help():
     assert all(b.default_head in PROXY_HEADS for b in BLOCKS.values())
     assert BLOCKS["exposure"].default_head == "global" and BLOCKS["colorbalancergb"].default_head == "pointwise" and BLOCKS["lowpass"].default_head == "blur"
     assert BLOCKS["temperature"].default_head == "global" and BLOCKS["sharpen"].default_head == "unsharp"
+    assert BLOCKS["denoiseprofile"].default_head == "add" and BLOCKS["hazeremoval"].default_head == "affine"
     text = " ".join(CliRunner().invoke(app, ["proxy", "train", "--help"], env={"COLUMNS": "400"}).output.split())
     for b in BLOCKS.values():
         if b.default_head != "affine":
             assert f"{b.name}: {b.default_head}" in text
+    # and the blocks whose default loss is not L1 (denoiseprofile's MSE: 37.5 dB where L1 stayed at 32.7)
+    from isplab.workflows.proxy.train import DEFAULT_LOSS
+
+    assert DEFAULT_LOSS == {"sharpen": "l1+grad", "denoiseprofile": "mse"}
+    for block, loss in DEFAULT_LOSS.items():
+        assert f"{loss} for {block}" in text

@@ -105,7 +105,7 @@ def train_command(
     cfa_phase: Annotated[bool | None, typer.Option("--cfa-phase/--no-cfa-phase", show_default=False, help="A colour-filter-phase dependent 3x3 filter of the input and the pixels' row/column parity as U-Net inputs, for blocks that act on the raw mosaic before demosaicking (crops then start at even offsets, unflipped). Default: on for those blocks (temperature), off for the others.")] = None,
     patches_per_epoch: Annotated[int, typer.Option("--patches-per-epoch", help="Random crops per epoch (re-drawn each epoch).")] = 2000,
     eval_every: Annotated[int, typer.Option("--eval-every", help="Validate and checkpoint every this many iterations.")] = 1000,
-    loss: Annotated[str | None, typer.Option("--loss", help="l1, mse or l1+grad (default: l1+grad for sharpen, l1 otherwise).", show_default=False)] = None,
+    loss: Annotated[str | None, typer.Option("--loss", help="l1, mse or l1+grad (default: l1+grad for sharpen, mse for denoiseprofile, l1 otherwise).", show_default=False)] = None,
     holdout_params: Annotated[float, typer.Option("--holdout-params", help="Share of samples held out by parameter value (a central band of each parameter's range).")] = 0.1,
     workers: Annotated[int, typer.Option("--workers", help="Dataloader worker processes per device.")] = 0,
     resume: Resume = False,
