@@ -196,7 +196,8 @@ now keeps only the lower end of its interval (the width halves each step: one se
 product, no division): the same bisection up to float rounding, 755 ops, and those sizes become
 151,072; 174,368; 188,328; 328,928; 758,308 bytes (the features' graph 111.0-111.9 KB;
 default latency 0.160 against 0.165 ms on vc4, pisp unchanged at 0.30 ms, 3 x 300 invokes each, CPU
-shared with a benchmark). No blend fits the 50 KB of a "small" model. ``isplab awb search`` now
+shared with a benchmark); the default's grouped CV on vc4 with it: 12.79 / 8.58 / 40.11 / 71.4
+(517 s; 12.81 / 8.61 / 40.93 / 74.4 before). No blend fits the 50 KB of a "small" model. ``isplab awb search`` now
 tries ``blend`` too (its TFLite estimate, :func:`isplab.workflows.awb.search.tflite_size_estimate`,
 adds that graph; within 3 KB of the real file, ``tests/workflows/awb/test_export.py``), and its
 Pareto front is drawn against that estimate.
