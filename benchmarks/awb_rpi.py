@@ -196,11 +196,19 @@ now keeps only the lower end of its interval (the width halves each step: one se
 product, no division): the same bisection up to float rounding, 755 ops, and those sizes become
 151,072; 174,368; 188,328; 328,928; 758,308 bytes (the features' graph 111.0-111.9 KB;
 default latency 0.160 against 0.165 ms on vc4, pisp unchanged at 0.30 ms, 3 x 300 invokes each, CPU
-shared with a benchmark); the default's grouped CV on vc4 with it: 12.79 / 8.58 / 40.11 / 71.4
-(517 s; 12.81 / 8.61 / 40.93 / 74.4 before). No blend fits the 50 KB of a "small" model. ``isplab awb search`` now
+shared with a benchmark); the default's grouped CV with it: vc4 12.79 / 8.58 / 40.11 / 71.4
+(517 s; 12.81 / 8.61 / 40.93 / 74.4 before), pisp 12.69 / 9.26 / 36.93 / 85.0 (764 s; 12.72 / 9.17 /
+36.86 / 86.2 before). No blend fits the 50 KB of a "small" model. ``isplab awb search`` now
 tries ``blend`` too (its TFLite estimate, :func:`isplab.workflows.awb.search.tflite_size_estimate`,
 adds that graph; within 3 KB of the real file, ``tests/workflows/awb/test_export.py``), and its
-Pareto front is drawn against that estimate.
+Pareto front is drawn against that estimate. A short search showing it (2026-12-02, CPU shared with a
+CV run): ``isplab awb search .../vc4/train --target vc4 --arch blend --arch small --trials 4
+--max-ensemble 2 --min-epochs 40 --max-epochs 120``, 4 trials in 5.5 minutes, then ``--search``
+(real files, LiteRT latency): small x1 (width 16) 40.0 KB (estimate 40.1), 0.009 ms, CV 17.91 /
+128.1; small x2 78.5 KB (78.0), 0.025 ms, 15.61 / 90.0; blend x2 (width 8, hidden 32, MLPs of 128,
+116 epochs) 351.5 KB (351.7), 0.081 ms, 13.69 / 86.6, on the front; blend x1 (width 32) 499 KB
+estimated, 14.24 / 70.3, off it (Raspberry Pi's vc4 model: 42.0 KB, 0.012 ms). Four trials are a
+demonstration, not a search: none of them beats the default.
 """
 
 from __future__ import annotations
