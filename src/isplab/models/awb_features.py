@@ -4,7 +4,7 @@
 (grey world, shades of grey, grey edge, max-RGB, bright-zone means, log-chroma quantiles and
 spread, saturated/dark fractions, lux). It uses only ops the TFLite export supports (no sort:
 :func:`masked_quantiles` bisects), so a network computes it inside an exported model (the
-``"hybrid"`` arch of :mod:`isplab.models.awb`). The fast models fitted on these vectors and the
+``"hybrid"`` and ``"blend"`` archs of :mod:`isplab.models.awb`). The fast models fitted on these vectors and the
 blends are :mod:`isplab.workflows.awb.features`'.
 """
 

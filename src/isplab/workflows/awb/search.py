@@ -9,7 +9,8 @@ than the median of earlier trials at the same fold. Each trial records as user a
 worst, median and 95th-percentile error, its parameter count and the float32 weight size
 (parameters x 4 bytes); :func:`tflite_size_estimate` adds the exported graph (about 13.5 KB per
 member, and the features' 111 KB for ``"blend"``; within 3 KB of the real file,
-``tests/models/test_awb_small.py``; ``benchmarks/awb_rpi.py --search`` measures the real files).
+``tests/models/test_awb_small.py`` and ``tests/workflows/awb/test_export.py``;
+``benchmarks/awb_rpi.py --search`` measures the real files).
 
 The study lives in SQLite (``STUDY_DIR/study.db``): ``resume=True`` continues it (``trials`` is
 the total wanted, finished and pruned trials count, trials left running by a killed search are
@@ -180,8 +181,8 @@ def parameter_count(target: str, config: TrainConfig) -> int:
 def tflite_size_estimate(parameters: int, ensemble: int, arch: str | None = None) -> int:
     """Estimated float32 TFLite file size: 4 bytes a parameter plus :data:`GRAPH_BYTES_PER_MEMBER`
     per member, plus :data:`FEATURE_GRAPH_BYTES` for ``arch="blend"`` (within 3 KB of the real
-    file for small nets of 1 and 2 members and a blend, ``tests/models/test_awb_small.py``;
-    ``benchmarks/awb_rpi.py --search`` measures real files)."""
+    file for small nets of 1 and 2 members, ``tests/models/test_awb_small.py``, and for a blend of
+    2, ``tests/workflows/awb/test_export.py``; ``benchmarks/awb_rpi.py --search`` measures real files)."""
     return round(4 * parameters + GRAPH_BYTES_PER_MEMBER * ensemble + (FEATURE_GRAPH_BYTES if arch == "blend" else 0))
 
 
