@@ -24,6 +24,7 @@ from isplab.workflows.awb.search import (
     REFERENCE_FILTERS,
     SEARCH_FILES,
     SearchSpace,
+    baseline_params,
     parameter_count,
     pareto_front,
     read_trials,
@@ -77,7 +78,7 @@ def test_search_space_includes_the_small_arch_and_maps_parameters():
     }
     config = suggest_config(optuna.trial.FixedTrial(params), "vc4", SearchSpace(), TrainConfig(seed=7))
     assert config == TrainConfig(
-        seed=7, arch="small", arch_options={"width": 8, "hidden": 16}, epochs=100, patience=25, lr_patience=12,
+        seed=7, arch="small", arch_options={"width": 8, "hidden": 16}, epochs=100, patience=25, lr_patience=8,
         ensemble=2, loss="l1", noise=0.05, lux_noise=0.3, flip=False, zoom=0.1, relight=0.0, lr=2e-3, batch_size=32,
     )
     # Two members of 8-wide small nets: 2 x 1441 parameters (tests/models/test_awb_small.py).
@@ -112,6 +113,46 @@ def test_every_searched_reference_width_builds_for_its_target(target):
         assert config.arch_options == {"filters": [int(v) for v in filters.split(",")]}
         assert config.relight == 20.0 and config.patience == 20
         assert parameter_count(target, config) > 0
+
+
+def test_baseline_params_give_back_the_default_recipe_or_none_outside_the_space():
+    """The default recipe (a blend of 3, 240 epochs...) as trial parameters: drawn back through
+    suggest_config they train the same network with the same options; outside the space, none."""
+    space = SearchSpace(archs=("blend", "small"), epochs=(120, 300), max_ensemble=3)
+    params = baseline_params("vc4", space, TrainConfig())
+    assert params == {
+        "arch": "blend", "blend_width": 24, "blend_hidden": 64, "blend_feature_hidden": 64, "epochs": 240,
+        "patience_fraction": 0.125, "ensemble": 3, "loss": "l1", "noise": 0.1, "lux_noise": 0.2, "flip": True,
+        "zoom": 0.0, "lr": 2e-3, "batch_size": 64,
+    }
+    drawn = suggest_config(optuna.trial.FixedTrial(params), "vc4", space, TrainConfig())
+    assert drawn == TrainConfig(arch_options={"width": 24, "hidden": 64, "feature_hidden": 64})
+    assert (drawn.patience, drawn.lr_patience) == (30, 10)
+    default = build_awb_model("vc4", "blend", ensemble=3)
+    assert parameter_count("vc4", drawn) == sum(p.numel() for p in default.parameters())
+    # Re-lighting searched: the default's 0 mireds is one of its values.
+    assert baseline_params("vc4", SearchSpace(archs=("blend",), epochs=(120, 300), relight=True), TrainConfig())["relight"] == 0.0
+    # The reference's filters are the target's, not the class default (PiSP's three convs).
+    assert baseline_params("vc4", SearchSpace(archs=("reference",), epochs=(120, 300)),
+                           TrainConfig(arch="reference"))["reference_filters_vc4"] == "32,64"
+    outside = [
+        (SearchSpace(), TrainConfig()),  # 240 epochs, more than the default space's 200
+        (SearchSpace(archs=("small",), epochs=(120, 300)), TrainConfig()),  # another arch
+        (replace_space(space, max_ensemble=2), TrainConfig()),  # 3 members
+        (space, TrainConfig(lr=2e-2)),  # above the LR range
+        (space, TrainConfig(arch_options={"width": 20})),  # not a width choice
+        (space, TrainConfig(arch_options={"dropout": 0.3})),  # not searched, and not the default
+        (space, TrainConfig(lr_patience=7)),  # the search derives it from the patience
+        (space, TrainConfig(patience=None)),
+    ]
+    for searched, base in outside:
+        assert baseline_params("vc4", searched, base) is None, (searched, base)
+
+
+def replace_space(space: SearchSpace, **changes) -> SearchSpace:
+    from dataclasses import replace
+
+    return replace(space, **changes)
 
 
 def test_search_space_refuses_bad_settings():
@@ -238,6 +279,40 @@ def test_search_writes_resumes_refuses_and_feeds_train(data, tmp_path, monkeypat
     assert run_config["epochs"] == 1 and run_config["seed"] == 3
     for name in ("arch", "arch_options", "ensemble", "loss", "lr", "noise", "zoom", "batch_size", "patience"):
         assert run_config[name] == best_config[name], name
+
+
+def test_a_new_study_runs_its_base_configuration_first(data, tmp_path):
+    """Trial 0 trains the base recipe when the space holds it (recorded as the baseline in
+    trials.csv and pareto.json); --no-baseline, or a base outside the space, leaves it out."""
+    space = SearchSpace(archs=("small",), epochs=(1, 2), max_ensemble=1)
+    base = TrainConfig(arch="small", arch_options={"width": 8, "hidden": 16}, ensemble=1, epochs=2, patience=1,
+                       lr_patience=1)
+    lines: list[str] = []
+    result = search(data, tmp_path / "a", target="vc4", trials=2, folds=2, device="cpu", space=space, base=base,
+                    seed=1, log=lines.append)
+    first, second = result.trials
+    assert (first["baseline"], second["baseline"]) == (True, False)
+    assert TrainConfig(**first["config"]) == base  # recorded with device "auto"
+    assert second["params"] != first["params"]
+    assert json.loads((tmp_path / "a" / "pareto.json").read_text())["baseline"]["number"] == 0
+    rows = list(csv.DictReader((tmp_path / "a" / "trials.csv").open()))
+    assert [r["baseline"] for r in rows] == ["True", "False"]
+    assert any("trial 0 is the base configuration" in line for line in lines)
+
+    result = search(data, tmp_path / "b", target="vc4", trials=1, folds=2, device="cpu", space=space, base=base,
+                    seed=1, baseline=False)
+    assert not result.trials[0]["baseline"]
+    lines.clear()
+    result = search(data, tmp_path / "c", target="vc4", trials=1, folds=2, device="cpu", space=space,
+                    base=replace_config(base, epochs=3), seed=1, log=lines.append)
+    assert not result.trials[0]["baseline"]
+    assert any("outside the search space" in line for line in lines)
+
+
+def replace_config(config: TrainConfig, **changes) -> TrainConfig:
+    from dataclasses import replace
+
+    return replace(config, **changes)
 
 
 def test_train_config_precedence_without_a_command_line(tmp_path):

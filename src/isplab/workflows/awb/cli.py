@@ -512,6 +512,7 @@ def search_command(
     tuning_dir: TuningDir = None,
     holdout: float = typer.Option(0.0, "--holdout", help="Fraction of scenes kept out of the search; the best configurations are then scored on them (0: off)."),
     resume: Annotated[bool, typer.Option("--resume", help="Continue the study in OUTPUT (same target, images, folds, seed, space, holdout).")] = False,
+    baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="A new study's trial 0 is awb train's default recipe, when the space holds it (e.g. --arch blend --max-epochs 240 or more).")] = True,
     overwrite: Overwrite = False,
 ) -> None:
     """Optuna search over architecture, width, ensemble, loss, augmentation, LR and epochs, scored by grouped CV.
@@ -527,7 +528,7 @@ def search_command(
     try:
         result = search(
             dataset, output, target=target, trials=trials, folds=folds, workers=workers, device=device,
-            timeout=timeout, seed=seed, resume=resume, overwrite=overwrite, space=space, base=base, holdout=holdout,
+            timeout=timeout, seed=seed, resume=resume, overwrite=overwrite, space=space, base=base, holdout=holdout, baseline=baseline,
             log=lambda text: err.print(text, highlight=False, soft_wrap=True),
         )
     except KeyboardInterrupt:
@@ -553,6 +554,10 @@ def search_command(
     best = result.best
     console.print(f"{counts}; best trial {best['number']}: CV mean {best['cv_mean']:.2f}, worst {best['cv_worst']:.1f} "
                   f"mireds, {best['parameters']} parameters", highlight=False)
+    baseline = next((row for row in result.trials if row["baseline"] and row["cv_mean"] is not None), None)
+    if baseline is not None and baseline["number"] != best["number"]:
+        console.print(f"baseline (trial {baseline['number']}, the default recipe): CV mean {baseline['cv_mean']:.2f}, "
+                      f"worst {baseline['cv_worst']:.1f} mireds", highlight=False)
     small = result.best_small
     if small is not None and small["number"] != best["number"]:
         console.print(f"best with an estimated TFLite file within {SMALL_BYTES // 1024} KB: trial {small['number']}: CV mean "

@@ -20,8 +20,9 @@ threads (and on a multi-GPU machine each on its own GPU). Outputs (:data:`SEARCH
 * ``trials.csv``: one row per trial (state, errors, size, parameters);
 * ``pareto.json``: the trials no other finished trial beats on both CV mean error and estimated
   float32 TFLite size (:func:`tflite_size_estimate`), plus
-  the best trial overall and the best whose estimated TFLite file (:func:`tflite_size_estimate`)
-  is within :data:`SMALL_BYTES`;
+  the best trial overall, the best whose estimated TFLite file (:func:`tflite_size_estimate`)
+  is within :data:`SMALL_BYTES`, and the baseline: trial 0 of a new study trains the base
+  configuration (``awb train``'s default recipe) when the space holds it (:func:`baseline_params`);
 
 The best trial's CV error is optimistic (it is the minimum over many trials scored on the same
 folds). With ``holdout`` a share of the scenes never enters the search, and the best and best small
@@ -61,9 +62,10 @@ from isplab.workflows.awb.config import (
     config_json,
     train_config_from_dict,
 )
+from isplab.workflows.awb.constants import REFERENCE_FILTERS as TARGET_FILTERS
 
 __all__ = [
-    "FEATURE_GRAPH_BYTES", "GRAPH_BYTES_PER_MEMBER", "SEARCH_ARCHS", "SEARCH_FILES", "SMALL_BYTES", "SearchResult", "SearchSpace", "pareto_front", "read_trials",
+    "FEATURE_GRAPH_BYTES", "GRAPH_BYTES_PER_MEMBER", "SEARCH_ARCHS", "SEARCH_FILES", "SMALL_BYTES", "SearchResult", "SearchSpace", "baseline_params", "pareto_front", "read_trials",
     "search", "study_settings", "suggest_config", "tflite_size_estimate", "write_outputs",
 ]
 
@@ -166,8 +168,68 @@ def suggest_config(trial, target: str, space: SearchSpace, base: TrainConfig | N
         batch_size=trial.suggest_categorical("batch_size", list(BATCH_SIZES)),
         epochs=epochs,
         patience=patience,
-        lr_patience=max(1, patience // 2),
+        lr_patience=max(1, patience // 3),  # TrainConfig's 10 of 30
     )
+
+
+def _arch_defaults(arch: str) -> dict[str, Any]:
+    """The keyword defaults of ``arch``'s network class (what empty ``arch_options`` build)."""
+    import inspect
+
+    from isplab.models import awb
+
+    cls = {"reference": awb.ReferenceAWBNet, "chroma": awb.ChromaAWBNet, "histogram": awb.HistogramAWBNet,
+           "small": awb.SmallAWBNet, "hybrid": awb.HybridAWBNet, "blend": awb.BlendAWBNet}[arch]
+    return {name: p.default for name, p in inspect.signature(cls).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def baseline_params(target: str, space: SearchSpace, base: TrainConfig) -> dict[str, Any] | None:
+    """The trial parameters for which :func:`suggest_config` trains exactly ``base`` (all of its
+    options, its network's width and hidden units), or ``None`` when ``base`` lies outside ``space``
+    (another arch, more epochs than searched, a larger ensemble, a learning rate or width that
+    is not a choice...). :func:`search` runs these as a new study's first trial, so the study
+    scores the default recipe on its own folds and the sampler starts from it."""
+    import optuna
+
+    if base.arch not in space.archs or base.patience is None or base.rotation != 0:
+        return None
+    options = {**_arch_defaults(base.arch), **base.arch_options}
+    params: dict[str, Any] = {"arch": base.arch}
+    if base.arch == "reference":
+        filters = base.arch_options.get("filters") or TARGET_FILTERS[target]  # the class default is PiSP's
+        params[f"reference_filters_{target}"] = ",".join(str(int(v)) for v in filters)
+    else:
+        params[f"{base.arch}_width"] = options.get("width")
+        params[f"{base.arch}_hidden"] = options.get("hidden")
+    if base.arch == "blend":
+        params["blend_feature_hidden"] = options.get("feature_hidden")
+    params.update(
+        epochs=base.epochs, patience_fraction=base.patience / base.epochs, ensemble=base.ensemble, loss=base.loss,
+        noise=base.noise, lux_noise=base.lux_noise, flip=base.flip, zoom=base.zoom, lr=base.lr,
+        batch_size=base.batch_size,
+    )
+    if space.relight:
+        params["relight"] = base.relight
+    choices = {f"{base.arch}_width": WIDTHS.get(base.arch, ()), f"{base.arch}_hidden": HIDDEN.get(base.arch, ()),
+               "blend_feature_hidden": FEATURE_HIDDEN, "batch_size": BATCH_SIZES, "loss": LOSSES,
+               f"reference_filters_{target}": REFERENCE_FILTERS.get(target, ())}
+    ranges = {"epochs": space.epochs, "patience_fraction": (0.1, 0.5), "ensemble": (1, space.max_ensemble),
+              "noise": (0.0, 0.2), "lux_noise": (0.0, 0.4), "zoom": (0.0, 0.2), "relight": (0.0, 40.0),
+              "lr": (3e-4, 1e-2)}
+    for name, value in params.items():
+        if name in choices and value not in choices[name]:
+            return None
+        if name in ranges and not ranges[name][0] <= value <= ranges[name][1]:
+            return None
+    # Checked, not assumed: the parameters must give back base, its network spelled out in full.
+    drawn = suggest_config(optuna.trial.FixedTrial(params), target, space, base)
+    if replace(drawn, arch_options=base.arch_options) != base:
+        return None
+    defaults = _arch_defaults(base.arch)
+    if any(options[k] != defaults.get(k) for k in options if k not in drawn.arch_options):  # e.g. dropout
+        return None
+    return params
 
 
 def parameter_count(target: str, config: TrainConfig) -> int:
@@ -407,6 +469,7 @@ def search(
     space: SearchSpace | None = None,
     base: TrainConfig | None = None,
     holdout: float = 0.0,
+    baseline: bool = True,
     log: Callable[[str], None] = lambda text: None,
 ) -> SearchResult:
     """Run (or continue) an Optuna search of AWB training recipes; see the module docstring.
@@ -431,6 +494,9 @@ def search(
             drawn with ``seed``) out of the search; the best configuration and the best small one are
             then trained on the searched images and scored on these, an error the choice of
             configuration has not seen (``pareto.json``'s ``holdout``). 0: off.
+        baseline: a new study's first trial trains ``base`` itself (:func:`baseline_params`; by
+            default the default recipe) when it lies in ``space``, so the study scores it on the
+            same folds as every other trial; a ``base`` outside ``space`` is said in ``log``.
         log: receives progress lines.
 
     Raises:
@@ -504,6 +570,13 @@ def search(
         study = optuna.create_study(study_name=STUDY_NAME, storage=storage, direction="minimize")
         study.set_user_attr("settings", settings)
         study.set_user_attr("dataset", str(Path(dataset_dir).resolve()))
+        if baseline:
+            params = baseline_params(dataset.target, space, base)
+            if params is None:
+                log("the base configuration lies outside the search space: not run as a baseline trial")
+            else:
+                study.enqueue_trial(params, user_attrs={"baseline": True})
+                log(f"trial 0 is the base configuration ({base.arch} x{base.ensemble}, {base.epochs} epochs)")
 
     counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = len(study.get_trials(deepcopy=False, states=counted))
@@ -607,7 +680,8 @@ def read_trials(study_dir: str | Path, storage=None) -> list[dict[str, Any]]:
     """One dict per trial of the study in ``study_dir``: ``number``, ``state``, ``cv_mean``
     (``None`` unless finished), ``cv_worst``, ``cv_median``, ``cv_p95``, ``parameters``,
     ``size_bytes`` (4 bytes a parameter), ``tflite_estimate`` (:func:`tflite_size_estimate`), ``seconds``, ``arch``, ``ensemble``, ``last_fold`` (the last fold reported),
-    ``error``, ``config`` (:class:`TrainConfig` as a dict) and ``params`` (Optuna's).
+    ``error``, ``baseline`` (the trial :func:`search` ran for its ``base``), ``config``
+    (:class:`TrainConfig` as a dict) and ``params`` (Optuna's).
 
     Raises:
         IsplabError: no ``study.db`` in ``study_dir``, or not an isplab AWB study.
@@ -645,6 +719,7 @@ def read_trials(study_dir: str | Path, storage=None) -> list[dict[str, Any]]:
             "last_fold": max(trial.intermediate_values) if trial.intermediate_values else None,
             "intermediate": {int(k): float(v) for k, v in trial.intermediate_values.items()},
             "error": attrs.get("error"),
+            "baseline": bool(attrs.get("baseline", False)),
             "holdout": study.user_attrs.get(f"holdout_{trial.number}"),
             "config": config,
             "params": dict(trial.params),
@@ -672,7 +747,7 @@ def study_settings(study_dir: str | Path) -> dict[str, Any]:
 
 
 CSV_COLUMNS = ("number", "state", "cv_mean", "cv_worst", "cv_median", "cv_p95", "parameters", "size_bytes",
-               "tflite_estimate", "seconds", "arch", "ensemble", "last_fold", "error", "params")
+               "tflite_estimate", "seconds", "arch", "ensemble", "last_fold", "error", "baseline", "params")
 
 
 @_quiet
@@ -711,6 +786,7 @@ def write_outputs(study_dir: str | Path, storage=None) -> SearchResult:
         "pareto": [brief(row) for row in front],
         "best": brief(best),
         "best_small": brief(best_small),
+        "baseline": brief(next((row for row in finished if row["baseline"]), None)),
     }, indent=2))
     best_config = None
     for row, name in ((best, "best_config.json"), (best_small, "best_small_config.json")):
