@@ -177,23 +177,23 @@ class _SyntheticBlur:
 
 @pytest.mark.slow
 def test_fit_pixels_prefits_the_blur_head():
-    """fit_pixels on a ``blur`` proxy (600 steps on whole blurred images, then 1800 on cached pixels; the U-Net not run)
-    recovers a known sigma(u) = 1 + 5 u to within 15 % and the gain 0.5 + u on held-out samples
-    (> 35 dB, > 10 dB above the identity); a wrong sigma mapping (sigma halved) fails both."""
+    """fit_pixels on a ``blur`` proxy (400 steps on whole blurred images, then 400 on cached pixels; the U-Net not run)
+    recovers a known sigma(u) = 1 + 5 u to within 5 % (2.2 % measured) and the gain 0.5 + u on held-out samples
+    (> 35 dB, > 10 dB above the identity; 49.0 and 34.8 measured); a wrong sigma mapping (sigma halved) fails both."""
     from isplab.models.proxy import build_proxy_model
     from isplab.workflows.proxy.train import fit_pixels
 
     torch.manual_seed(0)
     model = build_proxy_model([(0.0, 1.0), (0.0, 1.0)], width=4, depth=1, head="blur")
     unet = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(("pixel_mlp", "blur_mlp"))}
-    fit_pixels(model, _SyntheticBlur(), 2400, seed=0, pixels=2048, per_sample=512, lr=3e-3)
+    fit_pixels(model, _SyntheticBlur(), 800, seed=0, pixels=2048, per_sample=512, lr=3e-3)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in unet.items())
     with torch.no_grad():
         u = torch.tensor([[0.2, 0.5], [0.5, 0.5], [0.8, 0.5]])
         sigma, mix = model.blur_sigma(u)
         truth = 1.0 + 5.0 * u[:, 0]
-        assert torch.allclose(sigma, truth, rtol=0.15), (sigma, truth)
-        assert torch.allclose(mix, torch.ones(3), atol=0.15), mix
+        assert torch.allclose(sigma, truth, rtol=0.05), (sigma, truth)
+        assert torch.allclose(mix, torch.ones(3), atol=0.05), mix
         held = _SyntheticBlur(count=6, seed=1)
         pairs = [(float(psnr(model.colour_transform(model.blur_transform(x[None], u[None]), u[None]), y[None])), float(psnr(x[None], y[None])))
                  for x, y, u in held.items]  # fmt: skip
