@@ -13,6 +13,7 @@ from isplab.models.awb import (
     BlendAWBNet,
     ChromaAWBNet,
     build_awb_net,
+    log_chroma_histogram,
     load_awb_model,
     member_mireds,
     save_awb_model,
@@ -60,6 +61,41 @@ def test_members_are_the_cnns_then_the_feature_mlps_and_the_prediction_their_mea
         torch.testing.assert_close(1e6 / model(image, lux), 0.5 * (cnn.mean(0) + torch.stack(mlp).mean(0)))
         # The MLPs' rows differ from one another and from the CNNs' (independent initialisations).
         assert (rows[2] - rows[3]).abs().max() > 1e-2 and (rows[:2].mean(0) - rows[2:].mean(0)).abs().max() > 1e-2
+
+
+def test_the_mlps_may_also_take_the_log_chroma_histogram_standardised_with_the_features(tmp_path):
+    """``histogram_bins=B``: each MLP's input is the 40 features, then the B x B histogram, both
+    standardised by the one FeatureNorm; the CNNs are untouched; the option survives save/load."""
+    torch.manual_seed(0)
+    model = build_awb_net("blend", (12, 16), RANGE, ensemble=2, width=4, hidden=8, feature_hidden=6, histogram_bins=4)
+    n = len(FEATURE_NAMES) + 16
+    generator = torch.Generator().manual_seed(1)
+    model.feature_norm.running_mean.copy_(torch.randn(n, generator=generator))
+    model.feature_norm.running_var.copy_(torch.rand(n, generator=generator) + 0.1)
+    model.eval()
+    image, lux = _statistics(5, (12, 16))
+    norm = model.feature_norm
+    x = torch.cat([colour_constancy_features(image, lux), log_chroma_histogram(image, bins=4).flatten(1)], dim=1)
+    x = (x - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps)
+    low, high = 1e6 / RANGE[1], 1e6 / RANGE[0]
+    with torch.no_grad():
+        expected = torch.stack([low + (high - low) * torch.sigmoid(head(x)[:, 0]) for head in model.feature_heads])
+        torch.testing.assert_close(model.feature_mireds(image, lux), expected)
+        # The histogram matters: the same features with the histogram's half of the input zeroed give other mireds.
+        zeroed = x.clone()
+        zeroed[:, len(FEATURE_NAMES):] = 0
+        other = torch.stack([low + (high - low) * torch.sigmoid(head(zeroed)[:, 0]) for head in model.feature_heads])
+        assert (other - expected).abs().max() > 0.1
+        plain = build_awb_net("blend", (12, 16), RANGE, ensemble=2, width=4, hidden=8, feature_hidden=6)
+        assert plain.feature_heads[0][0].in_features == len(FEATURE_NAMES) and model.feature_heads[0][0].in_features == n
+    save_awb_model(model, tmp_path / "m.pt")
+    loaded = load_awb_model(tmp_path / "m.pt")
+    assert loaded.histogram_bins == 4
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(image, lux), model(image, lux))
+    for bad in (-1, 1):
+        with pytest.raises(IsplabError, match=f"bad histogram_bins {bad}"):
+            build_awb_net("blend", (12, 16), RANGE, histogram_bins=bad)
 
 
 def test_one_of_each_options_and_errors():

@@ -407,6 +407,8 @@ class BlendAWBNet(AWBEnsemble):
         ensemble: CNNs, and MLPs, in the model (at least one of each).
         width, hidden, dropout: the CNNs' options (:class:`ChromaAWBNet`).
         feature_hidden: units of each of the MLPs' two hidden layers.
+        histogram_bins: also give the MLPs the ``bins x bins`` log-chroma histogram
+            (:func:`log_chroma_histogram`), standardised with the features (0: not).
     """
 
     def __init__(
@@ -418,17 +420,22 @@ class BlendAWBNet(AWBEnsemble):
         hidden: int = 64,
         dropout: float = 0.1,
         feature_hidden: int = 64,
+        histogram_bins: int = 0,
     ) -> None:
         super().__init__([ChromaAWBNet(size, temperature_range, width=width, hidden=hidden, dropout=dropout)
                           for _ in range(ensemble)])
         self.size = tuple(size)
         low, high = (1e6 / t for t in reversed(temperature_range))
         self.mired_low, self.mired_span = low, high - low
-        self.feature_norm = FeatureNorm(len(FEATURE_NAMES))
+        if histogram_bins < 0 or histogram_bins == 1:
+            raise IsplabError(f"bad histogram_bins {histogram_bins}: expected 0 (none) or 2 or more")
+        self.histogram_bins = int(histogram_bins)
+        inputs = len(FEATURE_NAMES) + self.histogram_bins**2
+        self.feature_norm = FeatureNorm(inputs)
         with torch.random.fork_rng(devices=[]):
             self.feature_heads = nn.ModuleList(
                 nn.Sequential(
-                    nn.Linear(len(FEATURE_NAMES), feature_hidden), nn.ReLU(),
+                    nn.Linear(inputs, feature_hidden), nn.ReLU(),
                     nn.Linear(feature_hidden, feature_hidden), nn.ReLU(), nn.Linear(feature_hidden, 1),
                 )
                 for _ in range(ensemble)
@@ -444,7 +451,11 @@ class BlendAWBNet(AWBEnsemble):
     def feature_mireds(self, image: torch.Tensor, lux: torch.Tensor) -> torch.Tensor:
         """``(M, B)`` mireds of the feature MLPs."""
         _check_input(image, lux, self.size)
-        features = self.feature_norm(colour_constancy_features(image, lux))
+        features = colour_constancy_features(image, lux)
+        if self.histogram_bins:
+            histogram = log_chroma_histogram(image, bins=self.histogram_bins).flatten(1)
+            features = torch.cat([features, histogram], dim=1)
+        features = self.feature_norm(features)
         logits = torch.stack([head(features)[:, 0] for head in self.feature_heads])
         return self.mired_low + self.mired_span * torch.sigmoid(logits)
 

@@ -156,7 +156,8 @@ def test_hybrid_export_runs_in_litert_and_matches_pytorch(tmp_path):
 
 def test_blend_export_runs_in_litert_and_matches_pytorch(tmp_path):
     torch.manual_seed(0)
-    model = build_awb_model("vc4", "blend", ensemble=2, width=4, hidden=8, feature_hidden=8)
+    # With the MLPs' log-chroma histogram (4 x 4 bins): its graph is in the file and in the estimate.
+    model = build_awb_model("vc4", "blend", ensemble=2, width=4, hidden=8, feature_hidden=8, histogram_bins=4)
     images, lux = _statistics(16, seed=3)
     _trained_feature_norm(model, images, lux)
     result = export_awb(model, "vc4", tmp_path / "blend.tflite", random_checks=20)
@@ -168,9 +169,9 @@ def test_blend_export_runs_in_litert_and_matches_pytorch(tmp_path):
     # Both kinds are in the file: neither the CNNs' mean nor the MLPs' mean alone is what it gives.
     assert np.abs(1e6 / tflite - rows[:2].mean(axis=0)).max() > 1.0
     assert np.abs(1e6 / tflite - rows[2:].mean(axis=0)).max() > 1.0
-    # The search's size estimate (weights, a graph per CNN, the features' graph) is within 3 KB.
+    # The search's size estimate (weights, a graph per CNN, the features' and the histogram's graphs) is within 3 KB.
     from isplab.workflows.awb.search import tflite_size_estimate
 
     parameters = sum(p.numel() for p in model.parameters())
-    assert abs(result.size_bytes - tflite_size_estimate(parameters, 2, "blend")) < 3 * 1024
+    assert abs(result.size_bytes - tflite_size_estimate(parameters, 2, "blend", 4)) < 3 * 1024
     assert result.size_bytes - tflite_size_estimate(parameters, 2, "chroma") > 100 * 1024

@@ -21,6 +21,7 @@ from isplab.workflows.awb.model import build_awb_model
 from isplab.workflows.awb.search import (
     FEATURE_GRAPH_BYTES,
     GRAPH_BYTES_PER_MEMBER,
+    HISTOGRAM_GRAPH_BYTES,
     REFERENCE_FILTERS,
     SEARCH_FILES,
     SearchSpace,
@@ -89,17 +90,20 @@ def test_search_space_maps_the_blend_and_estimates_its_features_graph():
     """A blend trial sets the CNNs' width and hidden units and the feature MLPs' units; its TFLite
     estimate adds the features' graph to the per-member one."""
     params = {
-        "arch": "blend", "blend_width": 8, "blend_hidden": 16, "blend_feature_hidden": 32, "epochs": 60,
+        "arch": "blend", "blend_width": 8, "blend_hidden": 16, "blend_feature_hidden": 32, "blend_histogram_bins": 6, "epochs": 60,
         "patience_fraction": 0.5, "ensemble": 2, "loss": "l1", "noise": 0.0, "lux_noise": 0.0, "flip": True,
         "zoom": 0.0, "lr": 1e-3, "batch_size": 64,
     }
     config = suggest_config(optuna.trial.FixedTrial(params), "vc4", SearchSpace(archs=("blend",)), TrainConfig(seed=3))
-    assert (config.arch, config.arch_options, config.ensemble) == ("blend", {"width": 8, "hidden": 16, "feature_hidden": 32}, 2)
-    model = build_awb_model("vc4", "blend", ensemble=2, width=8, hidden=16, feature_hidden=32)
+    assert (config.arch, config.arch_options, config.ensemble) == (
+        "blend", {"width": 8, "hidden": 16, "feature_hidden": 32, "histogram_bins": 6}, 2)
+    model = build_awb_model("vc4", "blend", ensemble=2, width=8, hidden=16, feature_hidden=32, histogram_bins=6)
     assert parameter_count("vc4", config) == sum(p.numel() for p in model.parameters())
     assert len(model.feature_heads) == 2 and model.feature_heads[0][0].out_features == 32
     n = parameter_count("vc4", config)
     assert tflite_size_estimate(n, 2, "blend") == round(4 * n + 2 * GRAPH_BYTES_PER_MEMBER + FEATURE_GRAPH_BYTES)
+    assert tflite_size_estimate(n, 2, "blend", 6) == tflite_size_estimate(n, 2, "blend") + HISTOGRAM_GRAPH_BYTES
+    assert model.feature_heads[0][0].in_features == 40 + 36  # the features, then the 6 x 6 histogram
     assert tflite_size_estimate(n, 2, "chroma") == tflite_size_estimate(n, 2) == round(4 * n + 2 * GRAPH_BYTES_PER_MEMBER)
 
 
@@ -121,12 +125,13 @@ def test_baseline_params_give_back_the_default_recipe_or_none_outside_the_space(
     space = SearchSpace(archs=("blend", "small"), epochs=(120, 300), max_ensemble=3)
     params = baseline_params("vc4", space, TrainConfig())
     assert params == {
-        "arch": "blend", "blend_width": 24, "blend_hidden": 64, "blend_feature_hidden": 64, "epochs": 240,
+        "arch": "blend", "blend_width": 24, "blend_hidden": 64, "blend_feature_hidden": 64, "blend_histogram_bins": 0,
+        "epochs": 240,
         "patience_fraction": 0.125, "ensemble": 3, "loss": "l1", "noise": 0.1, "lux_noise": 0.2, "flip": True,
         "zoom": 0.0, "lr": 2e-3, "batch_size": 64,
     }
     drawn = suggest_config(optuna.trial.FixedTrial(params), "vc4", space, TrainConfig())
-    assert drawn == TrainConfig(arch_options={"width": 24, "hidden": 64, "feature_hidden": 64})
+    assert drawn == TrainConfig(arch_options={"width": 24, "hidden": 64, "feature_hidden": 64, "histogram_bins": 0})
     assert (drawn.patience, drawn.lr_patience) == (30, 10)
     default = build_awb_model("vc4", "blend", ensemble=3)
     assert parameter_count("vc4", drawn) == sum(p.numel() for p in default.parameters())
@@ -141,6 +146,7 @@ def test_baseline_params_give_back_the_default_recipe_or_none_outside_the_space(
         (replace_space(space, max_ensemble=2), TrainConfig()),  # 3 members
         (space, TrainConfig(lr=2e-2)),  # above the LR range
         (space, TrainConfig(arch_options={"width": 20})),  # not a width choice
+        (space, TrainConfig(arch_options={"histogram_bins": 4})),  # not a histogram choice
         (space, TrainConfig(arch_options={"dropout": 0.3})),  # not searched, and not the default
         (space, TrainConfig(lr_patience=7)),  # the search derives it from the patience
         (space, TrainConfig(patience=None)),

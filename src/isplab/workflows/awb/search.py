@@ -65,7 +65,7 @@ from isplab.workflows.awb.config import (
 from isplab.workflows.awb.constants import REFERENCE_FILTERS as TARGET_FILTERS
 
 __all__ = [
-    "FEATURE_GRAPH_BYTES", "GRAPH_BYTES_PER_MEMBER", "SEARCH_ARCHS", "SEARCH_FILES", "SMALL_BYTES", "SearchResult", "SearchSpace", "baseline_params", "pareto_front", "read_trials",
+    "FEATURE_GRAPH_BYTES", "GRAPH_BYTES_PER_MEMBER", "HISTOGRAM_GRAPH_BYTES", "SEARCH_ARCHS", "SEARCH_FILES", "SMALL_BYTES", "SearchResult", "SearchSpace", "baseline_params", "pareto_front", "read_trials",
     "search", "study_settings", "suggest_config", "tflite_size_estimate", "write_outputs",
 ]
 
@@ -83,6 +83,9 @@ GRAPH_BYTES_PER_MEMBER = 13.5 * 1024
 #: top of the weights and :data:`GRAPH_BYTES_PER_MEMBER` per CNN; the MLPs add next to nothing
 #: (measured for 1-3 members of widths 8-24 on both targets: 113,644-114,556 bytes).
 FEATURE_GRAPH_BYTES = 114_000
+#: Bytes the log-chroma histogram of a ``"blend"`` with ``histogram_bins`` adds beyond its weights
+#: (measured: 6,000 bytes for 4 bins, 6,828 for 8, two members of widths 4).
+HISTOGRAM_GRAPH_BYTES = 6_800
 STUDY_NAME = "awb"
 
 #: Architectures a search may try (its default): :data:`isplab.models.awb.ARCHS` but ``"hybrid"``
@@ -99,6 +102,8 @@ WIDTHS = {"chroma": (8, 12, 16, 24, 32), "small": (8, 12, 16, 24), "histogram": 
 HIDDEN = {"chroma": (16, 32, 64), "small": (16, 32, 64), "histogram": (32, 64), "blend": (16, 32, 64)}
 #: Hidden units of the ``"blend"``'s feature MLPs.
 FEATURE_HIDDEN = (16, 32, 64, 128)
+#: Log-chroma histogram bins per axis given to the ``"blend"``'s MLPs (0: none).
+HISTOGRAM_BINS = (0, 6, 8, 12)
 BATCH_SIZES = (16, 32, 64, 128)
 
 
@@ -151,6 +156,7 @@ def suggest_config(trial, target: str, space: SearchSpace, base: TrainConfig | N
         options["hidden"] = trial.suggest_categorical(f"{arch}_hidden", list(HIDDEN[arch]))
     if arch == "blend":
         options["feature_hidden"] = trial.suggest_categorical("blend_feature_hidden", list(FEATURE_HIDDEN))
+        options["histogram_bins"] = trial.suggest_categorical("blend_histogram_bins", list(HISTOGRAM_BINS))
     epochs = trial.suggest_int("epochs", *space.epochs)
     patience = max(1, round(trial.suggest_float("patience_fraction", 0.1, 0.5) * epochs))
     return replace(
@@ -204,6 +210,7 @@ def baseline_params(target: str, space: SearchSpace, base: TrainConfig) -> dict[
         params[f"{base.arch}_hidden"] = options.get("hidden")
     if base.arch == "blend":
         params["blend_feature_hidden"] = options.get("feature_hidden")
+        params["blend_histogram_bins"] = options.get("histogram_bins")
     params.update(
         epochs=base.epochs, patience_fraction=base.patience / base.epochs, ensemble=base.ensemble, loss=base.loss,
         noise=base.noise, lux_noise=base.lux_noise, flip=base.flip, zoom=base.zoom, lr=base.lr,
@@ -212,7 +219,7 @@ def baseline_params(target: str, space: SearchSpace, base: TrainConfig) -> dict[
     if space.relight:
         params["relight"] = base.relight
     choices = {f"{base.arch}_width": WIDTHS.get(base.arch, ()), f"{base.arch}_hidden": HIDDEN.get(base.arch, ()),
-               "blend_feature_hidden": FEATURE_HIDDEN, "batch_size": BATCH_SIZES, "loss": LOSSES,
+               "blend_feature_hidden": FEATURE_HIDDEN, "blend_histogram_bins": HISTOGRAM_BINS, "batch_size": BATCH_SIZES, "loss": LOSSES,
                f"reference_filters_{target}": REFERENCE_FILTERS.get(target, ())}
     ranges = {"epochs": space.epochs, "patience_fraction": (0.1, 0.5), "ensemble": (1, space.max_ensemble),
               "noise": (0.0, 0.2), "lux_noise": (0.0, 0.4), "zoom": (0.0, 0.2), "relight": (0.0, 40.0),
@@ -240,12 +247,15 @@ def parameter_count(target: str, config: TrainConfig) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def tflite_size_estimate(parameters: int, ensemble: int, arch: str | None = None) -> int:
+def tflite_size_estimate(parameters: int, ensemble: int, arch: str | None = None, histogram_bins: int = 0) -> int:
     """Estimated float32 TFLite file size: 4 bytes a parameter plus :data:`GRAPH_BYTES_PER_MEMBER`
-    per member, plus :data:`FEATURE_GRAPH_BYTES` for ``arch="blend"`` (within 3 KB of the real
-    file for small nets of 1 and 2 members, ``tests/models/test_awb_small.py``, and for a blend of
-    2, ``tests/workflows/awb/test_export.py``; ``benchmarks/awb_rpi.py --search`` measures real files)."""
-    return round(4 * parameters + GRAPH_BYTES_PER_MEMBER * ensemble + (FEATURE_GRAPH_BYTES if arch == "blend" else 0))
+    per member, plus :data:`FEATURE_GRAPH_BYTES` for ``arch="blend"`` and
+    :data:`HISTOGRAM_GRAPH_BYTES` when its MLPs take a histogram (within 3 KB of the real file
+    for small nets of 1 and 2 members, ``tests/models/test_awb_small.py``, and for blends of 2,
+    ``tests/workflows/awb/test_export.py``; ``benchmarks/awb_rpi.py --search`` measures real files)."""
+    blend = arch == "blend"
+    return round(4 * parameters + GRAPH_BYTES_PER_MEMBER * ensemble + (FEATURE_GRAPH_BYTES if blend else 0)
+                 + (HISTOGRAM_GRAPH_BYTES if blend and histogram_bins else 0))
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -711,7 +721,8 @@ def read_trials(study_dir: str | Path, storage=None) -> list[dict[str, Any]]:
             "cv_p95": attrs.get("cv_p95") if finished else None,
             "parameters": attrs.get("parameters"),
             "size_bytes": attrs.get("size_bytes"),
-            "tflite_estimate": (tflite_size_estimate(attrs["parameters"], config.get("ensemble", 1), config.get("arch"))
+            "tflite_estimate": (tflite_size_estimate(attrs["parameters"], config.get("ensemble", 1), config.get("arch"),
+                                                     (config.get("arch_options") or {}).get("histogram_bins", 0))
                                 if attrs.get("parameters") is not None else None),
             "seconds": attrs.get("seconds"),
             "arch": config.get("arch"),
