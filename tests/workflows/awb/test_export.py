@@ -116,13 +116,18 @@ def test_flip_average_and_calibration_travel_inside_the_tflite(tmp_path):
 
 
 def _trained_feature_norm(model: torch.nn.Module, images: np.ndarray, lux: np.ndarray) -> None:
-    """Eval mode, with the feature normalisation's statistics as training leaves them: the features' mean and variance."""
+    """Eval mode, with the feature normalisation's statistics as training leaves them: the features' mean and variance
+    (a blend's histogram bins after the features)."""
+    from isplab.models.awb import log_chroma_histogram
     from isplab.models.awb_features import colour_constancy_features
 
     model.eval()
     features = colour_constancy_features(torch.from_numpy(images), torch.from_numpy(lux))
+    bins = getattr(model, "histogram_bins", 0)
+    if bins:
+        features = torch.cat([features, log_chroma_histogram(torch.from_numpy(images), bins=bins).flatten(1)], dim=1)
     model.feature_norm.running_mean.copy_(features.mean(dim=0))
-    model.feature_norm.running_var.copy_(features.var(dim=0))
+    model.feature_norm.running_var.copy_(features.var(dim=0) + 1e-4)  # constant (empty) bins: no division by 0
 
 
 def test_hybrid_export_runs_in_litert_and_matches_pytorch(tmp_path):
