@@ -834,6 +834,9 @@ def _plot(rows: list[dict[str, Any]], front: list[dict[str, Any]], path: Path) -
         for row in front:
             ax.annotate(f"#{row['number']}", (row["tflite_estimate"] / 1024, row["cv_mean"]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
+    for row in (r for r in finished if r.get("baseline")):
+        ax.scatter([row["tflite_estimate"] / 1024], [row["cv_mean"]], s=90, marker="x", color="black",
+                   label=f"default recipe (#{row['number']})")
     if finished:
         ax.set_xscale("log")
     ax.set_xlabel("estimated float32 TFLite size (KB)")
