@@ -209,6 +209,21 @@ CV run): ``isplab awb search .../vc4/train --target vc4 --arch blend --arch smal
 116 epochs) 351.5 KB (351.7), 0.081 ms, 13.69 / 86.6, on the front; blend x1 (width 32) 499 KB
 estimated, 14.24 / 70.3, off it (Raspberry Pi's vc4 model: 42.0 KB, 0.012 ms). Four trials are a
 demonstration, not a search: none of them beats the default.
+
+The log-chroma histogram for the blend's MLPs (``arch_options={"histogram_bins": B}``: the MLPs
+take the 40 features and the ``B x B`` histogram of :func:`isplab.models.awb.log_chroma_histogram`),
+measured 2026-12-02 (1 torch thread per run, two or three runs at a time on the 2-core CPU). First
+the separately fitted feature MLP of ``--features`` (3 members, 300 epochs) under grouped 5-fold
+CV, mean / median / p95 / worst: vc4 features alone 14.24 / 10.58 / 42.71 / 74.5; with 5 x 5 bins
+13.87 / 9.39 / 40.69 / 110.8; 8 x 8 13.45 / 9.89 / 42.02 / 81.1; 12 x 12 14.11 / 10.29 / 40.66 /
+81.1; 16 x 16 15.04 / 11.31 / 43.58 / 81.1; pisp alone 14.08 / 10.13 / 39.85 / 110.1, 8 x 8 13.80
+/ 9.69 / 40.44 / 110.1. Then the default blend with 8 x 8 bins (``/tmp`` CV script, the folds and
+training of the default mode): vc4 **12.01 / 8.10 / 38.78 / 79.4** (541 s) against the default's
+12.79 / 8.58 / 40.11 / 71.4; pisp **12.92 / 9.21 / 37.62 / 80.5** (915 s) against 12.69 / 9.26 /
+36.93 / 85.0. The mean falls by 0.78 on vc4 but rises by 0.23 on pisp, and the worst case moves
+the other way on each (+8.0 and -4.5), so it is not the default; it is an option, and ``isplab awb
+search`` tries it (``blend_histogram_bins`` of 0, 6, 8, 12; the histogram adds ``B^2 x feature_hidden`` weights
+per MLP and about 6.8 KB of graph, :data:`isplab.workflows.awb.search.HISTOGRAM_GRAPH_BYTES`).
 """
 
 from __future__ import annotations
