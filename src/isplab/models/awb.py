@@ -636,6 +636,13 @@ def member_loss_weights(model: nn.Module) -> torch.Tensor | None:
     return model.member_loss_weights() if isinstance(model, BlendAWBNet) else None
 
 
+#: The network class of each arch (``"blend"`` and ensembles of the others: :func:`build_awb_net`).
+ARCH_CLASSES: dict[str, type[nn.Module]] = {
+    "reference": ReferenceAWBNet, "chroma": ChromaAWBNet, "histogram": HistogramAWBNet, "small": SmallAWBNet,
+    "hybrid": HybridAWBNet, "blend": BlendAWBNet,
+}
+
+
 def build_awb_net(
     arch: str,
     size: tuple[int, int],
@@ -684,10 +691,7 @@ def build_awb_net(
             "arch": arch, "size": size, "temperature_range": (low, high), "ensemble": ensemble, "options": dict(options),
         }
         return model
-    cls = {
-        "reference": ReferenceAWBNet, "chroma": ChromaAWBNet, "histogram": HistogramAWBNet, "small": SmallAWBNet,
-        "hybrid": HybridAWBNet,
-    }[arch]
+    cls = ARCH_CLASSES[arch]
     try:
         members = [cls(size, (low, high), **options) for _ in range(ensemble)]
     except TypeError as e:

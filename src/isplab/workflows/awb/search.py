@@ -182,11 +182,9 @@ def _arch_defaults(arch: str) -> dict[str, Any]:
     """The keyword defaults of ``arch``'s network class (what empty ``arch_options`` build)."""
     import inspect
 
-    from isplab.models import awb
+    from isplab.models.awb import ARCH_CLASSES
 
-    cls = {"reference": awb.ReferenceAWBNet, "chroma": awb.ChromaAWBNet, "histogram": awb.HistogramAWBNet,
-           "small": awb.SmallAWBNet, "hybrid": awb.HybridAWBNet, "blend": awb.BlendAWBNet}[arch]
-    return {name: p.default for name, p in inspect.signature(cls).parameters.items()
+    return {name: p.default for name, p in inspect.signature(ARCH_CLASSES[arch]).parameters.items()
             if p.default is not inspect.Parameter.empty}
 
 
