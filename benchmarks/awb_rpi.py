@@ -224,6 +224,26 @@ training of the default mode): vc4 **12.01 / 8.10 / 38.78 / 79.4** (541 s) again
 the other way on each (+8.0 and -4.5), so it is not the default; it is an option, and ``isplab awb
 search`` tries it (``blend_histogram_bins`` of 0, 6, 8, 12; the histogram adds ``B^2 x feature_hidden`` weights
 per MLP and about 6.8 KB of graph, :data:`isplab.workflows.awb.search.HISTOGRAM_GRAPH_BYTES`).
+
+Searches of the blend (2026-12-02, 1 torch thread each, two searches at a time on the 2-core CPU,
+with a test run for part of it): ``isplab awb search .../<target>/train --target T --arch blend
+--max-ensemble 3 --min-epochs 120 --max-epochs 300 --tuning-dir .../tunings``; trial 0 is the
+default recipe (the search's baseline), scored on the same folds. vc4: 14 trials (``--timeout
+6000``), then resumed with the histogram in the space for 7 more (``--timeout 2700``): 13
+finished, 7 pruned, 1 stopped by the timeout. The default scored 12.79 / 8.58 / 40.11 / 71.4
+(as in the default mode: training and folds are deterministic). Front, from ``--search`` (real
+float32 files and LiteRT latency): trial 1 (2 members, width 8) 243.2 KB 0.071 ms 14.88 / 11.09 /
+44.22 / 79.3; trial 4 (3, width 12, hidden 32) 361.3 KB 0.088 ms 13.31 / 79.3; trial 12 (2, MSE)
+531.3 KB 0.123 ms 12.99 / 80.2; trial 9 (the default's network, lr 4.1e-3, relight 8.3) 740.5 KB
+0.157 ms 12.66 / 8.17 / 41.17 / 73.7; trial 18 (6 x 6 histogram, relight 11.5) 773.7 KB
+0.167 ms 12.46 / 79.7; trial 14 (8 x 8 histogram, relight 28.1, batch 32, 259 epochs) 794.7 KB
+0.169 ms **12.39 / 8.25 / 41.39 / 74.0** (estimates within 1 KB of every file). pisp: 6 trials in
+``--timeout 3700`` (5 finished at 382-1051 s each; ensembles of 1-2 drawn first), none better
+than the default (trial 0, 12.69 / 85.0; the others 13.03-13.91 mean, 83.7-105.4 worst). The
+best vc4 trial is 0.4 mireds below the default with a worse worst case (74.0 against 71.4), and
+a minimum over 13 trials scored on the same folds is optimistic; on pisp the default stayed best.
+So the default is unchanged, and the goals (10 / 60) stay far off: every configuration tried
+lies at 12.4-15 mireds mean and 71-105 worst.
 """
 
 from __future__ import annotations
