@@ -7,6 +7,7 @@ import csv
 import json
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -143,7 +144,7 @@ def test_baseline_params_give_back_the_default_recipe_or_none_outside_the_space(
     outside = [
         (SearchSpace(), TrainConfig()),  # 240 epochs, more than the default space's 200
         (SearchSpace(archs=("small",), epochs=(120, 300)), TrainConfig()),  # another arch
-        (replace_space(space, max_ensemble=2), TrainConfig()),  # 3 members
+        (replace(space, max_ensemble=2), TrainConfig()),  # 3 members
         (space, TrainConfig(lr=2e-2)),  # above the LR range
         (space, TrainConfig(arch_options={"width": 20})),  # not a width choice
         (space, TrainConfig(arch_options={"histogram_bins": 4})),  # not a histogram choice
@@ -153,12 +154,6 @@ def test_baseline_params_give_back_the_default_recipe_or_none_outside_the_space(
     ]
     for searched, base in outside:
         assert baseline_params("vc4", searched, base) is None, (searched, base)
-
-
-def replace_space(space: SearchSpace, **changes) -> SearchSpace:
-    from dataclasses import replace
-
-    return replace(space, **changes)
 
 
 def test_search_space_refuses_bad_settings():
@@ -310,15 +305,9 @@ def test_a_new_study_runs_its_base_configuration_first(data, tmp_path):
     assert not result.trials[0]["baseline"]
     lines.clear()
     result = search(data, tmp_path / "c", target="vc4", trials=1, folds=2, device="cpu", space=space,
-                    base=replace_config(base, epochs=3), seed=1, log=lines.append)
+                    base=replace(base, epochs=3), seed=1, log=lines.append)
     assert not result.trials[0]["baseline"]
-    assert any("outside the search space" in line for line in lines)
-
-
-def replace_config(config: TrainConfig, **changes) -> TrainConfig:
-    from dataclasses import replace
-
-    return replace(config, **changes)
+    assert any("outside the search space (its 3 epochs against 1..2)" in line for line in lines)
 
 
 def test_train_config_precedence_without_a_command_line(tmp_path):

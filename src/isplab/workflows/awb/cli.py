@@ -512,7 +512,7 @@ def search_command(
     tuning_dir: TuningDir = None,
     holdout: float = typer.Option(0.0, "--holdout", help="Fraction of scenes kept out of the search; the best configurations are then scored on them (0: off)."),
     resume: Annotated[bool, typer.Option("--resume", help="Continue the study in OUTPUT (same target, images, folds, seed, space, holdout).")] = False,
-    baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="A new study's trial 0 is awb train's default recipe, when the space holds it (e.g. --arch blend --max-epochs 240 or more).")] = True,
+    baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="A new study's trial 0 is awb train's default recipe when the space holds it: blend searched, --max-epochs 240 or more.")] = True,
     overwrite: Overwrite = False,
 ) -> None:
     """Optuna search over architecture, width, ensemble, loss, augmentation, LR and epochs, scored by grouped CV.

@@ -581,7 +581,9 @@ def search(
         if baseline:
             params = baseline_params(dataset.target, space, base)
             if params is None:
-                log("the base configuration lies outside the search space: not run as a baseline trial")
+                low, high = space.epochs
+                why = f" (its {base.epochs} epochs against {low}..{high})" if not low <= base.epochs <= high else ""
+                log(f"the base configuration lies outside the search space{why}: not run as a baseline trial")
             else:
                 study.enqueue_trial(params, user_attrs={"baseline": True})
                 log(f"trial 0 is the base configuration ({base.arch} x{base.ensemble}, {base.epochs} epochs)")
