@@ -451,6 +451,95 @@ from rich.table import Table
 # workers re-import this script, and a darktable worker need not load torch (PeakRSS measures it).
 
 
+def refine_probe(args, console: Console) -> list[dict]:
+    """``--refine-probe``: how well the renders pin each block's parameters down, and how the two
+    refinement methods of ``proxy regress --refine-method`` use that, with no proxy involved.
+
+    Per block of ``--blocks``: ``--probe-samples`` samples (Latin-hypercube parameters, each on its own
+    image: ``--fid-source`` images, else :data:`isplab.data.sources.SOURCES`, at ``--fid-size``)
+    rendered by ``--backend`` (the first given; darktable when installed). At each sample's truth, the
+    Jacobian of the render by forward differences of 2 %% of each unit range gives the PSNR between the
+    render and the render after a 2 %% step of each parameter, and after a 2 %% step along the Jacobian's
+    smallest singular direction (the combination the render shows least). Then Levenberg-Marquardt and
+    Nelder-Mead (:func:`isplab.workflows.proxy.regress.refine_on_renderer`) run from the same start,
+    the truth plus a uniform offset of at most ``--probe-offset`` per unit parameter (about a proxy
+    regression's own error), each with ``--probe-renders`` renders."""
+    import numpy as np
+    import torch
+
+    from isplab.data.sources import SOURCES
+    from isplab.workflows.proxy.dataset import load_dataset
+    from isplab.workflows.proxy.generate import GenerateOptions, generate
+    from isplab.workflows.proxy.regress import BlackBox, refine_on_renderer
+
+    backend = args.backend[0]
+    if backend == "darktable" and shutil.which("darktable-cli") is None:
+        console.print("darktable-cli not installed: the probe uses the builtin backend")
+        backend = "builtin"
+    size = tuple(int(v) for v in args.fid_size.lower().split("x"))
+    rng = np.random.default_rng(1)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.probe_dir or Path(tmp)
+        for block in args.blocks:
+            folder = Path(root) / f"{block}-probe"
+            images = fid_images(Path(root) / f"{block}-probe-images", args.probe_samples, size, args.fid_source or list(SOURCES))
+            spec = next((p.split("/", 1)[1] for p in args.fid_params if p.split("/", 1)[0] == block), None)
+            if not (folder / "dataset.json").is_file():
+                generate(GenerateOptions(block=block, output=folder, count=args.probe_samples, images=images, backend=backend, workers=2,
+                                         params=[spec] if spec else None, progress=False))  # fmt: skip
+            data = load_dataset(folder)
+            varied = [p for p in data.info["params"] if p["varied"]]
+            names = [p["name"] for p in varied]
+            lo, hi = np.array([p["range"][0] for p in varied]), np.array([p["range"][1] for p in varied])
+            samples = []
+            for k, sample in enumerate(data.samples[: args.probe_samples]):
+                image = next(im for im in data.info["images"] if im["id"] == sample["image"])
+                work = Path(tmp) / f"{block}-{k}"
+                work.mkdir(parents=True, exist_ok=True)
+                box = BlackBox(data, folder / image["file"], work)
+                truth = {n: float(sample["params"][n]) for n in names}
+                u0 = (np.array([truth[n] for n in names]) - lo) / (hi - lo)
+                base = box.render(truth).astype(np.float64).ravel()
+                columns = []
+                for i in range(len(names)):
+                    u = u0.copy()
+                    u[i] += 0.02 if u[i] <= 0.5 else -0.02
+                    columns.append((box.render(dict(zip(names, lo + u * (hi - lo)))).astype(np.float64).ravel() - base) / 0.02)
+                jac = np.stack(columns, 1) / np.sqrt(base.size)  # RMS render change per unit step
+                singular = np.linalg.svd(jac, compute_uv=False)
+                db = lambda rms: float(min(10 * np.log10(1 / rms**2), CEILING_CAP_DB)) if rms > 0 else CEILING_CAP_DB  # noqa: E731
+                target = torch.from_numpy(box.render(truth)).permute(2, 0, 1)[None]
+                start = np.clip(u0 + rng.uniform(-args.probe_offset, args.probe_offset, len(u0)), 0.0, 1.0)
+                row = {"truth": truth, "start_error_pct": float(np.mean(100 * np.abs(start - u0))),
+                       "psnr_2pct_step": {n: db(0.02 * float(np.linalg.norm(jac[:, i]))) for i, n in enumerate(names)},
+                       "psnr_2pct_weakest": db(0.02 * float(singular[-1]))}  # fmt: skip
+                for method in ("lm", "nelder-mead"):
+                    r = refine_on_renderer(box, target, start, names, lo, hi, args.probe_renders, truth, method)
+                    row[method] = {"error_pct": float(np.mean(list(r["error_percent"].values()))), "error_pct_per_param": r["error_percent"],
+                                   "psnr": r["psnr"], "renders": r["renders"], "seconds": r["seconds"]}  # fmt: skip
+                samples.append(row)
+            mean = lambda f: float(np.mean([f(r) for r in samples]))  # noqa: E731
+            rows.append({"block": block, "backend": data.info.get("backend"), "params": names, "samples": samples, "renders": args.probe_renders,
+                         "offset": args.probe_offset, "size": list(size), "sources": args.fid_source or list(SOURCES),
+                         "start_error_pct": mean(lambda r: r["start_error_pct"]),
+                         "psnr_2pct_step": {n: float(np.median([r["psnr_2pct_step"][n] for r in samples])) for n in names},
+                         "psnr_2pct_weakest": float(np.median([r["psnr_2pct_weakest"] for r in samples])),
+                         **{m: {"error_pct": mean(lambda r, m=m: r[m]["error_pct"]), "max_error_pct": float(max(max(r[m]["error_pct_per_param"].values()) for r in samples)),
+                                "psnr": mean(lambda r, m=m: min(r[m]["psnr"], CEILING_CAP_DB)), "renders": mean(lambda r, m=m: r[m]["renders"]),
+                                "seconds": mean(lambda r, m=m: r[m]["seconds"])} for m in ("lm", "nelder-mead")}})  # fmt: skip
+    table = Table(title=f"refinement on the renderer: {args.probe_samples} samples per block, starts up to {args.probe_offset:.0%} off, {args.probe_renders} renders")
+    for column in ("block", "backend", "start err %", "LM err % (max)", "LM PSNR", "NM err % (max)", "NM PSNR", "2 % step: per parameter (dB)", "2 % step, weakest direction (dB)"):
+        table.add_column(column, justify="right")
+    for r in rows:
+        lm, nm = r["lm"], r["nelder-mead"]
+        table.add_row(r["block"], str(r["backend"]), f"{r['start_error_pct']:.2f}", f"{lm['error_pct']:.3f} ({lm['max_error_pct']:.3f})", f"{lm['psnr']:.1f}",
+                      f"{nm['error_pct']:.3f} ({nm['max_error_pct']:.3f})", f"{nm['psnr']:.1f}",
+                      ", ".join(f"{n} {v:.1f}" for n, v in r["psnr_2pct_step"].items()), f"{r['psnr_2pct_weakest']:.1f}")  # fmt: skip
+    console.print(table)
+    return rows
+
+
 def main() -> None:
     from isplab.data.synth import parse_size, synthesize_dataset
     from isplab.models.proxy import PROXY_HEADS
@@ -494,13 +583,27 @@ def main() -> None:
     parser.add_argument("--regress-samples", type=int, default=5)
     parser.add_argument("--regress-restarts", type=int, default=1, help="proxy regression restarts per sample (proxy regress --restarts)")
     parser.add_argument("--regress-refine", type=int, default=0, metavar="RENDERS",
-                        help="then Nelder-Mead on the renderer from the proxy's answer, this many renders (proxy regress --refine; 0: off)")
+                        help="then a refinement on the renderer from the proxy's answer, this many renders (proxy regress --refine; 0: off)")
+    parser.add_argument("--regress-refine-method", default="lm", choices=["lm", "nelder-mead"],
+                        help="the refinement's method (proxy regress --refine-method): Levenberg-Marquardt or Nelder-Mead")
     parser.add_argument("--search-renders", type=int, default=60)
+    parser.add_argument("--refine-probe", action="store_true",
+                        help="per block of --blocks, on renders alone (no proxy): the render change a 2 %% parameter step makes, and "
+                        "Levenberg-Marquardt against Nelder-Mead from starts --probe-offset off the truth")
+    parser.add_argument("--probe-samples", type=int, default=4)
+    parser.add_argument("--probe-offset", type=float, default=0.08, help="half-width of the uniform start offset, unit range")
+    parser.add_argument("--probe-renders", type=int, default=30)
+    parser.add_argument("--probe-dir", type=Path, help="keep each block's probe dataset here (default: a temporary folder)")
     parser.add_argument("--speed-sizes", nargs="+", default=["768x512"])
     parser.add_argument("--speed-width", type=int, default=32)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     console = Console()
+    if args.refine_probe:
+        rows = refine_probe(args, console)
+        if args.json:
+            args.json.write_text(json.dumps({"refine_probe": rows}, indent=2))
+        return
     if args.ceiling:
         rows = ceiling(args, console)
         if args.json:
@@ -578,7 +681,7 @@ def fidelity(args, console: Console) -> list[dict]:
 
     from isplab.workflows.proxy.dataset import load_dataset
     from isplab.workflows.proxy.evaluate import evaluate_proxy
-    from isplab.workflows.proxy.regress import REFINE_STEP, BlackBox, _search, regress_params, renders_to_reach
+    from isplab.workflows.proxy.regress import BlackBox, _search, refine_on_renderer, regress_params, renders_to_reach
     from isplab.workflows.proxy.train import PREFIT_HEADS, ProxyTrainConfig, make_splits, train_proxy
 
     backend = _backend(args)
@@ -647,9 +750,9 @@ def fidelity(args, console: Console) -> list[dict]:
                 search = _search(box, target, first[0].numpy(), names, lo, hi, args.search_renders,
                                  dict(zip(names, map(float, truth))))  # fmt: skip
                 refined = None
-                if args.regress_refine:  # proxy regress --refine: Nelder-Mead on the renderer from the proxy's answer
-                    refined = _search(box, target, u[0].numpy(), names, lo, hi, args.regress_refine,
-                                      dict(zip(names, map(float, truth))), step=REFINE_STEP)  # fmt: skip
+                if args.regress_refine:  # proxy regress --refine: on the renderer from the proxy's answer
+                    refined = refine_on_renderer(box, target, u[0].numpy(), names, lo, hi, args.regress_refine,
+                                                 dict(zip(names, map(float, truth))), args.regress_refine_method)  # fmt: skip
                 reg.append({
                     "error_pct": float(np.mean(100 * np.abs(values - truth) / (hi - lo))),
                     "error_pct_per_param": dict(zip(names, map(float, 100 * np.abs(values - truth) / (hi - lo)))),
@@ -676,7 +779,7 @@ def fidelity(args, console: Console) -> list[dict]:
                          "regress_samples": reg,
                          "regress_s": mean("proxy_s"), "search_error_pct": mean("search_error_pct"),
                          "search_renders": mean("search_renders"), "search_s": mean("search_s"), "regress_restarts": args.regress_restarts}
-                        | ({"refine_error_pct": mean("refine_error_pct"), "refine_psnr": mean("refine_psnr"), "refine_renders": mean("refine_renders"),
+                        | ({"refine_method": args.regress_refine_method, "refine_error_pct": mean("refine_error_pct"), "refine_psnr": mean("refine_psnr"), "refine_renders": mean("refine_renders"),
                             "refine_s": mean("refine_s")} if args.regress_refine and reg else {}))  # fmt: skip
     table = Table(title=f"proxy fidelity: {budget}")
     for column in ("block", "PSNR held-out images", "PSNR held-out params", "PSNR both", "display PSNR both", "regress err %", "render-back PSNR",
@@ -691,7 +794,7 @@ def fidelity(args, console: Console) -> list[dict]:
     console.print(table)
     for r in rows:
         if "refine_error_pct" in r:
-            console.print(f"{r['block']}: refined on the renderer from the proxy's answer: error {fmt(r['refine_error_pct'])} %, "
+            console.print(f"{r['block']}: refined on the renderer from the proxy's answer ({r['refine_method']}): error {fmt(r['refine_error_pct'])} %, "
                           f"render PSNR {fmt(r['refine_psnr'])} dB, {fmt(r['refine_renders'])} renders, {fmt(r['refine_s'])} s "
                           f"(proxy regression with {r['regress_restarts']} restart(s))")  # fmt: skip
     for r in rows:  # equal error: how many renders Nelder-Mead from the random start needed to match each sample's error

@@ -140,11 +140,18 @@ def test_regress_builtin_end_to_end(builtin_setup, tmp_path):
     reached = renders_to_reach(trace, trace[-1][1])
     assert reached == next(r for r, e in trace if e <= trace[-1][1]) and renders_to_reach(trace, -1.0) is None
     assert "render-back (builtin)" in result.output and "Nelder-Mead on the renderer" in result.output
-    # the refinement starts at the proxy's answer (its first render is the render-back) and only improves on it
+    # the refinement starts at the proxy's answer (its first render is the render-back) and only improves on it;
+    # Levenberg-Marquardt (the default) lands on the truth (seen: 0.09 % -> 2e-6 % in 8 renders, 155 dB)
     refined = saved["refined"]
-    assert refined["renders"] <= 15 and refined["psnr"] >= saved["render_back_psnr"] - 1e-6
-    assert refined["error_percent"]["exposure"] < min(0.2, saved["error_percent"]["exposure"]), (refined, saved["error_percent"])
-    assert "refined on the renderer from the proxy's answer: " in result.output
+    assert refined["renders"] <= 15 and refined["psnr"] > max(100.0, saved["render_back_psnr"])
+    assert refined["error_percent"]["exposure"] < 1e-3, (refined, saved["error_percent"])
+    assert refined["method"] == "Levenberg-Marquardt" and "refined on the renderer from the proxy's answer (Levenberg-Marquardt): " in result.output
+    # Nelder-Mead from the same answer, the same budget: better than the proxy, short of the truth
+    nm = regress(RegressOptions(block="exposure", model=model_path, sample="5", dataset=data, search=False, refine=15, refine_method="nelder-mead")).refined
+    assert nm["method"] == "Nelder-Mead" and nm["renders"] <= 15 and nm["psnr"] >= saved["render_back_psnr"] - 1e-6
+    assert nm["error_percent"]["exposure"] < min(0.2, saved["error_percent"]["exposure"]), nm
+    with pytest.raises(IsplabError, match="unknown --refine-method 'newton': expected one of lm, nelder-mead"):
+        regress(RegressOptions(block="exposure", model=model_path, sample="5", dataset=data, refine=5, refine_method="newton"))
 
 
 @pytest.mark.slow
@@ -208,6 +215,39 @@ def test_render_back_with_darktable(darktable, tmp_path_factory, tmp_path):
     back = _read_tiff(out / "render_back.tif")[None]
     assert saved["render_back_psnr"] == pytest.approx(float(psnr(back, target)), abs=1e-4)
     assert np.isfinite(saved["render_back_psnr"])
+
+
+@pytest.mark.slow
+def test_refinement_on_darktable_pins_down_colorbalancergb(darktable, tmp_path):
+    """Real darktable-cli, colorbalancergb (contrast, chroma, saturation, vibrance): from a start a few
+    per cent of the ranges off the truth, Levenberg-Marquardt on the renders recovers every parameter
+    to within 0.05 % of its range in 26 renders; Nelder-Mead with the same budget stays further off
+    (chroma, saturation and vibrance change the render little and alike: the Jacobian's smallest
+    singular direction moves the render by about 80-90 dB PSNR per 2 % step, ``benchmarks/proxy.py``)."""
+    from isplab.workflows.proxy.regress import refine_on_renderer
+
+    generate(GenerateOptions(block="colorbalancergb", output=tmp_path / "ds", count=1, synth_images=1, size=(96, 64), workers=1, progress=False,
+                             params=["contrast", "chroma_global", "saturation_global", "vibrance"]))  # fmt: skip
+    ds = load_dataset(tmp_path / "ds")
+    sample = ds.samples[0]
+    image = next(im for im in ds.info["images"] if im["id"] == sample["image"])
+    names = ["contrast", "chroma_global", "saturation_global", "vibrance"]
+    lo = np.array([p["range"][0] for p in ds.info["params"] if p["name"] in names])
+    hi = np.array([p["range"][1] for p in ds.info["params"] if p["name"] in names])
+    truth = {n: float(sample["params"][n]) for n in names}
+    target = _read_tiff(ds.path(sample["output"]))[None]
+    u0 = (np.array([truth[n] for n in names]) - lo) / (hi - lo)
+    start = np.clip(u0 + np.array([0.04, -0.05, 0.05, -0.04]), 0.0, 1.0)
+    results = {}
+    for method in ("lm", "nelder-mead"):
+        box = BlackBox(ds, tmp_path / "ds" / image["file"], tmp_path / method)
+        (tmp_path / method).mkdir()
+        results[method] = refine_on_renderer(box, target, start, names, lo, hi, 26, truth, method)
+    lm, nm = results["lm"], results["nelder-mead"]
+    assert lm["renders"] <= 26 and nm["renders"] <= 26
+    assert max(lm["error_percent"].values()) < 0.05, lm["error_percent"]
+    assert lm["psnr"] > 90, lm["psnr"]
+    assert np.mean(list(nm["error_percent"].values())) > 10 * np.mean(list(lm["error_percent"].values())), (nm["error_percent"], lm["error_percent"])
 
 
 @pytest.mark.slow

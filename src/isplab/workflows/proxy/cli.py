@@ -180,7 +180,8 @@ def regress_command(
     restarts: Annotated[int, typer.Option("--restarts", help="Proxy regressions from this many random starts (seeds SEED, SEED+1, ...); the best fit to the target is kept.")] = 1,
     search: Annotated[bool, typer.Option("--search/--no-search", help="Also run Nelder-Mead directly on the renderer.")] = True,
     search_renders: Annotated[int, typer.Option("--search-renders", help="Render budget of the Nelder-Mead search.")] = 60,
-    refine: Annotated[int, typer.Option("--refine", help="Renders of a Nelder-Mead refinement on the renderer started at the proxy's answer (0: none).")] = 0,
+    refine: Annotated[int, typer.Option("--refine", help="Renders of a refinement on the renderer started at the proxy's answer (0: none).")] = 0,
+    refine_method: Annotated[str, typer.Option("--refine-method", help="lm (Levenberg-Marquardt, finite-difference Jacobian: one render per parameter and step) or nelder-mead.")] = "lm",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder for regress.json and the render-back TIFF/XMP.", show_default=False)] = None,
     overwrite: Overwrite = False,
     seed: Seed = 0,
@@ -191,8 +192,8 @@ def regress_command(
 
     r = regress(RegressOptions(
         block=block, model=model, target=target, input=input, sample=sample, dataset=dataset, raw=raw, iters=iters,
-        lr=lr, polish=polish, seed=seed, restarts=restarts, search=search, search_renders=search_renders, refine=refine, output=output,
-        overwrite=overwrite, darktable_cli=darktable_cli,
+        lr=lr, polish=polish, seed=seed, restarts=restarts, search=search, search_renders=search_renders, refine=refine,
+        refine_method=refine_method, output=output, overwrite=overwrite, darktable_cli=darktable_cli,
     ))  # fmt: skip
     for name in r.params:
         line = f"{name}: recovered {r.recovered[name]:.4g} (start {r.start[name]:.4g})"
@@ -204,7 +205,7 @@ def regress_command(
         console.print(f"render-back ({r.backend}): PSNR {r.render_back_psnr:.2f} dB against the target", highlight=False)
     else:
         console.print("render-back check, search and refinement skipped: they need the raw (--sample ID or --raw DNG)", highlight=False)
-    for s, what in ((r.search, "Nelder-Mead on the renderer"), (r.refined, "refined on the renderer from the proxy's answer")):
+    for s, what in ((r.search, "Nelder-Mead on the renderer"), (r.refined, f"refined on the renderer from the proxy's answer ({r.refined['method'] if r.refined else ''})")):
         if s is None:
             continue
         line = f"{what}: {s['renders']} renders, {s['seconds']:.2f} s, PSNR {s['psnr']:.2f} dB"
@@ -283,7 +284,8 @@ def pipeline_regress_command(
     lr: Annotated[float, typer.Option("--lr", help="Initial Adam rate on unit parameters (cosine-annealed to 1 %).")] = 0.05,
     polish: Annotated[int, typer.Option("--polish", help="L-BFGS iterations after Adam, per restart (0: Adam only).")] = 30,
     restarts: Annotated[int, typer.Option("--restarts", help="Random starts; the lowest final proxy loss wins.")] = 3,
-    refine: Annotated[int, typer.Option("--refine", help="Then at most N renders of Nelder-Mead on the renderer from the proxies' answer (0: none); the best is written as refined.tif/.xmp.")] = 0,
+    refine: Annotated[int, typer.Option("--refine", help="Then at most N renders of a refinement on the renderer from the proxies' answer (0: none); the best is written as refined.tif/.xmp.")] = 0,
+    refine_method: Annotated[str, typer.Option("--refine-method", help="lm (Levenberg-Marquardt, finite-difference Jacobian: one render per parameter and step) or nelder-mead.")] = "lm",
     seed: Seed = 0,
     device: Device = "auto",
     overwrite: Overwrite = False,
@@ -292,7 +294,8 @@ def pipeline_regress_command(
     from isplab.workflows.proxy.pipeline import RegressOptions, regress_pipeline
 
     r = regress_pipeline(RegressOptions(config=config, output=output, target=target, image=image, iters=iters, lr=lr, polish=polish,
-                                        restarts=restarts, refine=refine, seed=seed, device=device, overwrite=overwrite))  # fmt: skip
+                                        restarts=restarts, refine=refine, refine_method=refine_method, seed=seed, device=device,
+                                        overwrite=overwrite))  # fmt: skip
     console.print(f"chain {' -> '.join(r.order)} ({r.backend}): {len(r.restarts)} restarts, {r.proxy_seconds:.2f} s", highlight=False)
     for key in r.keys:
         line = f"{key}: recovered {r.recovered[key]:.4g}"
@@ -301,7 +304,7 @@ def pipeline_regress_command(
         console.print(line, highlight=False)
     console.print(f"proxy chain PSNR {r.proxy_psnr:.2f} dB; render-back ({r.backend}) PSNR {r.render_back_psnr:.2f} dB against the target", highlight=False)
     if r.refined is not None:
-        line = f"refined on the renderer from the proxies' answer: PSNR {r.refined['psnr']:.2f} dB, {r.refined['renders']} renders, {r.refined['seconds']:.1f} s"
+        line = f"refined on the renderer from the proxies' answer ({r.refined['method']}): PSNR {r.refined['psnr']:.2f} dB, {r.refined['renders']} renders, {r.refined['seconds']:.1f} s"
         if "error_percent" in r.refined:
             line += f", mean error {sum(r.refined['error_percent'].values()) / len(r.refined['error_percent']):.2f}% of range"
         console.print(line, highlight=False)

@@ -586,9 +586,11 @@ class RegressOptions:
         iters, lr, polish, restarts: Adam steps per restart, its initial rate (annealed to 1 %),
             L-BFGS iterations after Adam (0: none), random starts (the lowest final proxy loss
             wins).
-        refine: then at most this many renders of Nelder-Mead on the renderer itself, started at
+        refine: then at most this many renders of a refinement on the renderer itself, started at
             the proxies' answer (as ``proxy regress --refine``; 0: none); its best render is
             written as ``refined.tif`` and ``refined.xmp``.
+        refine_method: ``"lm"`` (Levenberg-Marquardt) or ``"nelder-mead"``
+            (:func:`isplab.workflows.proxy.regress.refine_on_renderer`).
     """
 
     config: Path
@@ -600,6 +602,7 @@ class RegressOptions:
     polish: int = 30
     restarts: int = 3
     refine: int = 0
+    refine_method: str = "lm"
     seed: int = 0
     device: str = "auto"
     overwrite: bool = False
@@ -623,7 +626,7 @@ class RegressResult:
 
 
 class _ChainBox:
-    """The chain's renderer as :func:`isplab.workflows.proxy.regress._search` drives it:
+    """The chain's renderer as :func:`isplab.workflows.proxy.regress.refine_on_renderer` drives it:
     ``render({block.param: value})`` of one raw, counting renders."""
 
     def __init__(self, renderer: Renderer, config: PipelineConfig, image: Path) -> None:
@@ -640,13 +643,15 @@ def regress_pipeline(opts: RegressOptions) -> RegressResult:
     """Recover every chained parameter from a target through the frozen chain, then render the
     answer back (see the module docstring). Writes ``pipeline_regress.json``,
     ``render_back.tif``, ``render_back.xmp`` and (generated target) ``target.tif``."""
-    from isplab.workflows.proxy.regress import REFINE_STEP, _image, _search, fit_restarts
+    from isplab.workflows.proxy.regress import REFINE_METHODS, _image, fit_restarts, refine_on_renderer
 
     if opts.iters < 1 or opts.restarts < 1 or opts.polish < 0 or opts.refine < 0 or not opts.lr > 0:
         raise IsplabError(
             f"--iters and --restarts must be at least 1, --polish and --refine at least 0 and --lr positive, got {opts.iters}, {opts.restarts}, "
             f"{opts.polish}, {opts.refine} and {opts.lr}"
         )
+    if opts.refine_method not in REFINE_METHODS:
+        raise IsplabError(f"unknown --refine-method {opts.refine_method!r}: expected one of {', '.join(REFINE_METHODS)}")
     device = _device(opts.device)
     config = load_config(opts.config, device=device)
     from isplab.workflows.proxy.builtin import _SPATIAL
@@ -692,10 +697,10 @@ def regress_pipeline(opts: RegressOptions) -> RegressResult:
         written += [out / "render_back.tif", out / "render_back.xmp"]
         render_back = float(psnr(_to_tensor(back, device), target))
         refined = None
-        if opts.refine:  # Nelder-Mead on the renderer from the proxies' answer; its first render is the render-back
+        if opts.refine:  # on the renderer from the proxies' answer; its first render is the render-back
             lo, hi = config.ranges()
-            refined = _search(_ChainBox(renderer, config, image), target.cpu(), config.unit(values), config.keys, lo, hi, opts.refine,
-                              None if truth is None else config.flat(truth), step=REFINE_STEP)  # fmt: skip
+            refined = refine_on_renderer(_ChainBox(renderer, config, image), target.cpu(), config.unit(values), config.keys, lo, hi,
+                                         opts.refine, None if truth is None else config.flat(truth), opts.refine_method)  # fmt: skip
             refined.pop("trace", None)
             best_values = config.values(config.unit([{n: refined["recovered"][f"{s.name}.{n}"] for n in s.varied} for s in config.stages]))
             renderer.render(image, best_values, tif=out / "refined.tif", xmp=out / "refined.xmp")
@@ -739,6 +744,7 @@ def regress_pipeline(opts: RegressOptions) -> RegressResult:
         "proxy_seconds": result.proxy_seconds,
         "restarts": result.restarts,
         "refine": opts.refine,
+        "refine_method": opts.refine_method,
         "refined": result.refined,
         "written": [str(p) for p in result.written],
     }

@@ -11,10 +11,14 @@
 3. **Derivative-free search** (``search``): scipy's Nelder-Mead on the same unit parameters
    straight on the black box (each function evaluation one render), from the same start,
    stopping after ``search_renders`` renders.
-4. **Refinement** (``refine``, off by default): the same Nelder-Mead on the black box, but started
-   at the proxy's answer with a small simplex (side :data:`REFINE_STEP` of the unit range) and
-   ``refine`` renders: the proxy does the global part of the search, the renderer corrects what
-   is left of the proxy's own error. Its best render is reported like the render-back check.
+4. **Refinement** (``refine``, off by default): a local search on the black box started at the
+   proxy's answer, at most ``refine`` renders: the proxy does the global part of the search, the
+   renderer corrects what is left of the proxy's own error. ``refine_method`` ``"lm"`` (the
+   default): Levenberg-Marquardt with a forward-difference Jacobian of the render
+   (:func:`refine_on_renderer`); ``"nelder-mead"``: the search of 3. with a small simplex (side
+   :data:`REFINE_STEP` of the unit range). On darktable's colorbalancergb, from the proxy's answer,
+   Levenberg-Marquardt pins down parameters that Nelder-Mead leaves several per cent off for the
+   same renders (``benchmarks/proxy.py``). Its best render is reported like the render-back check.
 
 ``restarts`` > 1 runs the proxy regression from that many random starts (``seed``, ``seed + 1``,
 ...) and keeps the one whose proxy render is closest to the target (:func:`fit_restarts`, shared
@@ -45,12 +49,16 @@ from isplab.workflows.proxy.blocks import get_block
 from isplab.workflows.proxy.dataset import ProxyDataset, load_dataset
 from isplab.workflows.proxy.evaluate import load_proxy
 
-__all__ = ["RegressOptions", "RegressResult", "regress_params", "fit_unit", "fit_restarts", "best_fit", "BlackBox", "regress", "renders_to_reach"]
+__all__ = ["RegressOptions", "RegressResult", "regress_params", "fit_unit", "fit_restarts", "best_fit", "BlackBox", "regress", "refine_on_renderer", "renders_to_reach"]
 
 OUTPUTS = ("regress.json", "render_back.tif", "render_back.xmp")
 #: Side of the refinement's first simplex, in unit parameter range: a few per cent of the range,
 #: the order of the proxy regression's own error on darktable's blocks (``benchmarks/proxy.py``).
 REFINE_STEP = 0.05
+#: Forward-difference step (unit range) of the Levenberg-Marquardt refinement's Jacobian.
+FD_STEP = 0.01
+#: Refinement methods on the renderer: Levenberg-Marquardt (the default) or Nelder-Mead.
+REFINE_METHODS = ("lm", "nelder-mead")
 
 
 @dataclass
@@ -70,6 +78,7 @@ class RegressOptions:
         search, search_renders: run the derivative-free search on the black box, at most this
             many renders.
         refine: renders of the refinement on the black box from the proxy's answer (0: none).
+        refine_method: ``"lm"`` (Levenberg-Marquardt) or ``"nelder-mead"`` (:data:`REFINE_METHODS`).
         output: folder for ``regress.json`` and the render-back TIFF/XMP (``None``: nothing kept).
     """
 
@@ -88,6 +97,7 @@ class RegressOptions:
     search: bool = True
     search_renders: int = 60
     refine: int = 0
+    refine_method: str = "lm"
     output: Path | None = None
     overwrite: bool = False
     darktable_cli: str | None = None
@@ -280,6 +290,8 @@ def regress(opts: RegressOptions) -> RegressResult:
         raise IsplabError(f"--iters, --search-renders and --restarts must be at least 1, got {opts.iters}, {opts.search_renders} and {opts.restarts}")
     if opts.refine < 0:
         raise IsplabError(f"--refine must be at least 0 (renders), got {opts.refine}")
+    if opts.refine_method not in REFINE_METHODS:
+        raise IsplabError(f"unknown --refine-method {opts.refine_method!r}: expected one of {', '.join(REFINE_METHODS)}")
     get_block(opts.block)
     model = load_proxy(opts.model, opts.block)
     meta = model.proxy_config["meta"]
@@ -342,7 +354,7 @@ def regress(opts: RegressOptions) -> RegressResult:
             if opts.search:
                 result.search = _search(box, target, start[0].numpy(), names, lo, hi, opts.search_renders, truth)
             if opts.refine:
-                result.refined = _search(box, target, u[0].numpy(), names, lo, hi, opts.refine, truth, step=REFINE_STEP)
+                result.refined = refine_on_renderer(box, target, u[0].numpy(), names, lo, hi, opts.refine, truth, opts.refine_method)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     if opts.output is not None:
@@ -390,6 +402,84 @@ def _search(box: BlackBox, target: torch.Tensor, start: np.ndarray, names, lo, h
         out["error_percent"] = _errors(values, truth, names, lo, hi)
         out["trace"] = trace
     return out
+
+
+def _levenberg_marquardt(box, target: torch.Tensor, start: np.ndarray, names, lo, hi, budget: int, truth, step: float = FD_STEP) -> dict:
+    """Levenberg-Marquardt on unit parameters straight on the black box, ``budget`` renders at most,
+    from ``start``: the Jacobian of the render by forward differences (``step`` of the unit range,
+    taken inward at a bound; one render per parameter), then damped Gauss-Newton steps
+    ``(JᵀJ + λ diag(JᵀJ)) δ = -Jᵀr`` projected onto ``[0, 1]`` (one render each; λ ÷ 10 after a step
+    that lowers the squared error, × 10 and retry after one that does not). Stops when the budget
+    cannot pay for another Jacobian and step, when a step changes no unit value by more than 1e-7,
+    or at an exact match. The best render seen is the answer; the result has :func:`_search`'s keys
+    (``trace`` too). Holds the Jacobian: parameters x pixels x 3 float32 values."""
+    best = {"loss": np.inf, "u": start.astype(np.float64).copy()}
+    first = box.renders
+    trace: list[list[float]] = []
+    goal = target[0].permute(1, 2, 0).numpy().astype(np.float32).ravel()
+
+    def residual(u: np.ndarray) -> tuple[np.ndarray, float]:
+        values = {n: float(lo[i] + u[i] * (hi[i] - lo[i])) for i, n in enumerate(names)}
+        r = box.render(values).astype(np.float32).ravel()
+        if r.shape != goal.shape:
+            raise IsplabError(f"the render has {r.size} values but the target {goal.size}: expected the same size")
+        r -= goal
+        loss = float(np.dot(r.astype(np.float64), r) / r.size)
+        if loss < best["loss"]:
+            best.update(loss=loss, u=u.copy())
+            if truth is not None:
+                trace.append([box.renders - first, float(np.mean(list(_errors(values, truth, names, lo, hi).values())))])
+        return r, loss
+
+    t0 = time.perf_counter()
+    u = np.clip(start.astype(np.float64), 0.0, 1.0)
+    damping = 1e-3
+    r, loss = residual(u)
+    n = len(u)
+    while loss > 0 and box.renders - first + n + 1 <= budget:
+        jac = np.empty((n, r.size), dtype=np.float32)
+        for i in range(n):
+            h = step if u[i] + step <= 1.0 else -step
+            v = u.copy()
+            v[i] += h
+            jac[i] = (residual(v)[0] - r) / h
+        a = (jac.astype(np.float64) @ jac.T.astype(np.float64)) / r.size
+        g = (jac.astype(np.float64) @ r.astype(np.float64)) / r.size
+        scale = np.diag(a) + 1e-12 * max(float(np.diag(a).max()), 1e-30)
+        moved = False
+        while box.renders - first < budget:
+            delta = -np.linalg.solve(a + damping * np.diag(scale), g)
+            v = np.clip(u + delta, 0.0, 1.0)
+            if np.abs(v - u).max() <= 1e-7:
+                break
+            rv, lv = residual(v)
+            if lv < loss:
+                u, r, loss, moved = v, rv, lv, True
+                damping = max(damping / 10.0, 1e-9)
+                break
+            damping *= 10.0
+        if not moved:
+            break
+    seconds = time.perf_counter() - t0
+    values = {n: float(lo[i] + best["u"][i] * (hi[i] - lo[i])) for i, n in enumerate(names)}
+    mse = best["loss"]
+    out = {"method": "Levenberg-Marquardt", "renders": box.renders - first, "seconds": seconds, "recovered": values,
+           "psnr": float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))}  # fmt: skip
+    if truth is not None:
+        out["error_percent"] = _errors(values, truth, names, lo, hi)
+        out["trace"] = trace
+    return out
+
+
+def refine_on_renderer(box, target: torch.Tensor, start: np.ndarray, names, lo, hi, budget: int, truth=None, method: str = "lm") -> dict:
+    """The refinement from the proxy's answer ``start`` (unit values) on the black box itself, at most
+    ``budget`` renders: ``"lm"`` (:func:`_levenberg_marquardt`) or ``"nelder-mead"`` (:func:`_search`
+    with a simplex of side :data:`REFINE_STEP`)."""
+    if method not in REFINE_METHODS:
+        raise IsplabError(f"unknown refinement method {method!r}: expected one of {', '.join(REFINE_METHODS)}")
+    if method == "lm":
+        return _levenberg_marquardt(box, target, start, names, lo, hi, budget, truth)
+    return _search(box, target, start, names, lo, hi, budget, truth, step=REFINE_STEP)
 
 
 def renders_to_reach(trace: list[list[float]], error_pct: float) -> int | None:
