@@ -430,6 +430,46 @@ input as the prediction) scores 31.8 / 31.4 / 29.9 dB on the three held-out grou
   from the target with bias 3-18 % off), so its 2 % target cannot be met on them; strength and
   shadows are found better by Nelder-Mead on the renderer itself (20 s for 30 renders of 256x192)
   than through this proxy (10 s, then 13 s of refinement).
+
+The refinement's method, measured 2026-12-02 (darktable 4.2.1, this project's 2-core CPU, one other
+job running). Every refinement above was Nelder-Mead; ``proxy regress --refine`` now defaults to
+Levenberg-Marquardt (``--refine-method lm``, :func:`isplab.workflows.proxy.regress.refine_on_renderer`:
+forward-difference Jacobian of the render, one render per parameter, then damped Gauss-Newton steps).
+First on renders alone, no proxy: ``--refine-probe --blocks colorbalancergb lowpass hazeremoval
+temperature sharpen denoiseprofile exposure --fid-params "temperature/red=0.5:2.5,green=0.8:1.25,blue=0.5:2.5"
+--probe-samples 4 --probe-renders 30 --probe-offset 0.08`` (256x192 images of the photographs and
+procedural scenes of ``SOURCES``, one per sample; both methods from the same start, the truth moved
+by up to 8 % of each range; mean error over the parameters and samples, in brackets the largest one;
+"2 % step": the PSNR between the render at the truth and after a 2 % step of one parameter, or along
+the Jacobian's weakest direction, median over the samples; 150 dB means no change at all):
+
+  | block | start err | LM err (max) | LM render PSNR | NM err (max) | NM render PSNR | 2 % step per parameter (dB) | weakest direction (dB) |
+  |---|---|---|---|---|---|---|---|
+  | colorbalancergb | 3.47 % | 0.000 (0.000) % | 142.0 | 2.50 (8.28) % | 60.6 | contrast 51.6, chroma 60.7, saturation 56.5, vibrance 63.7 | 81.9 |
+  | lowpass | 4.01 % | 0.75 (7.54) % | 71.4 | 2.71 (6.62) % | 50.1 | radius 48.9, contrast 38.4, brightness 34.9, saturation 47.8 | 68.1 |
+  | hazeremoval | 3.80 % | 1.45 (6.68) % | 140.2 | 1.48 (7.58) % | 108.1 | strength 52.6, distance 150.0 | 150.0 |
+  | temperature | 3.44 % | 0.001 (0.002) % | 131.5 | 0.60 (1.62) % | 61.6 | red 45.6, green 56.2, blue 51.7 | 58.8 |
+  | sharpen | 4.40 % | 0.000 (0.002) % | 143.7 | 1.06 (4.25) % | 68.0 | radius 49.2, amount 52.3, threshold 61.9 | 65.3 |
+  | denoiseprofile | 3.91 % | 0.29 (1.48) % | 85.6 | 1.28 (8.31) % | 71.4 | strength 51.2, shadows 55.9, bias 82.4 | 82.5 |
+  | exposure | 4.55 % | 0.000 (0.000) % | 136.6 | 0.12 (0.40) % | 69.0 | exposure 32.1, black 47.1 | 50.4 |
+
+  (LM used 16-29 renders, 7-17 s per sample; NM 30, 12-19 s.) So the several per cent that the
+  refined colorbalancergb and lowpass answers kept above were not parameters the renders cannot tell
+  apart: a 2 % step of any colorbalancergb slider changes the render by 52-64 dB, and even along the
+  weakest combination by 82 dB, while a render repeats to 130-144 dB (LM's answers); Nelder-Mead crawls along
+  such directions, Levenberg-Marquardt solves for them. What the renders do not pin down is
+  hazeremoval's distance (no change at all in the median sample, as found above; strength: 0.000 %
+  in every sample with LM) and, in one lowpass sample, the radius (7.5 %, its other three samples
+  under 0.5 %).
+  Then end to end, colorbalancergb as in its refinement row above (``--fid-head pointwise
+  --fid-pixel-steps 1500 --fid-iters 900 --search-renders 40 --regress-refine 30``, 6 samples;
+  dataset regenerated, 136 s; training 350 s): fidelity 44.61 / 49.51 / 45.59 dB (as before),
+  proxy regression 8.89 %, render-back 49.3 dB, Nelder-Mead from the random start 21.3 % in 40
+  renders; refined with LM from the proxy's answer: **1.19 %** mean (render 117.7 dB, 26.8 renders,
+  17.7 s per sample; Nelder-Mead refinement before: 6.55 %, 60.6 dB): four samples within 0.0001 %,
+  one at 0.25 % (vibrance 1.0 %), one at 6.9 % (chroma 11.7 %, vibrance 15.3 %; rendering 72.7 dB
+  from the target when the 30 renders ran out). Per parameter: contrast 0.02 %, chroma 1.95 %,
+  saturation 0.08 %, vibrance 2.71 %.
 """
 
 from __future__ import annotations
